@@ -1,0 +1,31 @@
+"""The engine's numbers against HF transformers on the same safetensors checkpoints."""
+import random
+
+import pytest
+import torch
+
+from tests.models import hf_logprobs
+from tpu_engine import LLM, SamplingParams
+
+PROMPT_LENS = [5, 23, 17, 40]  # uneven, none a bucket size
+STEPS = 14
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_greedy_logprobs_match_hf(arch, request):
+    path = request.getfixturevalue(f"{arch}_dir")
+    rng = random.Random(7)
+    prompts = [[rng.randrange(512) for _ in range(n)] for n in PROMPT_LENS]
+    llm = LLM(path, max_model_len=128, max_num_seqs=4)
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
+                        SamplingParams(temperature=0, max_tokens=STEPS, ignore_eos=True, logprobs=0),
+                        use_tqdm=False)
+    worst = 0.0
+    for prompt, out in zip(prompts, outs):
+        gen = out.outputs[0].token_ids
+        assert len(gen) == STEPS
+        ours = torch.tensor([lp[t].logprob for lp, t in zip(out.outputs[0].logprobs, gen)])
+        ref, ref_argmax = hf_logprobs(path, prompt, gen)
+        assert gen == ref_argmax.tolist()  # greedy picks HF's argmax at every step
+        worst = max(worst, (ours - ref).abs().max().item())
+    assert worst <= 2e-3, f"max |dlogprob| {worst:.2e}"

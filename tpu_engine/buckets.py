@@ -1,0 +1,32 @@
+"""The finite set of static shapes the engine compiles: prompt-length and decode buckets."""
+from __future__ import annotations
+
+import bisect
+
+
+def powers_of_two(start: int, limit: int) -> list[int]:
+    """start, 2*start, ... below `limit`, then `limit` itself."""
+    out, b = [], start
+    while b < limit:
+        out.append(b)
+        b *= 2
+    return out + [limit]
+
+
+class Buckets:
+    """prefill: padded prompt lengths; batch: decode slot counts; kv: decode attention spans."""
+
+    def __init__(self, max_model_len: int, max_num_seqs: int, max_prefill: int | None = None,
+                 min_prefill: int = 16, min_kv: int = 128):
+        max_prefill = max_prefill or max_model_len
+        self.prefill = powers_of_two(min(min_prefill, max_prefill), max_prefill)
+        self.batch = powers_of_two(1, max_num_seqs)
+        self.kv = powers_of_two(min(min_kv, max_model_len), max_model_len)
+
+    @staticmethod
+    def fit(buckets: list[int], n: int) -> int:
+        """The smallest bucket >= n (n must not exceed the largest)."""
+        return buckets[bisect.bisect_left(buckets, n)]
+
+    def decode_shapes(self) -> list[tuple[int, int]]:
+        return [(b, kv) for b in self.batch for kv in self.kv]

@@ -1,0 +1,213 @@
+"""The step-level engine: requests, decode slots, continuous batching, phase events.
+
+Contract (one call of `step()` is one model step):
+  add_request() queues a prompt  ->  a step prefills it into a free slot and samples its first
+  token  ->  later steps decode every occupied slot together, one token each  ->  a request
+  that hits max_tokens (or EOS) frees its slot at once, and a waiting request may take it.
+Prefill goes first whenever a slot is free, so waiting requests join the running batch early.
+Nothing here imports torch_xla: the backend (`runner.py`) owns devices and graphs.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import random
+import time
+from typing import Any, Iterable, Sequence
+
+from .config import DEFAULT_MODEL
+from .events import PhaseEvent, PhaseEvents
+from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, SamplingParams
+
+
+@dataclasses.dataclass
+class EngineConfig:
+    model: str = DEFAULT_MODEL
+    dtype: str = "auto"
+    max_model_len: int | None = None        # default: min(model's max positions, 2048)
+    tensor_parallel_size: int = 1
+    enforce_eager: bool = False             # skip warm-up; shapes compile on first use
+    load_format: str = "auto"
+    seed: int = 0
+    max_num_seqs: int = 8                   # decode slots
+    max_num_batched_tokens: int | None = None  # longest prefill; default max_model_len
+    compilation_cache_dir: str | None = None   # default: on TPU ~/.cache/tpu_engine/xla_cache
+    strict_compiles: bool = False           # raise RecompileError on a compile after warm-up
+
+
+@dataclasses.dataclass
+class _Request:
+    request_id: str
+    prompt: list[int]
+    params: SamplingParams
+    seed: int
+    metrics: RequestMetrics
+    slot: int = -1
+    output: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[dict[int, Logprob]] = dataclasses.field(default_factory=list)
+    cumulative: float = 0.0
+    finish_reason: str | None = None
+
+    @property
+    def kv_len(self) -> int:  # tokens in the cache once the last sampled token is written
+        return len(self.prompt) + len(self.output) - 1
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig | None = None, **kwargs: Any):
+        self.config = config = config or EngineConfig(**kwargs)
+        # Imported here so that the engine module stays free of the backend's imports.
+        from .setup import build_runner
+        self.runner, self.model_config, self.source, self.max_model_len, self.max_prefill = build_runner(config)
+        self.events = PhaseEvents()
+        self.step_count = 0
+        self.warmup_stats = None if config.enforce_eager else self.runner.warmup()
+        self._rng = random.Random(config.seed)
+        self._waiting: collections.deque[_Request] = collections.deque()
+        self._slots: list[_Request | None] = [None] * config.max_num_seqs
+        self._requests: dict[str, _Request] = {}
+        self._eos = set(self.model_config.eos_token_ids)
+
+    # ---- requests -------------------------------------------------------------------------
+    def validate(self, prompt: Any, params: SamplingParams) -> list[int]:
+        """The prompt's token ids, or ValueError naming what is wrong."""
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" not in prompt:
+                raise ValueError("a prompt dict needs 'prompt_token_ids' (text prompts need a tokenizer, which this engine does not load).")
+            prompt = prompt["prompt_token_ids"]
+        if isinstance(prompt, str):
+            raise ValueError("text prompts are not supported; pass {'prompt_token_ids': [...]}.")
+        ids = list(prompt)
+        vocab = self.model_config.vocab_size
+        if not ids:
+            raise ValueError("prompt is empty; it needs at least one token id.")
+        bad = next((t for t in ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ValueError(f"token id {bad!r} is outside the vocabulary [0, {vocab}).")
+        if len(ids) > self.max_prefill:
+            limit = "max_model_len" if self.max_prefill == self.max_model_len else "max_num_batched_tokens"
+            raise ValueError(f"prompt of {len(ids)} tokens exceeds {limit} {self.max_prefill}.")
+        if len(ids) + params.max_tokens > self.max_model_len:
+            raise ValueError(f"prompt of {len(ids)} tokens plus max_tokens {params.max_tokens} exceeds "
+                             f"max_model_len {self.max_model_len}.")
+        return ids
+
+    def add_request(self, request_id: str, prompt: Any, params: SamplingParams,
+                    arrival_time: float | None = None) -> None:
+        if request_id in self._requests:
+            raise ValueError(f"request id {request_id!r} is already in use.")
+        ids = self.validate(prompt, params)
+        seed = params.seed if params.seed is not None else self._rng.getrandbits(32)
+        req = _Request(request_id, ids, params, seed & 0xFFFFFFFF,
+                       RequestMetrics(arrival_time if arrival_time is not None else time.time()))
+        self._requests[request_id] = req
+        self._waiting.append(req)
+
+    def abort_request(self, request_id: str | Iterable[str]) -> None:
+        for rid in [request_id] if isinstance(request_id, str) else request_id:
+            req = self._requests.pop(rid, None)
+            if req is None:
+                continue
+            if req.slot >= 0:
+                self._slots[req.slot] = None
+            elif req in self._waiting:
+                self._waiting.remove(req)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._requests)
+
+    def num_running(self) -> int:
+        return sum(r is not None for r in self._slots)
+
+    # ---- stepping -------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """One prefill (if a request waits and a slot is free) or one decode over all slots."""
+        free = next((i for i, r in enumerate(self._slots) if r is None), None)
+        if self._waiting and free is not None:
+            return self._prefill(self._waiting.popleft(), free)
+        if any(self._slots):
+            return self._decode()
+        return []
+
+    def _event(self, kind, phase, bucket, reqs: Sequence[_Request], num_tokens, padded, kv_lens,
+               kv_bucket, wall_start, **end) -> PhaseEvent:
+        return PhaseEvent(kind, phase, self.step_count, bucket, len(reqs), num_tokens, padded,
+                          min(kv_lens), max(kv_lens), kv_bucket, tuple(r.request_id for r in reqs),
+                          wall_start, **end)
+
+    def _run(self, phase, reqs, bucket, num_tokens, padded, kv_lens, kv_bucket, call):
+        """Run `call` as engine step `phase`, in its profiler scope, with begin/end events."""
+        start = time.time()
+        if self.events:
+            self.events.publish(self._event("begin", phase, bucket, reqs, num_tokens, padded,
+                                            kv_lens, kv_bucket, start))
+        with self.runner.step_scope(phase, self.step_count):
+            result = call()
+        end = time.time()
+        if self.events:
+            self.events.publish(self._event("end", phase, bucket, reqs, num_tokens, padded, kv_lens,
+                                            kv_bucket, start, wall_end=end,
+                                            compiles=result.compiles.compiles,
+                                            compile_time_s=result.compiles.compile_time_s))
+        self.step_count += 1
+        return result, end
+
+    def _prefill(self, req: _Request, slot: int) -> list[RequestOutput]:
+        n = len(req.prompt)
+        bucket = self.runner.buckets.fit(self.runner.buckets.prefill, n)
+        req.slot = slot
+        self._slots[slot] = req
+        req.metrics.first_scheduled_time = time.time()
+        result, now = self._run("prefill", [req], bucket, n, bucket, [n], bucket,
+                                lambda: self.runner.prefill(slot, req.prompt, self._row(req)))
+        req.metrics.first_token_time = now
+        return [self._append(req, result, 0, now)]
+
+    def _decode(self) -> list[RequestOutput]:
+        reqs = [r for r in self._slots if r is not None]
+        slots = [r.slot for r in reqs]
+        positions = [r.kv_len for r in reqs]
+        buckets = self.runner.buckets
+        B = buckets.fit(buckets.batch, max(slots) + 1)
+        span = buckets.fit(buckets.kv, max(positions) + 1)
+        result, now = self._run(
+            "decode", reqs, B, len(reqs), B, [p + 1 for p in positions], span,
+            lambda: self.runner.decode(slots, [r.output[-1] for r in reqs], positions,
+                                       [self._row(r) for r in reqs]))
+        return [self._append(r, result, i, now) for i, r in enumerate(reqs)]
+
+    def _row(self, req: _Request):
+        from .runner import SamplingRow
+        p = req.params
+        return SamplingRow(float(p.temperature), p.top_k, float(p.top_p), req.seed, p.logprobs or 0)
+
+    def _append(self, req: _Request, result, i: int, now: float) -> RequestOutput:
+        token, lp = result.tokens[i], result.logprobs[i]
+        req.output.append(token)
+        req.cumulative += lp
+        if req.params.logprobs is not None:
+            entry = {token: Logprob(lp)}
+            for rank, (tid, tlp) in enumerate(result.top[i] if result.top else [], start=1):
+                if tid == token:
+                    entry[token] = Logprob(lp, rank)
+                else:
+                    entry.setdefault(tid, Logprob(tlp, rank))
+            req.logprobs.append(entry)
+        req.metrics.last_token_time = now
+        if len(req.output) >= req.params.max_tokens:
+            req.finish_reason = "length"
+        elif token in self._eos and not req.params.ignore_eos:
+            req.finish_reason = "stop"
+        if req.finish_reason:
+            req.metrics.finished_time = now
+            self._slots[req.slot] = None
+            self._requests.pop(req.request_id, None)
+        return self._output(req)
+
+    @staticmethod
+    def _output(req: _Request) -> RequestOutput:
+        done = req.finish_reason is not None
+        completion = CompletionOutput(0, list(req.output), req.cumulative,
+                                      list(req.logprobs) if req.params.logprobs is not None else None,
+                                      req.finish_reason)
+        return RequestOutput(req.request_id, req.prompt, [completion], done, req.metrics)

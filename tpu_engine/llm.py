@@ -1,0 +1,58 @@
+"""`LLM`: the vLLM-style offline API over the step engine."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from tqdm import tqdm
+
+from .config import DEFAULT_MODEL
+from .engine import EngineConfig, LLMEngine
+from .outputs import RequestOutput, SamplingParams
+
+
+class LLM:
+    """LLM(model, dtype, max_model_len, tensor_parallel_size, enforce_eager, load_format, seed,
+    max_num_seqs, max_num_batched_tokens, compilation_cache_dir, strict_compiles).
+
+    `enforce_eager=True` skips the warm-up that compiles every bucket ahead of time: each
+    shape then compiles on first use (same outputs, slower first requests)."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, **kwargs: Any):
+        self.llm_engine = LLMEngine(EngineConfig(model=model, **kwargs))
+        self._counter = 0
+
+    def generate(self, prompts: Any, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 use_tqdm: bool = True) -> list[RequestOutput]:
+        """Run prompts ({'prompt_token_ids': [...]} or lists of ids) to completion; one output
+        per prompt, in order. Every prompt is checked before any starts."""
+        if isinstance(prompts, dict) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if sampling_params is None:
+            sampling_params = SamplingParams()
+        params = list(sampling_params) if isinstance(sampling_params, (list, tuple)) else [sampling_params] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError(f"got {len(params)} sampling params for {len(prompts)} prompts; expected one or one each.")
+        engine = self.llm_engine
+        for prompt, p in zip(prompts, params):
+            engine.validate(prompt, p)
+        ids = []
+        for prompt, p in zip(prompts, params):
+            rid = str(self._counter)
+            self._counter += 1
+            engine.add_request(rid, prompt, p)
+            ids.append(rid)
+        done: dict[str, RequestOutput] = {}
+        bar = tqdm(total=len(ids), desc="Processed prompts", disable=not use_tqdm)
+        try:
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if out.finished:
+                        done[out.request_id] = out
+                        bar.update(1)
+        except BaseException:
+            engine.abort_request(ids)  # leave the engine clean for the next call
+            raise
+        finally:
+            bar.close()
+        return [done[i] for i in ids]

@@ -1,0 +1,164 @@
+"""Llama / Qwen2 decoder: pure tensor math over a static KV cache.
+
+Parameter names match HF checkpoints (`model.layers.0.self_attn.q_proj.weight`, ...), so a
+safetensors state dict loads by name. Nothing here knows about XLA: the runner passes the
+device tensors and an optional `scope(name)` context factory used to label each module.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, ContextManager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig, RopeScaling
+
+Scope = Callable[[str], ContextManager]
+
+
+def _no_scope(name: str) -> ContextManager:
+    return contextlib.nullcontext()
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32, as the reference does, then scale in the model dtype.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
+    """Inverse frequencies (head_dim/2,), with Llama-3.1 frequency-dependent scaling."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    if scaling is None:
+        return inv_freq
+    # Llama 3.1: long wavelengths are divided by `factor`, short ones kept, the band between
+    # interpolated smoothly (see transformers' `_compute_llama3_parameters`).
+    low_wavelen = scaling.original_max_position_embeddings / scaling.low_freq_factor
+    high_wavelen = scaling.original_max_position_embeddings / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (scaling.original_max_position_embeddings / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: (B, T, heads, D); cos/sin: (B, T, 1, D). Rotate-half convention, as HF Llama.
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        h, bias = cfg.hidden_size, cfg.attention_bias
+        self.q_proj = nn.Linear(h, self.n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, h, bias=False)
+
+    def forward(self, x, cos, sin, k_cache, v_cache, write_index, key_mask, cache_len, kv_len):
+        """x: (B, T, hidden). Caches are (KV, S*cache_len, D); the new k/v of token (b, t) go
+        to column write_index[b*T + t], in place. With `kv_len` None (prefill) attention runs
+        over the fresh k/v; otherwise over the first `kv_len` cache positions of slots [0, B).
+        key_mask: (B, T, Tk) bool, True where a query may attend to a key."""
+        B, T, _ = x.shape
+        D = self.head_dim
+        q = apply_rope(self.q_proj(x).view(B, T, self.n_heads, D), cos, sin)
+        k = apply_rope(self.k_proj(x).view(B, T, self.n_kv, D), cos, sin)
+        v = self.v_proj(x).view(B, T, self.n_kv, D)
+        k_cache.index_copy_(1, write_index, k.permute(2, 0, 1, 3).reshape(self.n_kv, B * T, D))
+        v_cache.index_copy_(1, write_index, v.permute(2, 0, 1, 3).reshape(self.n_kv, B * T, D))
+        if kv_len is None:
+            k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, KV, T, D)
+        else:
+            k = k_cache.view(self.n_kv, -1, cache_len, D)[:, :B, :kv_len].transpose(0, 1)
+            v = v_cache.view(self.n_kv, -1, cache_len, D)[:, :B, :kv_len].transpose(0, 1)
+        group = self.n_heads // self.n_kv
+        # Grouped-query attention without repeating k/v: queries as (B, KV, G, T, D).
+        qg = q.view(B, T, self.n_kv, group, D).permute(0, 2, 3, 1, 4)
+        scores = torch.matmul(qg, k.unsqueeze(2).transpose(-1, -2)) * (1.0 / math.sqrt(D))
+        scores = scores.float().masked_fill(~key_mask[:, None, None], float("-inf"))
+        probs = torch.softmax(scores, dim=-1).to(v.dtype)
+        out = torch.matmul(probs, v.unsqueeze(2))  # (B, KV, G, T, D)
+        out = out.permute(0, 3, 1, 2, 4).reshape(B, T, self.n_heads * D)
+        return self.o_proj(out)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        h, i = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = nn.Linear(h, i, bias=False)
+        self.up_proj = nn.Linear(h, i, bias=False)
+        self.down_proj = nn.Linear(i, h, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class CausalLM(nn.Module):
+    """Decoder-only LM. `forward` returns logits for one chosen position per sequence."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = Transformer(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.scope: Scope = _no_scope
+
+    def forward(self, tokens, positions, kv_caches, write_index, key_mask, last_index,
+                cache_len: int, kv_len: int | None, inv_freq):
+        """tokens, positions: (B, T) int; kv_caches: [(k, v)] per layer, each (KV, S*L, D);
+        last_index: (B,) position in T whose logits are returned. Returns (B, vocab) float32."""
+        scope = self.scope
+        with scope("model.embed_tokens"):
+            x = self.model.embed_tokens(tokens)
+        freqs = positions.unsqueeze(-1).float() * inv_freq  # (B, T, D/2)
+        emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(2)  # (B, T, 1, D)
+        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        for i, layer in enumerate(self.model.layers):
+            k_cache, v_cache = kv_caches[i]
+            with scope(f"model.layers.{i}.self_attn"):
+                x = x + layer.self_attn(layer.input_layernorm(x), cos, sin, k_cache, v_cache,
+                                        write_index, key_mask, cache_len, kv_len)
+            with scope(f"model.layers.{i}.mlp"):
+                x = x + layer.mlp(layer.post_attention_layernorm(x))
+        # Only the last real position of each sequence needs logits.
+        B = x.shape[0]
+        x = x[torch.arange(B, device=x.device), last_index]  # (B, hidden)
+        with scope("model.norm"):
+            x = self.model.norm(x)
+        with scope("lm_head"):
+            return self.lm_head(x).float()

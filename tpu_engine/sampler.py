@@ -1,0 +1,62 @@
+"""On-device sampling: greedy, temperature, top-k, top-p, seeded; no host sync.
+
+Every sampling parameter is a per-row tensor, so one compiled graph serves any mix of
+requests. Randomness comes from a counter-based hash of (seed, position, token id): a request
+with a seed gets the same tokens whatever else shares its batch.
+"""
+from __future__ import annotations
+
+import torch
+
+MAX_LOGPROBS = 20  # largest `SamplingParams.logprobs` served (as vLLM's default max_logprobs)
+_MASK32 = 0xFFFFFFFF
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    # "lowbias32" integer hash (Chris Wellons), on int64 lanes masked to 32 bits.
+    x = x & _MASK32
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def uniform_noise(seeds: torch.Tensor, counters: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, n) floats in (0, 1), a pure function of (seed, counter, column)."""
+    col = torch.arange(n, device=seeds.device, dtype=torch.int64)
+    h = _hash32(seeds.unsqueeze(1) * 0x9E3779B1 + _hash32(counters.unsqueeze(1) + 0x632BE5AB))
+    h = _hash32(h ^ (col.unsqueeze(0) * 0x85EBCA77))
+    return ((h >> 8).float() + 0.5) * (1.0 / (1 << 24))
+
+
+def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
+           top_p: torch.Tensor, seeds: torch.Tensor, counters: torch.Tensor,
+           random: bool, num_logprobs: int):
+    """logits: (B, V) float32. temperature/top_p: (B,) float; top_k: (B,) int (V = off);
+    seeds/counters: (B,) int64. Rows with temperature 0 are greedy.
+
+    Returns (token ids (B,), their logprobs (B,), top ids (B, n), top logprobs (B, n)) where
+    n = num_logprobs; logprobs are of the unmodified model distribution, as vLLM reports."""
+    logprobs = torch.log_softmax(logits, dim=-1)
+    greedy = torch.argmax(logits, dim=-1)
+    if random:
+        # Sort once; top-k and top-p are both cut-offs on the sorted order.
+        temp = torch.where(temperature > 0, temperature, torch.ones_like(temperature))
+        sorted_logits, sorted_ids = torch.sort(logits / temp.unsqueeze(1), dim=-1, descending=True)
+        rank = torch.arange(logits.shape[1], device=logits.device).unsqueeze(0)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        before = torch.cumsum(probs, dim=-1) - probs  # mass strictly above each rank
+        keep = (rank < top_k.unsqueeze(1)) & (before < top_p.unsqueeze(1))
+        probs = torch.where(keep, probs, torch.zeros_like(probs))
+        # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p (no multinomial).
+        race = probs / -torch.log(uniform_noise(seeds, counters, logits.shape[1]))
+        picked = torch.gather(sorted_ids, 1, torch.argmax(race, dim=-1, keepdim=True)).squeeze(1)
+        tokens = torch.where(temperature > 0, picked, greedy)
+    else:
+        tokens = greedy
+    token_logprobs = torch.gather(logprobs, 1, tokens.unsqueeze(1)).squeeze(1)
+    if num_logprobs:
+        top_lp, top_ids = torch.topk(logprobs, num_logprobs, dim=-1)
+        return tokens, token_logprobs, top_ids, top_lp
+    return tokens, token_logprobs, None, None

@@ -1,0 +1,53 @@
+"""Turn an EngineConfig into a ready backend: check every setting, then load the model."""
+from __future__ import annotations
+
+import sys
+
+from .compile import default_cache_dir
+from .platform import device_count, select_device
+from .weights import resolve_model
+
+DEFAULT_MAX_MODEL_LEN = 2048
+
+
+def _positive(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} {value!r} must be a positive integer.")
+
+
+def build_runner(config):
+    """Returns (runner, model config, model source, max_model_len, longest prefill)."""
+    source = resolve_model(config.model, config.load_format)
+    cfg = source.config
+    max_len = config.max_model_len or min(cfg.max_position_embeddings, DEFAULT_MAX_MODEL_LEN)
+    _positive("max_model_len", max_len)
+    if max_len > cfg.max_position_embeddings:
+        raise ValueError(f"max_model_len {max_len} exceeds the model's max_position_embeddings "
+                         f"{cfg.max_position_embeddings}.")
+    _positive("max_num_seqs", config.max_num_seqs)
+    max_prefill = config.max_num_batched_tokens or max_len
+    _positive("max_num_batched_tokens", max_prefill)
+    if max_prefill < config.max_num_seqs:
+        raise ValueError(f"max_num_batched_tokens {max_prefill} is smaller than max_num_seqs "
+                         f"{config.max_num_seqs}.")
+    max_prefill = min(max_prefill, max_len)
+    _positive("tensor_parallel_size", config.tensor_parallel_size)
+
+    device = select_device()
+    dtype = config.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device == "TPU" else "float32"
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype {config.dtype!r} is not supported; expected auto, float32 or bfloat16.")
+    from .sharding import check_tp
+    check_tp(cfg, config.tensor_parallel_size, device_count())
+
+    cache_dir = config.compilation_cache_dir
+    if cache_dir is None and device == "TPU":
+        cache_dir = default_cache_dir()
+    from .runner import XlaRunner
+    runner = XlaRunner(source, dtype=dtype, max_model_len=max_len, max_num_seqs=config.max_num_seqs,
+                       tensor_parallel_size=config.tensor_parallel_size, seed=config.seed,
+                       compilation_cache_dir=cache_dir or None, strict_compiles=config.strict_compiles,
+                       max_prefill=max_prefill)
+    return runner, cfg, source, max_len, max_prefill
