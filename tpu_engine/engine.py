@@ -10,6 +10,8 @@ Nothing here imports torch_xla: the backend (`runner.py`) owns devices and graph
 from __future__ import annotations
 
 import collections
+import hashlib
+import operator
 import dataclasses
 import random
 import time
@@ -77,11 +79,14 @@ class LLMEngine:
             prompt = prompt["prompt_token_ids"]
         if isinstance(prompt, str):
             raise ValueError("text prompts are not supported; pass {'prompt_token_ids': [...]}.")
-        ids = list(prompt)
+        try:
+            ids = [operator.index(t) for t in prompt]  # ints, numpy ints; not floats or bools
+        except TypeError:
+            raise ValueError(f"prompt {prompt!r:.60} is not a sequence of integer token ids.") from None
         vocab = self.model_config.vocab_size
         if not ids:
             raise ValueError("prompt is empty; it needs at least one token id.")
-        bad = next((t for t in ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab), None)
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
         if bad is not None:
             raise ValueError(f"token id {bad!r} is outside the vocabulary [0, {vocab}).")
         if len(ids) > self.max_prefill:
@@ -97,11 +102,17 @@ class LLMEngine:
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already in use.")
         ids = self.validate(prompt, params)
-        seed = params.seed if params.seed is not None else self._rng.getrandbits(32)
-        req = _Request(request_id, ids, params, seed & 0xFFFFFFFF,
+        req = _Request(request_id, ids, params, self._seed32(params.seed),
                        RequestMetrics(arrival_time if arrival_time is not None else time.time()))
         self._requests[request_id] = req
         self._waiting.append(req)
+
+    def _seed32(self, seed: int | None) -> int:
+        """The sampler's 32-bit seed: a hash of the user's seed (any size), else a draw from the
+        engine's seeded generator."""
+        if seed is None:
+            return self._rng.getrandbits(32)
+        return int.from_bytes(hashlib.blake2b(str(seed).encode(), digest_size=4).digest(), "little")
 
     def abort_request(self, request_id: str | Iterable[str]) -> None:
         for rid in [request_id] if isinstance(request_id, str) else request_id:
@@ -112,6 +123,9 @@ class LLMEngine:
                 self._slots[req.slot] = None
             elif req in self._waiting:
                 self._waiting.remove(req)
+
+    def has_request(self, request_id: str) -> bool:
+        return request_id in self._requests
 
     def has_unfinished_requests(self) -> bool:
         return bool(self._requests)
@@ -186,12 +200,10 @@ class LLMEngine:
         req.output.append(token)
         req.cumulative += lp
         if req.params.logprobs is not None:
-            entry = {token: Logprob(lp)}
-            for rank, (tid, tlp) in enumerate(result.top[i] if result.top else [], start=1):
-                if tid == token:
-                    entry[token] = Logprob(lp, rank)
-                else:
-                    entry.setdefault(tid, Logprob(tlp, rank))
+            rank, alternatives = result.top[i] if result.top else (None, [])
+            entry = {token: Logprob(lp, rank)}
+            for r, (tid, tlp) in enumerate(alternatives, start=1):
+                entry.setdefault(tid, Logprob(tlp, r))
             req.logprobs.append(entry)
         req.metrics.last_token_time = now
         if len(req.output) >= req.params.max_tokens:

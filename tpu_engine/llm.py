@@ -25,7 +25,8 @@ class LLM:
                  use_tqdm: bool = True) -> list[RequestOutput]:
         """Run prompts ({'prompt_token_ids': [...]} or lists of ids) to completion; one output
         per prompt, in order. Every prompt is checked before any starts."""
-        if isinstance(prompts, dict) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+        if isinstance(prompts, dict) or (isinstance(prompts, (list, tuple)) and prompts
+                                          and not isinstance(prompts[0], (dict, list, tuple))):
             prompts = [prompts]
         prompts = list(prompts)
         if sampling_params is None:
@@ -36,15 +37,16 @@ class LLM:
         engine = self.llm_engine
         for prompt, p in zip(prompts, params):
             engine.validate(prompt, p)
-        ids = []
-        for prompt, p in zip(prompts, params):
-            rid = str(self._counter)
-            self._counter += 1
-            engine.add_request(rid, prompt, p)
-            ids.append(rid)
+        ids: list[str] = []
         done: dict[str, RequestOutput] = {}
-        bar = tqdm(total=len(ids), desc="Processed prompts", disable=not use_tqdm)
+        bar = tqdm(total=len(prompts), desc="Processed prompts", disable=not use_tqdm)
         try:
+            for prompt, p in zip(prompts, params):
+                while engine.has_request(str(self._counter)):
+                    self._counter += 1
+                ids.append(str(self._counter))
+                self._counter += 1
+                engine.add_request(ids[-1], prompt, p)
             while engine.has_unfinished_requests():
                 for out in engine.step():
                     if out.finished:

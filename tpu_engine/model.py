@@ -72,8 +72,8 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, h, bias=False)
 
     def forward(self, x, cos, sin, k_cache, v_cache, write_index, key_mask, cache_len, kv_len):
-        """x: (B, T, hidden). Caches are (KV, S*cache_len, D); the new k/v of token (b, t) go
-        to column write_index[b*T + t], in place. With `kv_len` None (prefill) attention runs
+        """x: (B, T, hidden). Caches are (S*cache_len, KV, D); the new k/v of token (b, t) go
+        to row write_index[b*T + t], in place. With `kv_len` None (prefill) attention runs
         over the fresh k/v; otherwise over the first `kv_len` cache positions of slots [0, B).
         key_mask: (B, T, Tk) bool, True where a query may attend to a key."""
         B, T, _ = x.shape
@@ -81,13 +81,13 @@ class Attention(nn.Module):
         q = apply_rope(self.q_proj(x).view(B, T, self.n_heads, D), cos, sin)
         k = apply_rope(self.k_proj(x).view(B, T, self.n_kv, D), cos, sin)
         v = self.v_proj(x).view(B, T, self.n_kv, D)
-        k_cache.index_copy_(1, write_index, k.permute(2, 0, 1, 3).reshape(self.n_kv, B * T, D))
-        v_cache.index_copy_(1, write_index, v.permute(2, 0, 1, 3).reshape(self.n_kv, B * T, D))
-        if kv_len is None:
-            k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, KV, T, D)
-        else:
-            k = k_cache.view(self.n_kv, -1, cache_len, D)[:, :B, :kv_len].transpose(0, 1)
-            v = v_cache.view(self.n_kv, -1, cache_len, D)[:, :B, :kv_len].transpose(0, 1)
+        # Row-indexed in-place update: XLA aliases the cache buffer instead of copying it.
+        k_cache.index_copy_(0, write_index, k.reshape(B * T, self.n_kv, D))
+        v_cache.index_copy_(0, write_index, v.reshape(B * T, self.n_kv, D))
+        if kv_len is not None:
+            k = k_cache.view(-1, cache_len, self.n_kv, D)[:B, :kv_len]
+            v = v_cache.view(-1, cache_len, self.n_kv, D)[:B, :kv_len]
+        k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, KV, Tk, D)
         group = self.n_heads // self.n_kv
         # Grouped-query attention without repeating k/v: queries as (B, KV, G, T, D).
         qg = q.view(B, T, self.n_kv, group, D).permute(0, 2, 3, 1, 4)
@@ -140,7 +140,7 @@ class CausalLM(nn.Module):
 
     def forward(self, tokens, positions, kv_caches, write_index, key_mask, last_index,
                 cache_len: int, kv_len: int | None, inv_freq):
-        """tokens, positions: (B, T) int; kv_caches: [(k, v)] per layer, each (KV, S*L, D);
+        """tokens, positions: (B, T) int; kv_caches: [(k, v)] per layer, each (S*L, KV, D);
         last_index: (B,) position in T whose logits are returned. Returns (B, vocab) float32."""
         scope = self.scope
         with scope("model.embed_tokens"):

@@ -47,7 +47,7 @@ class SamplingRow:
 class StepResult:
     tokens: list[int]
     logprobs: list[float]
-    top: list[list[tuple[int, float]]] | None  # per row, (token, logprob) best first
+    top: list[tuple[int, list[tuple[int, float]]]] | None  # per row: chosen token's rank, (token, logprob) best first
     compiles: CompileStats
 
 
@@ -98,7 +98,7 @@ class XlaRunner:
 
     def _allocate_kv_cache(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         cfg = self.cfg
-        shape = (cfg.num_key_value_heads, self.max_num_seqs * self.max_model_len, cfg.head_dim)
+        shape = (self.max_num_seqs * self.max_model_len, cfg.num_key_value_heads, cfg.head_dim)
         caches = []
         for _ in range(cfg.num_hidden_layers):
             pair = tuple(torch.zeros(shape, dtype=self.dtype).to(self.device) for _ in range(2))
@@ -195,17 +195,16 @@ class XlaRunner:
         floats, ints = self._sampling_tensors(rows, n)
         random = any(r.temperature > 0 for r in rows)
         want = max(r.num_logprobs for r in rows)
-        tokens, lps, top_ids, top_lps = sample(
+        tokens, lps, top = sample(
             logits, floats[:, 0], ints[:, 0], floats[:, 1], ints[:, 1], counters,
             random=random, num_logprobs=MAX_LOGPROBS if want else 0)
-        if top_ids is not None:
-            t_cpu, lp_cpu, ti, tl = self._xla_fetch(tokens, lps, top_ids, top_lps)
-            top = [[(int(i), float(v)) for i, v in zip(ti[r, :rows[r].num_logprobs].tolist(),
-                                                        tl[r, :rows[r].num_logprobs].tolist())]
+        if top is not None:
+            t_cpu, lp_cpu, ti, tl, rank = self._xla_fetch(tokens, lps, *top)
+            top = [(int(rank[r]), list(zip(ti[r, :rows[r].num_logprobs].tolist(),
+                                           tl[r, :rows[r].num_logprobs].tolist())))
                    for r in range(n)]
         else:
             t_cpu, lp_cpu = self._xla_fetch(tokens, lps)
-            top = None
         compiles = self.guard.check(before, what)
         return StepResult(t_cpu.tolist(), lp_cpu.tolist(), top, compiles)
 

@@ -36,8 +36,9 @@ def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
     """logits: (B, V) float32. temperature/top_p: (B,) float; top_k: (B,) int (V = off);
     seeds/counters: (B,) int64. Rows with temperature 0 are greedy.
 
-    Returns (token ids (B,), their logprobs (B,), top ids (B, n), top logprobs (B, n)) where
-    n = num_logprobs; logprobs are of the unmodified model distribution, as vLLM reports."""
+    Returns (token ids (B,), their logprobs (B,), and with num_logprobs = n > 0: top ids (B, n),
+    top logprobs (B, n), the chosen tokens' ranks (B,)); logprobs are of the unmodified model
+    distribution, as vLLM reports."""
     logprobs = torch.log_softmax(logits, dim=-1)
     greedy = torch.argmax(logits, dim=-1)
     if random:
@@ -45,9 +46,11 @@ def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
         temp = torch.where(temperature > 0, temperature, torch.ones_like(temperature))
         sorted_logits, sorted_ids = torch.sort(logits / temp.unsqueeze(1), dim=-1, descending=True)
         rank = torch.arange(logits.shape[1], device=logits.device).unsqueeze(0)
-        probs = torch.softmax(sorted_logits, dim=-1)
+        # top-k first, then top-p on the renormalised top-k distribution (as vLLM and HF).
+        in_k = rank < top_k.unsqueeze(1)
+        probs = torch.softmax(sorted_logits.masked_fill(~in_k, float("-inf")), dim=-1)
         before = torch.cumsum(probs, dim=-1) - probs  # mass strictly above each rank
-        keep = (rank < top_k.unsqueeze(1)) & (before < top_p.unsqueeze(1))
+        keep = in_k & (before < top_p.unsqueeze(1))
         probs = torch.where(keep, probs, torch.zeros_like(probs))
         # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p (no multinomial).
         race = probs / -torch.log(uniform_noise(seeds, counters, logits.shape[1]))
@@ -58,5 +61,6 @@ def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
     token_logprobs = torch.gather(logprobs, 1, tokens.unsqueeze(1)).squeeze(1)
     if num_logprobs:
         top_lp, top_ids = torch.topk(logprobs, num_logprobs, dim=-1)
-        return tokens, token_logprobs, top_ids, top_lp
-    return tokens, token_logprobs, None, None
+        rank = (logprobs > token_logprobs.unsqueeze(1)).sum(-1) + 1
+        return tokens, token_logprobs, (top_ids, top_lp, rank)
+    return tokens, token_logprobs, None

@@ -48,6 +48,6 @@ class TensorParallel:
         return t
 
     def shard_kv(self, t: torch.Tensor) -> torch.Tensor:
-        """t: a (KV, S*L, D) cache, split on the KV-head axis."""
-        self.xs.mark_sharding(t, self.mesh, ("model", None, None))
+        """t: a (S*L, KV, D) cache, split on the KV-head axis."""
+        self.xs.mark_sharding(t, self.mesh, (None, "model", None))
         return t

@@ -1,0 +1,270 @@
+"""The step engine: prefill/decode consistency, compile discipline, continuous batching,
+phase events and request outputs.
+
+One strict engine (any compile after warm-up raises RecompileError) serves the module, so
+every test here also checks that serving never recompiles. max_model_len=256 gives two
+decode attention spans (128 and 256), so decode crosses a span bucket too."""
+import json
+import os
+import random
+import shutil
+
+import pytest
+
+from tpu_engine import LLM, SamplingParams
+
+VOCAB = 512
+MAX_LEN = 256
+MAX_SEQS = 4
+PREFILL_BUCKETS = [16, 32, 64, 128, 256]
+
+
+@pytest.fixture(scope="module")
+def llm(llama_dir):
+    return LLM(llama_dir, max_model_len=MAX_LEN, max_num_seqs=MAX_SEQS, strict_compiles=True)
+
+
+def _prompt(n, seed):
+    rng = random.Random(seed)
+    return [rng.randrange(VOCAB) for _ in range(n)]
+
+
+def _greedy(max_tokens, **kw):
+    return SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True, **kw)
+
+
+def _generate(llm, prompts, params):
+    return llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+
+
+def _drain(engine, max_steps=500):
+    """Step until idle; returns {request_id: (engine step index, finished RequestOutput)}."""
+    finished, step = {}, 0
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                assert out.request_id not in finished
+                finished[out.request_id] = (step, out)
+        step += 1
+        assert step < max_steps, "engine does not drain"
+    return finished
+
+
+def _bucket(n):
+    return next(b for b in PREFILL_BUCKETS if b >= n)
+
+
+# ---- prefill + decode == full forward ------------------------------------------------------
+def test_prefill_plus_decode_equals_full_forward(llm):
+    prompt = _prompt(12, seed=1)  # prompt + k crosses the 16-token prefill bucket
+    out = _generate(llm, [prompt], _greedy(8, logprobs=0))[0].outputs[0]
+    gen = out.token_ids
+    decode_lp = [entry[t].logprob for t, entry in zip(gen, out.logprobs)]
+    assert len(gen) == 8
+    ks = list(range(1, 8))
+    refills = _generate(llm, [prompt + gen[:k] for k in ks], _greedy(1, logprobs=0))
+    for k, r in zip(ks, refills):
+        c = r.outputs[0]
+        assert c.token_ids == [gen[k]], f"prefill of prompt+gen[:{k}] picks {c.token_ids}, decode picked {gen[k]}"
+        assert abs(c.logprobs[0][gen[k]].logprob - decode_lp[k]) <= 1e-4
+
+
+# ---- zero compiles after warm-up -----------------------------------------------------------
+def test_no_compiles_after_warmup(llm):
+    guard = llm.llm_engine.runner.guard
+    assert guard.strict and guard.armed
+    lengths = [1, 15, 16, 17, 31, 33, 64, 65, 100, 120, 127, 129, 200, 250]
+    assert {_bucket(n) for n in lengths} == set(PREFILL_BUCKETS)
+    variants = [
+        SamplingParams(temperature=0, max_tokens=6, ignore_eos=True),
+        SamplingParams(temperature=0, max_tokens=5, logprobs=0, ignore_eos=True),
+        SamplingParams(temperature=0.8, max_tokens=4, logprobs=5, seed=3, ignore_eos=True),
+        SamplingParams(temperature=1.0, top_k=7, max_tokens=6, ignore_eos=True),
+        SamplingParams(temperature=1.2, top_p=0.3, max_tokens=3, logprobs=20, ignore_eos=True),
+        SamplingParams(temperature=0.5, top_k=3, top_p=0.9, max_tokens=5, seed=11),
+        SamplingParams(temperature=1.0, max_tokens=2, logprobs=0, seed=99, ignore_eos=True),
+    ]
+    prompts = [_prompt(n, seed=n) for n in lengths]
+    params = [variants[i % len(variants)] for i in range(len(lengths))]
+    # The longest prompts: keep prompt + max_tokens within max_model_len.
+    params = [p if len(q) + p.max_tokens <= MAX_LEN else
+              SamplingParams(temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
+                             logprobs=p.logprobs, seed=p.seed, ignore_eos=True,
+                             max_tokens=MAX_LEN - len(q))
+              for q, p in zip(prompts, params)]
+    # Everything mixed in one call (batches of every size as slots fill and drain) ...
+    outs = _generate(llm, prompts, params)
+    for o, p in zip(outs, params):  # one variant honours EOS, so it may stop early
+        n = len(o.outputs[0].token_ids)
+        assert n == p.max_tokens or (n < p.max_tokens and o.outputs[0].finish_reason == "stop")
+    # ... then calls of each batch size, each with one sampling variant for all or mixed ones.
+    for b in range(1, MAX_SEQS + 1):
+        for v in variants[:3]:
+            _generate(llm, prompts[b:2 * b], v)
+        _generate(llm, prompts[-b:], [variants[(b + i) % len(variants)] for i in range(b)])
+    # Decode beyond the first 128-token attention span, with random sampling and logprobs.
+    long = [_prompt(120, seed=5), _prompt(30, seed=6)]
+    _generate(llm, long, [SamplingParams(temperature=1.0, max_tokens=20, logprobs=5, ignore_eos=True),
+                          SamplingParams(temperature=1.0, top_k=4, max_tokens=110, ignore_eos=True)])
+    assert guard.since_armed().compiles == 0
+
+
+# ---- step API / continuous batching --------------------------------------------------------
+def test_requests_with_different_max_tokens_finish_at_different_steps(llm):
+    engine = llm.llm_engine
+    budgets = {"len-a": 2, "len-b": 5, "len-c": 9}
+    for i, (rid, n) in enumerate(budgets.items()):
+        engine.add_request(rid, _prompt(6 + 5 * i, seed=20 + i), _greedy(n))
+    finished = _drain(engine)
+    assert set(finished) == set(budgets)
+    steps = {rid: s for rid, (s, _) in finished.items()}
+    assert steps["len-a"] < steps["len-b"] < steps["len-c"]
+    for rid, (_, out) in finished.items():
+        assert len(out.outputs[0].token_ids) == budgets[rid]
+        assert out.outputs[0].finish_reason == "length"
+
+
+def test_request_added_mid_decode_joins_and_matches_running_alone(llm):
+    engine = llm.llm_engine
+    prompts = {"join-a": _prompt(5, seed=30), "join-b": _prompt(20, seed=31), "join-c": _prompt(40, seed=32)}
+    budgets = {"join-a": 10, "join-b": 9, "join-c": 6}
+    engine.add_request("join-a", prompts["join-a"], _greedy(budgets["join-a"]))
+    engine.add_request("join-b", prompts["join-b"], _greedy(budgets["join-b"]))
+    progress = {}
+    for _ in range(4):  # prefill a, prefill b, then two decode steps of both
+        for out in engine.step():
+            progress[out.request_id] = out
+    assert {rid: len(o.outputs[0].token_ids) for rid, o in progress.items()} == {"join-a": 3, "join-b": 3}
+    assert not any(o.finished for o in progress.values())
+    engine.add_request("join-c", prompts["join-c"], _greedy(budgets["join-c"]))
+    # The next step prefills the newcomer while a and b are mid-decode ...
+    outs = engine.step()
+    assert [(o.request_id, len(o.outputs[0].token_ids)) for o in outs] == [("join-c", 1)]
+    # ... and the step after decodes all three together.
+    outs = engine.step()
+    assert sorted(o.request_id for o in outs) == ["join-a", "join-b", "join-c"]
+    finished = _drain(engine)
+    assert set(finished) == set(prompts)
+    for rid, prompt in prompts.items():
+        alone = _generate(llm, [prompt], _greedy(budgets[rid]))[0].outputs[0].token_ids
+        assert finished[rid][1].outputs[0].token_ids == alone, rid
+
+
+def test_abort_removes_request_and_engine_drains(llm):
+    engine = llm.llm_engine
+    prompts = {rid: _prompt(8 + i, seed=40 + i) for i, rid in enumerate(["ab-a", "ab-b", "ab-c"])}
+    for rid, p in prompts.items():
+        engine.add_request(rid, p, _greedy(8))
+    for _ in range(4):  # three prefills and one decode
+        engine.step()
+    assert engine.num_running() == 3
+    engine.abort_request("ab-b")              # running, mid-decode
+    engine.add_request("ab-d", _prompt(9, seed=49), _greedy(8))
+    engine.abort_request(["ab-d", "no-such-id"])  # still waiting; unknown ids are ignored
+    assert engine.num_running() == 2
+    seen = set()
+    finished, steps = {}, 0
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            seen.add(out.request_id)
+            if out.finished:
+                finished[out.request_id] = out
+        steps += 1
+        assert steps < 100
+    assert seen == {"ab-a", "ab-c"}
+    assert set(finished) == {"ab-a", "ab-c"}
+    assert engine.num_running() == 0 and engine.step() == []
+    for rid in ("ab-a", "ab-c"):
+        alone = _generate(llm, [prompts[rid]], _greedy(8))[0].outputs[0].token_ids
+        assert finished[rid].outputs[0].token_ids == alone
+
+
+# ---- phase events --------------------------------------------------------------------------
+def test_phase_events(llm):
+    engine = llm.llm_engine
+    prompts = [_prompt(5, seed=50), _prompt(20, seed=51), _prompt(40, seed=52)]
+    budgets = [2, 4, 6]
+    events = []
+    unsubscribe = engine.events.subscribe(events.append)
+    try:
+        outs = _generate(llm, prompts, [_greedy(n) for n in budgets])
+    finally:
+        unsubscribe()
+    ids = [o.request_id for o in outs]
+    assert len(events) % 2 == 0
+    begins, ends = events[0::2], events[1::2]
+    for b, e in zip(begins, ends):
+        assert (b.kind, e.kind) == ("begin", "end")
+        assert (b.phase, b.step, b.bucket, b.request_ids, b.batch_size, b.num_tokens) == \
+               (e.phase, e.step, e.bucket, e.request_ids, e.batch_size, e.num_tokens)
+        assert b.wall_end is None and b.compiles is None
+        assert e.wall_end >= e.wall_start == b.wall_start
+        assert e.compiles == 0
+    steps = [b.step for b in begins]
+    assert all(x < y for x, y in zip(steps, steps[1:]))
+
+    # Replay the schedule: who is running, with how many tokens, at each step.
+    prefills = [b for b in begins if b.phase == "prefill"]
+    assert [p.request_ids for p in prefills] == [(rid,) for rid in ids]
+    for p, prompt in zip(prefills, prompts):
+        assert (p.batch_size, p.num_tokens, p.bucket) == (1, len(prompt), _bucket(len(prompt)))
+        assert p.padded_tokens == p.kv_bucket == p.bucket
+        assert p.kv_len_min == p.kv_len_max == len(prompt)
+    generated, running = {}, []
+    prompt_of = dict(zip(ids, prompts))
+    budget_of = dict(zip(ids, budgets))
+    for b in begins:
+        if b.phase == "prefill":
+            rid = b.request_ids[0]
+            running.append(rid)
+            generated[rid] = 1
+        else:
+            assert b.phase == "decode"
+            assert sorted(b.request_ids) == sorted(running)
+            assert b.batch_size == b.num_tokens == len(running)
+            assert b.bucket >= len(running) and b.padded_tokens == b.bucket
+            ctx = [len(prompt_of[r]) + generated[r] for r in running]
+            assert (b.kv_len_min, b.kv_len_max) == (min(ctx), max(ctx))
+            for r in running:
+                generated[r] += 1
+        running = [r for r in running if generated[r] < budget_of[r]]
+    assert running == []
+    assert generated == budget_of
+    assert sum(b.phase == "decode" for b in begins) == max(budgets) - 1
+
+
+# ---- outputs -------------------------------------------------------------------------------
+def test_outputs_metrics_and_length_finish(llm):
+    prompts = [_prompt(7, seed=60), _prompt(19, seed=61), _prompt(3, seed=62)]
+    outs = _generate(llm, prompts, _greedy(5, logprobs=0))
+    assert len({o.request_id for o in outs}) == 3
+    for prompt, out in zip(prompts, outs):
+        m = out.metrics
+        c = out.outputs[0]
+        assert out.finished and out.prompt_token_ids == prompt
+        assert c.finish_reason == "length" and len(c.token_ids) == 5
+        assert m.arrival_time <= m.first_scheduled_time <= m.first_token_time
+        assert m.first_token_time <= m.last_token_time <= m.finished_time
+        assert abs(c.cumulative_logprob - sum(e[t].logprob for t, e in zip(c.token_ids, c.logprobs))) < 1e-4
+
+
+def test_eos_stops_request_unless_ignored(llm, llama_dir, tmp_path):
+    prompt = _prompt(10, seed=70)
+    gen = _generate(llm, [prompt], _greedy(8))[0].outputs[0].token_ids
+    # The first step >= 2 whose token was not emitted before: EOS there must stop generation.
+    stop_at = next(s for s in range(2, 8) if gen[s] not in gen[:s])
+    eos_dir = str(tmp_path / "eos_model")
+    shutil.copytree(llama_dir, eos_dir)
+    with open(os.path.join(eos_dir, "config.json")) as f:
+        cfg = json.load(f)
+    cfg["eos_token_id"] = gen[stop_at]
+    with open(os.path.join(eos_dir, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    eos_llm = LLM(eos_dir, max_model_len=MAX_LEN, max_num_seqs=MAX_SEQS)
+    stopped, ignored = _generate(eos_llm, [prompt, prompt], [
+        SamplingParams(temperature=0, max_tokens=8, ignore_eos=False),
+        SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)])
+    assert stopped.finished and stopped.outputs[0].finish_reason == "stop"
+    assert stopped.outputs[0].token_ids == gen[:stop_at + 1]
+    assert ignored.outputs[0].finish_reason == "length"
+    assert ignored.outputs[0].token_ids == gen
