@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
 
@@ -92,6 +93,52 @@ def test_failing_generate_runs_nothing_and_leaves_engine_usable(llm):
     assert [len(o.outputs[0].token_ids) for o in outs] == [3, 3]
     assert all(o.finished and o.outputs[0].finish_reason == "length" for o in outs)
     assert not engine.has_unfinished_requests()
+
+
+# ---- prompt forms ---------------------------------------------------------------------------
+def test_numpy_and_tuple_prompts_are_token_ids(llm):
+    greedy = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
+    ids = [5, 300, 17, 42]
+    ref = llm.generate([ids], greedy, use_tqdm=False)[0].outputs[0].token_ids
+    forms = [
+        {"prompt_token_ids": np.array(ids)},
+        {"prompt_token_ids": np.array(ids, dtype=np.int32)},
+        {"prompt_token_ids": np.array(ids, dtype=np.uint16)},
+        [np.int64(5), np.int32(300), np.uint8(17), 42],
+        tuple(ids),
+    ]
+    for form in forms:
+        outs = llm.generate(form, greedy, use_tqdm=False)  # one prompt, not a list of them
+        assert len(outs) == 1, form
+        assert outs[0].prompt_token_ids == ids and all(type(t) is int for t in outs[0].prompt_token_ids)
+        assert outs[0].outputs[0].token_ids == ref, form
+    # A list of tuples is a list of prompts.
+    outs = llm.generate([tuple(ids), (7, 8)], greedy, use_tqdm=False)
+    assert [o.prompt_token_ids for o in outs] == [ids, [7, 8]]
+    assert outs[0].outputs[0].token_ids == ref
+
+
+@pytest.mark.parametrize("prompt", [5, None, 2.5, np.int64(7)], ids=["int", "None", "float", "np.int64"])
+def test_prompt_that_is_not_a_sequence(llm, prompt):
+    raises(lambda: _gen(llm, prompt), f"prompt {prompt!r}", "not a sequence of integer token ids")
+
+
+@pytest.mark.parametrize("prompt", [[1.0, 2.0], [1, "a"], [1, None], [[1, 2]], np.array([1.0, 2.0])],
+                         ids=["floats", "str", "None", "nested", "np-floats"])
+def test_prompt_with_non_integer_token_ids(llm, prompt):
+    raises(lambda: _gen(llm, prompt), "not a sequence of integer token ids")
+
+
+def test_failing_add_leaves_nothing_queued(llm):
+    """An iterator is not a sequence: generate() checks it (which consumes it), then adding it
+    fails after the prompt before it was queued; that one must be withdrawn."""
+    engine = llm.llm_engine
+    steps = engine.step_count
+    with pytest.raises(ValueError) as info:
+        llm.generate([[1, 2, 3], iter([4, 5, 6])], SamplingParams(max_tokens=2), use_tqdm=False)
+    check_message(info.value)
+    assert engine.step_count == steps
+    assert not engine.has_unfinished_requests() and engine.num_running() == 0 and engine.step() == []
 
 
 # ---- model, checkpoint and engine settings -------------------------------------------------

@@ -268,3 +268,48 @@ def test_eos_stops_request_unless_ignored(llm, llama_dir, tmp_path):
     assert stopped.outputs[0].token_ids == gen[:stop_at + 1]
     assert ignored.outputs[0].finish_reason == "length"
     assert ignored.outputs[0].token_ids == gen
+
+
+# ---- generate() next to requests added through the step API --------------------------------
+def test_generate_skips_request_ids_in_use(llm):
+    engine = llm.llm_engine
+    prompts = [_prompt(6, seed=80), _prompt(13, seed=81)]
+    alone = [o.outputs[0].token_ids for o in _generate(llm, prompts, _greedy(4))]
+    last = int(_generate(llm, [prompts[0]], _greedy(1))[0].request_id)
+    # Take the ids that generate() would hand out next.
+    taken = [str(last + 1), str(last + 2)]
+    for i, rid in enumerate(taken):
+        engine.add_request(rid, _prompt(9, seed=82 + i), _greedy(3))
+    outs = _generate(llm, prompts, _greedy(4))
+    assert len({o.request_id for o in outs}) == 2 and not {o.request_id for o in outs} & set(taken)
+    assert [o.prompt_token_ids for o in outs] == prompts
+    assert [o.outputs[0].token_ids for o in outs] == alone
+    assert not engine.has_unfinished_requests() and engine.num_running() == 0
+
+
+def test_generate_failing_mid_run_aborts_only_its_own_requests(llm):
+    engine = llm.llm_engine
+    foreign = _prompt(10, seed=90)
+    expected = _generate(llm, [foreign], _greedy(6))[0].outputs[0].token_ids
+    engine.add_request("foreign", foreign, _greedy(6))
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_first_decode(event):
+        if event.phase == "decode":
+            raise Stop()
+
+    unsubscribe = engine.events.subscribe(stop_at_first_decode)
+    try:
+        with pytest.raises(Stop):
+            _generate(llm, [_prompt(7, seed=91), _prompt(12, seed=92)], _greedy(5))
+    finally:
+        unsubscribe()
+    # generate()'s two requests were prefilled then aborted; the foreign one is left running.
+    assert engine.has_request("foreign") and engine.num_running() == 1
+    finished = _drain(engine)
+    assert set(finished) == {"foreign"}
+    assert finished["foreign"][1].outputs[0].token_ids == expected
+    outs = _generate(llm, [_prompt(7, seed=91)], _greedy(3))  # and the engine still serves
+    assert len(outs[0].outputs[0].token_ids) == 3

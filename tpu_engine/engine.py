@@ -28,7 +28,7 @@ class EngineConfig:
     dtype: str = "auto"
     max_model_len: int | None = None        # default: min(model's max positions, 2048)
     tensor_parallel_size: int = 1
-    enforce_eager: bool = False             # skip warm-up; shapes compile on first use
+    enforce_eager: bool = False             # lazy tracing per step instead of dynamo capture
     load_format: str = "auto"
     seed: int = 0
     max_num_seqs: int = 8                   # decode slots
@@ -63,7 +63,7 @@ class LLMEngine:
         self.runner, self.model_config, self.source, self.max_model_len, self.max_prefill = build_runner(config)
         self.events = PhaseEvents()
         self.step_count = 0
-        self.warmup_stats = None if config.enforce_eager else self.runner.warmup()
+        self.warmup_stats = self.runner.warmup()
         self._rng = random.Random(config.seed)
         self._waiting: collections.deque[_Request] = collections.deque()
         self._slots: list[_Request | None] = [None] * config.max_num_seqs
@@ -79,8 +79,15 @@ class LLMEngine:
             prompt = prompt["prompt_token_ids"]
         if isinstance(prompt, str):
             raise ValueError("text prompts are not supported; pass {'prompt_token_ids': [...]}.")
+        def token(t):
+            if isinstance(t, bool):
+                raise TypeError
+            return operator.index(t)  # ints and numpy integers; not floats
+
+        if not hasattr(prompt, "__len__") or not hasattr(prompt, "__getitem__"):
+            raise ValueError(f"prompt {prompt!r:.60} is not a sequence of integer token ids.")
         try:
-            ids = [operator.index(t) for t in prompt]  # ints, numpy ints; not floats or bools
+            ids = [token(t) for t in prompt]
         except TypeError:
             raise ValueError(f"prompt {prompt!r:.60} is not a sequence of integer token ids.") from None
         vocab = self.model_config.vocab_size

@@ -33,6 +33,41 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+def prefill_forward(model: CausalLM, ints, kv_caches, inv_freq, T: int, cache_len: int):
+    """ints: (T + 2,) = padded prompt, slot, real length. Writes the prompt's K/V into the slot;
+    returns (logits of the last real token (1, V), index of the token to generate (1,))."""
+    tokens, slot, length = ints[:T].unsqueeze(0), ints[T:T + 1], ints[T + 1:T + 2]
+    pos = torch.arange(T, device=ints.device)
+    write_index = slot * cache_len + pos
+    key_mask = (pos.unsqueeze(0) <= pos.unsqueeze(1)) & (pos.unsqueeze(0) < length)  # causal, unpadded
+    logits = model(tokens, pos.unsqueeze(0), kv_caches, write_index, key_mask.unsqueeze(0),
+                   length - 1, cache_len, None, inv_freq)
+    return logits, length
+
+
+def decode_forward(model: CausalLM, ints, kv_caches, inv_freq, B: int, span: int, cache_len: int):
+    """ints: (2, B) = last token and its position, per slot [0, B). Attends over `span`
+    positions; returns (logits (B, V), index of the token to generate (B,))."""
+    tokens, position = ints[0].unsqueeze(1), ints[1]
+    write_index = torch.arange(B, device=ints.device) * cache_len + position
+    key_mask = torch.arange(span, device=ints.device).unsqueeze(0) <= position.unsqueeze(1)
+    zero = torch.zeros(B, dtype=torch.int64, device=ints.device)
+    logits = model(tokens, position.unsqueeze(1), kv_caches, write_index, key_mask.unsqueeze(1),
+                   zero, cache_len, span, inv_freq)
+    return logits, position + 1
+
+
+def _compiled(fn):
+    """Capture `fn` once per shape with dynamo; later calls replay the XLA executable without
+    re-tracing the model in Python (the lazy-tensor path traces every step)."""
+    import torch._dynamo as dynamo
+    for name in ("recompile_limit", "cache_size_limit"):  # one entry per bucket shape
+        if hasattr(dynamo.config, name):
+            setattr(dynamo.config, name, 4096)
+    dynamo.config.accumulated_cache_size_limit = 1 << 16
+    return torch.compile(fn, backend="openxla", fullgraph=True, dynamic=False)
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingRow:
     """The per-sequence sampling inputs of one step."""
@@ -54,7 +89,7 @@ class StepResult:
 class XlaRunner:
     def __init__(self, source: ModelSource, *, dtype: str, max_model_len: int, max_num_seqs: int,
                  tensor_parallel_size: int, seed: int, compilation_cache_dir: str | None,
-                 strict_compiles: bool, max_prefill: int):
+                 strict_compiles: bool, max_prefill: int, enforce_eager: bool = False):
         self.device_kind = select_device()
         import torch_xla
         import torch_xla.debug.profiler as xp
@@ -76,7 +111,13 @@ class XlaRunner:
             from .sharding import TensorParallel
             self.tp = TensorParallel(tensor_parallel_size)
         self.guard = CompileGuard(strict=strict_compiles)
+        self.enforce_eager = enforce_eager
         self.model = self._load_model(source, seed)
+        if enforce_eager:  # lazy tracing every step; module scopes reach the HLO metadata
+            self.model.scope = self._scope
+            self._prefill_fn, self._decode_fn = prefill_forward, decode_forward
+        else:
+            self._prefill_fn, self._decode_fn = _compiled(prefill_forward), _compiled(decode_forward)
         self.inv_freq = rope_inv_freq(self.cfg.head_dim, self.cfg.rope_theta, self.cfg.rope_scaling).to(self.device)
         self.kv_caches = self._allocate_kv_cache()
         self._sampling_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -93,7 +134,6 @@ class XlaRunner:
             return self.tp.shard_param(name, t) if self.tp else t
 
         load_weights(model, tensors, place)
-        model.scope = self._scope
         return model.eval()
 
     def _allocate_kv_cache(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -155,15 +195,8 @@ class XlaRunner:
         T = Buckets.fit(self.buckets.prefill, n)
         before = compile_stats()
         ints = self._to_device(list(prompt) + [0] * (T - n) + [slot, n])  # one host->device copy
-        tokens, slot_t, length = ints[:T].unsqueeze(0), ints[T:T + 1], ints[T + 1:T + 2]
-        pos = torch.arange(T, device=self.device)
-        positions = pos.unsqueeze(0)                         # (1, T)
-        write_index = slot_t * self.max_model_len + pos      # (T,)
-        key_mask = (pos.unsqueeze(0) <= pos.unsqueeze(1)) & (pos.unsqueeze(0) < length)
-        logits = self.model(tokens, positions, self.kv_caches, write_index, key_mask.unsqueeze(0),
-                            length - 1, self.max_model_len, None, self.inv_freq)
+        logits, counters = self._prefill_fn(self.model, ints, self.kv_caches, self.inv_freq, T, self.max_model_len)
         self._xla.sync()
-        counters = length  # index of the token being generated
         return self._sample(logits, [sampling], 1, counters, before, f"prefill of {n} tokens")
 
     def decode(self, slots: Sequence[int], last_tokens: Sequence[int], positions: Sequence[int],
@@ -176,17 +209,13 @@ class XlaRunner:
         for s, t, p in zip(slots, last_tokens, positions):
             tok[s], pos[s] = t, p
         ints = self._to_device([tok, pos])                   # (2, B)
-        tokens, position = ints[0].unsqueeze(1), ints[1]
-        write_index = torch.arange(B, device=self.device) * self.max_model_len + position
-        key_mask = torch.arange(span, device=self.device).unsqueeze(0) <= position.unsqueeze(1)
-        zero = torch.zeros(B, dtype=torch.int64, device=self.device)
-        logits = self.model(tokens, position.unsqueeze(1), self.kv_caches, write_index,
-                            key_mask.unsqueeze(1), zero, self.max_model_len, span, self.inv_freq)
+        logits, counters = self._decode_fn(self.model, ints, self.kv_caches, self.inv_freq, B, span,
+                                           self.max_model_len)
         self._xla.sync()
         rows = [SamplingRow(0.0, 0, 1.0, 0, 0)] * B
         for s, r in zip(slots, sampling):
             rows[s] = r
-        out = self._sample(logits, rows, B, position + 1, before, f"decode of batch {len(slots)}")
+        out = self._sample(logits, rows, B, counters, before, f"decode of batch {len(slots)}")
         keep = list(slots)
         return StepResult([out.tokens[s] for s in keep], [out.logprobs[s] for s in keep],
                           [out.top[s] for s in keep] if out.top else None, out.compiles)

@@ -49,5 +49,5 @@ def build_runner(config):
     runner = XlaRunner(source, dtype=dtype, max_model_len=max_len, max_num_seqs=config.max_num_seqs,
                        tensor_parallel_size=config.tensor_parallel_size, seed=config.seed,
                        compilation_cache_dir=cache_dir or None, strict_compiles=config.strict_compiles,
-                       max_prefill=max_prefill)
+                       max_prefill=max_prefill, enforce_eager=config.enforce_eager)
     return runner, cfg, source, max_len, max_prefill

@@ -1,0 +1,212 @@
+"""Latency of one batch run to completion, with prefill and decode timed separately.
+
+Flags follow vLLM's benchmark_latency.py. `--compare-hf` runs HF transformers eager on the same
+config and weights in the same process, alternating with the engine, and prints ratios and the
+roofline figures (memory bandwidth and matmul peak measured in this run)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from tpu_engine.cli import add_engine_args, engine_kwargs, run_cli  # noqa: E402
+
+PERCENTILES = (10, 25, 50, 75, 90, 99)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--input-len", type=int, default=32)
+    p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num-iters-warmup", type=int, default=3)
+    p.add_argument("--num-iters", type=int, default=10)
+    p.add_argument("--compare-hf", action="store_true",
+                   help="also run HF transformers eager (same weights), alternating, and print ratios")
+    p.add_argument("--output-json", default=None, help="write the figures to this JSON file")
+    add_engine_args(p)
+    args = p.parse_args(argv)
+    for name in ("input_len", "output_len", "batch_size", "num_iters"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.num_iters_warmup < 0:
+        p.error("--num-iters-warmup must be at least 0")
+    return args
+
+
+def rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class EngineRun:
+    """One timed generate() pass; prefill and decode step times come from the phase events."""
+
+    def __init__(self, llm, prompts, params):
+        self.llm, self.prompts, self.params = llm, prompts, params
+        self.steps: list = []
+        llm.llm_engine.events.subscribe(lambda e: self.steps.append(e) if e.kind == "end" else None)
+
+    def __call__(self) -> dict:
+        self.steps.clear()
+        t = time.perf_counter()
+        self.llm.generate(self.prompts, self.params, use_tqdm=False)
+        total = time.perf_counter() - t
+        pre = [e.wall_end - e.wall_start for e in self.steps if e.phase == "prefill"]
+        dec = [e for e in self.steps if e.phase == "decode"]
+        full = [e.wall_end - e.wall_start for e in dec if e.batch_size == len(self.prompts)]
+        return dict(total=total, prefill=sum(pre), decode_steps=[e.wall_end - e.wall_start for e in dec],
+                    decode_full_batch=full, kv_lens=[(e.kv_len_min, e.kv_len_max) for e in dec])
+
+
+def hf_model(llm):
+    """HF transformers model with the engine's config and exactly its weights (float32, CPU)."""
+    import torch
+    import transformers
+    from tpu_engine.config import REGISTRY
+    from tpu_engine.weights import checkpoint_tensors, dummy_tensors
+    eng = llm.llm_engine
+    cfg, src = eng.model_config, eng.source
+    if os.path.isdir(src.name):
+        hf_cfg = transformers.AutoConfig.from_pretrained(src.name)
+    else:
+        raw = dict(REGISTRY[src.name])
+        raw.pop("architectures")
+        cls = transformers.LlamaConfig if cfg.architecture == "llama" else transformers.Qwen2Config
+        hf_cfg = cls(**raw)
+    hf_cfg._attn_implementation = "eager"
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(hf_cfg, torch_dtype=torch.float32)
+    tensors = (checkpoint_tensors(src.weights_dir, cfg) if src.weights_dir
+               else dummy_tensors(cfg, eng.config.seed))
+    model.load_state_dict({n: t.float() for n, t in tensors}, strict=False, assign=True)
+    if cfg.tie_word_embeddings:
+        model.tie_weights()
+    model.model.rotary_emb = type(model.model.rotary_emb)(config=hf_cfg)  # rebuild meta buffers
+    return model.eval()
+
+
+def hf_run(model, ids, output_len: int) -> dict:
+    """Greedy generation with HF eager: one batched prefill, then one forward per token."""
+    import torch
+    from transformers import DynamicCache
+    with torch.inference_mode():
+        t = time.perf_counter()
+        out = model(ids, past_key_values=DynamicCache(), use_cache=True)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        prefill = time.perf_counter() - t
+        steps = []
+        for _ in range(output_len - 1):
+            s = time.perf_counter()
+            out = model(nxt, past_key_values=out.past_key_values, use_cache=True)
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            steps.append(time.perf_counter() - s)
+    return dict(total=time.perf_counter() - t, prefill=prefill, decode_steps=steps)
+
+
+def describe(name: str, runs: list[dict], batch: int) -> dict:
+    totals = np.array([r["total"] for r in runs])
+    steps = np.concatenate([r["decode_steps"] for r in runs]) if runs[0]["decode_steps"] else np.array([])
+    prefill = np.array([r["prefill"] for r in runs])
+    print(f"\n[{name}]")
+    print(f"  Avg latency: {totals.mean():.4f} s")
+    for p in PERCENTILES:
+        print(f"  {p}% percentile latency: {np.percentile(totals, p):.4f} s")
+    print(f"  Prefill (whole batch): mean {prefill.mean() * 1e3:.2f} ms, p50 {np.percentile(prefill, 50) * 1e3:.2f} ms")
+    fig = dict(latency_mean_s=float(totals.mean()), prefill_mean_s=float(prefill.mean()))
+    if steps.size:
+        tps = batch / steps.mean()
+        print(f"  Decode step: mean {steps.mean() * 1e3:.2f} ms, p50 {np.percentile(steps, 50) * 1e3:.2f} ms, "
+              f"p99 {np.percentile(steps, 99) * 1e3:.2f} ms ({tps:.1f} tokens/s at batch {batch})")
+        fig.update(decode_step_mean_s=float(steps.mean()), decode_tokens_per_s=float(tps))
+    return fig
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    from tpu_engine import LLM, SamplingParams
+    kw = engine_kwargs(args)
+    kw.setdefault("max_num_seqs", max(8, args.batch_size))
+    if kw.get("max_model_len") is None:
+        kw["max_model_len"] = args.input_len + args.output_len
+    baseline_rss = rss_bytes()
+    llm = LLM(args.model, **kw)
+    eng = llm.llm_engine
+    params = SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=args.output_len)
+    rng = np.random.default_rng(args.seed)
+    ids = rng.integers(0, min(10000, eng.model_config.vocab_size), size=(args.batch_size, args.input_len))
+    prompts = [{"prompt_token_ids": row} for row in ids.tolist()]
+    for p in prompts:
+        eng.validate(p, params)
+    print(f"model {args.model} ({eng.source.description}); batch {args.batch_size}, "
+          f"input {args.input_len}, output {args.output_len}; device {eng.runner.device_kind}")
+    ours = EngineRun(llm, prompts, params)
+    hf = hf_ids = None
+    if args.compare_hf:
+        import torch
+        hf, hf_ids = hf_model(llm), torch.tensor(ids)
+    runs, hf_runs = [], []
+    for i in range(args.num_iters_warmup + args.num_iters):
+        r = ours()
+        h = hf_run(hf, hf_ids, args.output_len) if hf is not None else None
+        if i >= args.num_iters_warmup:
+            runs.append(r)
+            if h:
+                hf_runs.append(h)
+    engine_rss = rss_bytes()  # peak so far (ru_maxrss), HF's model included when compared
+    figures = {"args": vars(args), "engine": describe("tpu_engine", runs, args.batch_size)}
+    weights, kv = eng.runner.weight_bytes(), eng.runner.kv_cache_bytes()
+    figures["memory"] = dict(weights_bytes=weights, kv_cache_bytes=kv, baseline_rss_bytes=baseline_rss,
+                             peak_rss_bytes=engine_rss)
+    print(f"\n[memory] weights {weights / 2**20:.1f} MiB, KV cache {kv / 2**20:.1f} MiB, runtime baseline "
+          f"{baseline_rss / 2**20:.1f} MiB, peak RSS {engine_rss / 2**20:.1f} MiB"
+          + ("" if hf is None else " (includes the HF model)")
+          + f"; bound 1.3 x (weights + KV) + baseline = {(1.3 * (weights + kv) + baseline_rss) / 2**20:.1f} MiB")
+    if hf is not None:
+        figures["hf"] = describe("HF transformers eager", hf_runs, args.batch_size)
+        figures["roofline"] = roofline(eng, runs, figures)
+    if args.output_json:
+        with open(args.output_json, "w") as f:
+            json.dump(figures, f, indent=2, default=str)
+
+
+def roofline(eng, runs, figures) -> dict:
+    from scripts.roofline import decode_bytes, measure_bandwidth, measure_matmul, prefill_flops
+    cfg, args = eng.model_config, figures["args"]
+    bw, peak = measure_bandwidth(), measure_matmul()
+    ours, hf = figures["engine"], figures["hf"]
+    out = dict(bandwidth_bytes_per_s=bw, matmul_flops_per_s=peak)
+    print(f"\n[roofline] measured now: memory read bandwidth {bw / 1e9:.2f} GB/s, "
+          f"float32 matmul {peak / 1e9:.1f} GFLOP/s")
+    prefill_s = ours["prefill_mean_s"] / args["batch_size"]  # engine prefills one request per step
+    flops = prefill_flops(cfg, args["input_len"])
+    out["prefill_flops_per_s"] = flops / prefill_s
+    print(f"  prefill: {flops / 1e9:.2f} GFLOP per request in {prefill_s * 1e3:.2f} ms = "
+          f"{flops / prefill_s / 1e9:.1f} GFLOP/s, {flops / prefill_s / peak:.0%} of matmul peak")
+    print(f"  prefill tokens/s vs HF: {hf['prefill_mean_s'] / ours['prefill_mean_s']:.2f}x")
+    if "decode_step_mean_s" in ours:
+        full = np.concatenate([r["decode_full_batch"] for r in runs])
+        kv_mid = [args["input_len"] + args["output_len"] // 2] * args["batch_size"]
+        nbytes = decode_bytes(cfg, kv_mid, eng.runner.model.lm_head.weight.element_size())
+        bound = nbytes / bw
+        out.update(decode_bytes_per_step=nbytes, decode_bound_s=bound,
+                   decode_vs_bound=bound / full.mean(),
+                   decode_speedup_vs_hf=hf["decode_step_mean_s"] / ours["decode_step_mean_s"])
+        print(f"  decode: {nbytes / 2**20:.1f} MiB read per step -> bound {bound * 1e3:.2f} ms; measured "
+              f"{full.mean() * 1e3:.2f} ms = {bound / full.mean():.0%} of the bandwidth bound")
+        print(f"  decode tokens/s vs HF: {out['decode_speedup_vs_hf']:.2f}x at batch {args['batch_size']}")
+    return out
+
+
+if __name__ == "__main__":
+    run_cli(main)
+
+
+def cli() -> None:
+    run_cli(main)
