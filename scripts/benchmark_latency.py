@@ -135,6 +135,8 @@ def main(argv=None) -> None:
     kw.setdefault("max_num_seqs", max(8, args.batch_size))
     if kw.get("max_model_len") is None:
         kw["max_model_len"] = args.input_len + args.output_len
+    from tpu_engine.platform import device_count
+    device_count()  # start the PJRT client: the runtime baseline includes it
     baseline_rss = rss_bytes()
     llm = LLM(args.model, **kw)
     eng = llm.llm_engine
@@ -147,6 +149,8 @@ def main(argv=None) -> None:
     print(f"model {args.model} ({eng.source.description}); batch {args.batch_size}, "
           f"input {args.input_len}, output {args.output_len}; device {eng.runner.device_kind}")
     ours = EngineRun(llm, prompts, params)
+    ours()
+    engine_rss = rss_bytes()  # the engine's peak, before any HF model exists
     hf = hf_ids = None
     if args.compare_hf:
         import torch
@@ -159,14 +163,12 @@ def main(argv=None) -> None:
             runs.append(r)
             if h:
                 hf_runs.append(h)
-    engine_rss = rss_bytes()  # peak so far (ru_maxrss), HF's model included when compared
     figures = {"args": vars(args), "engine": describe("tpu_engine", runs, args.batch_size)}
     weights, kv = eng.runner.weight_bytes(), eng.runner.kv_cache_bytes()
     figures["memory"] = dict(weights_bytes=weights, kv_cache_bytes=kv, baseline_rss_bytes=baseline_rss,
                              peak_rss_bytes=engine_rss)
     print(f"\n[memory] weights {weights / 2**20:.1f} MiB, KV cache {kv / 2**20:.1f} MiB, runtime baseline "
           f"{baseline_rss / 2**20:.1f} MiB, peak RSS {engine_rss / 2**20:.1f} MiB"
-          + ("" if hf is None else " (includes the HF model)")
           + f"; bound 1.3 x (weights + KV) + baseline = {(1.3 * (weights + kv) + baseline_rss) / 2**20:.1f} MiB")
     if hf is not None:
         figures["hf"] = describe("HF transformers eager", hf_runs, args.batch_size)
@@ -193,7 +195,7 @@ def roofline(eng, runs, figures) -> dict:
     if "decode_step_mean_s" in ours:
         full = np.concatenate([r["decode_full_batch"] for r in runs])
         kv_mid = [args["input_len"] + args["output_len"] // 2] * args["batch_size"]
-        nbytes = decode_bytes(cfg, kv_mid, eng.runner.model.lm_head.weight.element_size())
+        nbytes = decode_bytes(cfg, kv_mid, eng.runner.dtype.itemsize)
         bound = nbytes / bw
         out.update(decode_bytes_per_step=nbytes, decode_bound_s=bound,
                    decode_vs_bound=bound / full.mean(),

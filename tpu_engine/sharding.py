@@ -12,13 +12,14 @@ import torch
 
 from .config import ModelConfig
 
-# name pattern -> partition spec over the tensor's dims ('model' = split, None = replicated)
+# name pattern -> partition spec over the tensor's dims ('model' = split, None = replicated).
+# Projection weights are stored transposed, (in, out).
 PARTITION_RULES = [
-    (r"self_attn\.[qkv]_proj\.weight$", ("model", None)),
+    (r"self_attn\.[qkv]_proj\.weight_t$", (None, "model")),
     (r"self_attn\.[qkv]_proj\.bias$", ("model",)),
-    (r"self_attn\.o_proj\.weight$", (None, "model")),
-    (r"mlp\.(gate|up)_proj\.weight$", ("model", None)),
-    (r"mlp\.down_proj\.weight$", (None, "model")),
+    (r"self_attn\.o_proj\.weight_t$", ("model", None)),
+    (r"mlp\.(gate|up)_proj\.weight_t$", (None, "model")),
+    (r"mlp\.down_proj\.weight_t$", ("model", None)),
 ]
 
 

@@ -160,13 +160,23 @@ def dummy_tensors(cfg: ModelConfig, seed: int) -> Iterator[tuple[str, torch.Tens
             yield name, torch.empty(shape).normal_(0.0, 0.02, generator=gen)
 
 
+def to_model_layout(name: str, tensor: torch.Tensor) -> tuple[str, torch.Tensor]:
+    """HF (name, tensor) -> the engine's: projection weights are kept transposed (`weight_t`)."""
+    if name.endswith("_proj.weight") or name == "lm_head.weight":
+        return name[: -len("weight")] + "weight_t", tensor.t().contiguous()
+    return name, tensor
+
+
 def load_weights(model: torch.nn.Module, tensors: Iterator[tuple[str, torch.Tensor]],
                  place: Callable[[str, torch.Tensor], torch.Tensor]) -> None:
-    """Install each tensor as the parameter of the same name; `place` casts and moves it to
-    the device (and shards it). One CPU tensor is alive at a time."""
-    for name, tensor in tensors:
+    """Install each HF tensor as the engine parameter it maps to; `place` casts and moves it
+    to the device (and shards it). One CPU tensor is alive at a time."""
+    tied = model.cfg.tie_word_embeddings
+    for hf_name, hf_tensor in tensors:
+        name, tensor = to_model_layout(hf_name, hf_tensor)
         module_name, _, leaf = name.rpartition(".")
-        module = model.get_submodule(module_name)
-        setattr(module, leaf, torch.nn.Parameter(place(name, tensor), requires_grad=False))
-    if model.cfg.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
+        setattr(model.get_submodule(module_name), leaf, torch.nn.Parameter(place(name, tensor), requires_grad=False))
+        if tied and hf_name == "model.embed_tokens.weight":
+            # Tied head: a transposed copy, so the logits matmul takes the fast layout too.
+            lm_name, lm_tensor = to_model_layout("lm_head.weight", hf_tensor)
+            model.lm_head.weight_t = torch.nn.Parameter(place(lm_name, lm_tensor), requires_grad=False)
