@@ -11,12 +11,13 @@ PROMPT_LENS = [5, 23, 17, 40]  # uneven, none a bucket size
 STEPS = 14
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_greedy_logprobs_match_hf(arch, request):
+@pytest.mark.parametrize("arch, eager", [("llama", False), ("qwen2", False), ("llama", True)])
+def test_greedy_logprobs_match_hf(arch, eager, request):
+    """Both step paths (dynamo-captured and lazily traced) against HF."""
     path = request.getfixturevalue(f"{arch}_dir")
     rng = random.Random(7)
     prompts = [[rng.randrange(512) for _ in range(n)] for n in PROMPT_LENS]
-    llm = LLM(path, max_model_len=128, max_num_seqs=4)
+    llm = LLM(path, max_model_len=128, max_num_seqs=4, enforce_eager=eager)
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
                         SamplingParams(temperature=0, max_tokens=STEPS, ignore_eos=True, logprobs=0),
                         use_tqdm=False)

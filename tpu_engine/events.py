@@ -44,6 +44,8 @@ class PhaseEvents:
         return lambda: self._listeners.remove(fn) if fn in self._listeners else None
 
     def publish(self, event: PhaseEvent) -> None:
+        """Listeners run synchronously in the engine's thread; an exception in one propagates
+        out of `step()` (a profiler that fails should not fail silently)."""
         for fn in list(self._listeners):
             fn(event)
 

@@ -8,12 +8,15 @@ Rules that keep the set of compiled graphs finite and fixed after warm-up:
   * inputs are built on the host and copied over, in warm-up exactly as in serving;
   * no `.item()` or data-dependent Python branch inside a step: results are read once, at
     the end of the step, and padding is stripped on the host.
-Each step is three graphs: the model forward (per bucket), then the sampler (per batch size
-and variant: greedy or random, with or without top-logprobs).
+Each step runs two graphs: the model forward (per bucket; captured once with dynamo unless
+`enforce_eager`), then the sampler (per batch size and variant: greedy or random, with or
+without top-logprobs), whose outputs are the only values read back to the host.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import gc
 import logging
 import time
 from typing import Sequence
@@ -33,9 +36,19 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+def donate_kv_cache(kv_caches) -> None:
+    """Let XLA reuse the cache buffers for the updated cache. The lazy path aliases in-place
+    updates by itself; a dynamo-captured graph needs the donation marked, or every step copies
+    the whole cache (the call is part of the captured graph, so it holds on every replay)."""
+    for k, v in kv_caches:
+        torch.ops.xla.dynamo_set_buffer_donor_(k, True)
+        torch.ops.xla.dynamo_set_buffer_donor_(v, True)
+
+
 def prefill_forward(model: CausalLM, ints, kv_caches, inv_freq, T: int, cache_len: int):
     """ints: (T + 2,) = padded prompt, slot, real length. Writes the prompt's K/V into the slot;
     returns (logits of the last real token (1, V), index of the token to generate (1,))."""
+    donate_kv_cache(kv_caches)
     tokens, slot, length = ints[:T].unsqueeze(0), ints[T:T + 1], ints[T + 1:T + 2]
     pos = torch.arange(T, device=ints.device)
     write_index = slot * cache_len + pos
@@ -48,6 +61,7 @@ def prefill_forward(model: CausalLM, ints, kv_caches, inv_freq, T: int, cache_le
 def decode_forward(model: CausalLM, ints, kv_caches, inv_freq, B: int, span: int, cache_len: int):
     """ints: (2, B) = last token and its position, per slot [0, B). Attends over `span`
     positions; returns (logits (B, V), index of the token to generate (B,))."""
+    donate_kv_cache(kv_caches)
     tokens, position = ints[0].unsqueeze(1), ints[1]
     write_index = torch.arange(B, device=ints.device) * cache_len + position
     key_mask = torch.arange(span, device=ints.device).unsqueeze(0) <= position.unsqueeze(1)
@@ -55,6 +69,15 @@ def decode_forward(model: CausalLM, ints, kv_caches, inv_freq, B: int, span: int
     logits = model(tokens, position.unsqueeze(1), kv_caches, write_index, key_mask.unsqueeze(1),
                    zero, cache_len, span, inv_freq)
     return logits, position + 1
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise): loading and compiling
+    free a lot of short-lived memory, and the process's peak RSS should show what it keeps."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _compiled(fn):
@@ -120,6 +143,7 @@ class XlaRunner:
             self._prefill_fn, self._decode_fn = _compiled(prefill_forward), _compiled(decode_forward)
         self.inv_freq = rope_inv_freq(self.cfg.head_dim, self.cfg.rope_theta, self.cfg.rope_scaling).to(self.device)
         self.kv_caches = self._allocate_kv_cache()
+        release_freed_memory()
         self._sampling_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ---- set-up -------------------------------------------------------------------------
@@ -131,6 +155,7 @@ class XlaRunner:
 
         def place(name: str, t: torch.Tensor) -> torch.Tensor:
             t = t.to(self.dtype).to(self.device)
+            release_freed_memory()  # the host copy is gone; keep the peak at what is kept
             return self.tp.shard_param(name, t) if self.tp else t
 
         load_weights(model, tensors, place)
@@ -251,12 +276,16 @@ class XlaRunner:
                     SamplingRow(1.0, 0, 1.0, 0, 0), SamplingRow(1.0, 0, 1.0, 0, 1)]
         for T in self.buckets.prefill:
             self.prefill(0, [0] * T, greedy)
+            release_freed_memory()
         for B, span in self.buckets.decode_shapes():
             slots = list(range(B))
             for row in variants if span == self.buckets.kv[0] else [greedy]:
                 self.decode(slots, [0] * B, [span - 1] * B, [row] * B)
+            gc.collect()
+            release_freed_memory()
         for row in variants[1:]:
             self.prefill(0, [0], row)
+        release_freed_memory()
         self.guard.arm()
         log.info("warm-up compiled %d graphs in %.1fs", self.guard.warmup.compiles, time.perf_counter() - t0)
         return self.guard.warmup
