@@ -138,8 +138,12 @@ def main(argv=None) -> None:
     from tpu_engine.platform import device_count
     device_count()  # start the PJRT client: the runtime baseline includes it
     baseline_rss = rss_bytes()
+    print("loading the model and compiling every shape it will use...", flush=True)
+    t0 = time.perf_counter()
     llm = LLM(args.model, **kw)
     eng = llm.llm_engine
+    print(f"ready in {time.perf_counter() - t0:.1f} s ({eng.warmup_stats.compiles} XLA graphs compiled, "
+          f"{eng.warmup_stats.compile_time_s:.1f} s of it in XLA)")
     params = SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=args.output_len)
     rng = np.random.default_rng(args.seed)
     ids = rng.integers(0, min(10000, eng.model_config.vocab_size), size=(args.batch_size, args.input_len))
