@@ -19,6 +19,7 @@ from typing import Any, Iterable, Sequence
 
 from .config import DEFAULT_MODEL
 from .events import PhaseEvent, PhaseEvents
+from .sampler import SamplingRow
 from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, SamplingParams
 
 
@@ -197,8 +198,7 @@ class LLMEngine:
                                        [self._row(r) for r in reqs]))
         return [self._append(r, result, i, now) for i, r in enumerate(reqs)]
 
-    def _row(self, req: _Request):
-        from .runner import SamplingRow
+    def _row(self, req: _Request) -> SamplingRow:
         p = req.params
         return SamplingRow(float(p.temperature), p.top_k, float(p.top_p), req.seed, p.logprobs or 0)
 

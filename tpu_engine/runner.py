@@ -28,7 +28,7 @@ from .compile import CompileGuard, CompileStats, compile_stats, init_persistent_
 from .config import ModelConfig
 from .model import CausalLM, rope_inv_freq
 from .platform import select_device
-from .sampler import MAX_LOGPROBS, sample
+from .sampler import MAX_LOGPROBS, SamplingRow, sample
 from .weights import ModelSource, checkpoint_tensors, dummy_tensors, load_weights
 
 log = logging.getLogger(__name__)
@@ -89,16 +89,6 @@ def _compiled(fn):
             setattr(dynamo.config, name, 4096)
     dynamo.config.accumulated_cache_size_limit = 1 << 16
     return torch.compile(fn, backend="openxla", fullgraph=True, dynamic=False)
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingRow:
-    """The per-sequence sampling inputs of one step."""
-    temperature: float
-    top_k: int          # -1 or 0: off
-    top_p: float
-    seed: int           # 32-bit
-    num_logprobs: int   # top alternatives wanted (0: only the chosen token's)
 
 
 @dataclasses.dataclass
