@@ -102,13 +102,14 @@ class Attention(nn.Module):
             k = k_cache.view(-1, cache_len, self.n_kv, D)[:B, :kv_len]
             v = v_cache.view(-1, cache_len, self.n_kv, D)[:B, :kv_len]
         k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, KV, Tk, D)
-        group = self.n_heads // self.n_kv
-        # Grouped-query attention without repeating k/v: queries as (B, KV, G, T, D).
-        qg = q.view(B, T, self.n_kv, group, D).permute(0, 2, 3, 1, 4)
-        scores = torch.matmul(qg, k.unsqueeze(2).transpose(-1, -2)) * (1.0 / math.sqrt(D))
-        scores = scores.float().masked_fill(~key_mask[:, None, None], float("-inf"))
-        probs = torch.softmax(scores, dim=-1).to(v.dtype)
-        out = torch.matmul(probs, v.unsqueeze(2))  # (B, KV, G, T, D)
+        G = self.n_heads // self.n_kv
+        # Grouped-query attention without repeating k/v: each KV head's G query heads are
+        # stacked along the query axis, so both matmuls are plain batched (B, KV) products.
+        qg = q.view(B, T, self.n_kv, G, D).permute(0, 2, 3, 1, 4).reshape(B, self.n_kv, G * T, D)
+        scores = torch.matmul(qg, k.transpose(-1, -2)) * (1.0 / math.sqrt(D))  # (B, KV, G*T, Tk)
+        scores = scores.view(B, self.n_kv, G, T, -1).float().masked_fill(~key_mask[:, None, None], float("-inf"))
+        probs = torch.softmax(scores, dim=-1).to(v.dtype).view(B, self.n_kv, G * T, -1)
+        out = torch.matmul(probs, v).view(B, self.n_kv, G, T, D)
         out = out.permute(0, 3, 1, 2, 4).reshape(B, T, self.n_heads * D)
         return self.o_proj(out)
 
