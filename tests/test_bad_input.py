@@ -123,15 +123,15 @@ def test_prompt_that_is_not_a_sequence(llm, prompt):
     raises(lambda: _gen(llm, prompt), f"prompt {prompt!r}", "not a sequence of integer token ids")
 
 
-@pytest.mark.parametrize("prompt", [[1.0, 2.0], [1, "a"], [1, None], [[1, 2]], np.array([1.0, 2.0])],
-                         ids=["floats", "str", "None", "nested", "np-floats"])
+@pytest.mark.parametrize("prompt", [[1.0, 2.0], [1, "a"], [1, None], [[1, 2]], np.array([1.0, 2.0]), [True, 2]],
+                         ids=["floats", "str", "None", "nested", "np-floats", "bool"])
 def test_prompt_with_non_integer_token_ids(llm, prompt):
     raises(lambda: _gen(llm, prompt), "not a sequence of integer token ids")
 
 
 def test_failing_add_leaves_nothing_queued(llm):
-    """An iterator is not a sequence: generate() checks it (which consumes it), then adding it
-    fails after the prompt before it was queued; that one must be withdrawn."""
+    """An iterator is not a sequence of token ids: generate() rejects it before anything is
+    queued, so the good prompt before it must not be left waiting either."""
     engine = llm.llm_engine
     steps = engine.step_count
     with pytest.raises(ValueError) as info:
