@@ -28,5 +28,12 @@ class Buckets:
         """The smallest bucket >= n (n must not exceed the largest)."""
         return buckets[bisect.bisect_left(buckets, n)]
 
+    def prefill_shape(self, prompt_len: int) -> int:
+        return self.fit(self.prefill, prompt_len)
+
+    def decode_shape(self, slots, positions) -> tuple[int, int]:
+        """(slot count B, KV span) for a decode over `slots` whose new tokens go to `positions`."""
+        return self.fit(self.batch, max(slots) + 1), self.fit(self.kv, max(positions) + 1)
+
     def decode_shapes(self) -> list[tuple[int, int]]:
         return [(b, kv) for b in self.batch for kv in self.kv]

@@ -176,7 +176,7 @@ class LLMEngine:
 
     def _prefill(self, req: _Request, slot: int) -> list[RequestOutput]:
         n = len(req.prompt)
-        bucket = self.runner.buckets.fit(self.runner.buckets.prefill, n)
+        bucket = self.runner.buckets.prefill_shape(n)
         req.slot = slot
         self._slots[slot] = req
         req.metrics.first_scheduled_time = time.time()
@@ -189,9 +189,7 @@ class LLMEngine:
         reqs = [r for r in self._slots if r is not None]
         slots = [r.slot for r in reqs]
         positions = [r.kv_len for r in reqs]
-        buckets = self.runner.buckets
-        B = buckets.fit(buckets.batch, max(slots) + 1)
-        span = buckets.fit(buckets.kv, max(positions) + 1)
+        B, span = self.runner.buckets.decode_shape(slots, positions)
         result, now = self._run(
             "decode", reqs, B, len(reqs), B, [p + 1 for p in positions], span,
             lambda: self.runner.decode(slots, [r.output[-1] for r in reqs], positions,

@@ -207,7 +207,7 @@ class XlaRunner:
     def prefill(self, slot: int, prompt: Sequence[int], sampling: SamplingRow) -> StepResult:
         """Run one prompt through the model into `slot` and sample its first token."""
         n = len(prompt)
-        T = Buckets.fit(self.buckets.prefill, n)
+        T = self.buckets.prefill_shape(n)
         before = compile_stats()
         ints = self._to_device(list(prompt) + [0] * (T - n) + [slot, n])  # one host->device copy
         logits, counters = self._prefill_fn(self.model, ints, self.kv_caches, self.inv_freq, T, self.max_model_len)
@@ -217,8 +217,7 @@ class XlaRunner:
     def decode(self, slots: Sequence[int], last_tokens: Sequence[int], positions: Sequence[int],
                sampling: Sequence[SamplingRow]) -> StepResult:
         """One token for each active slot. positions[i]: where last_tokens[i] goes."""
-        B = Buckets.fit(self.buckets.batch, max(slots) + 1)
-        span = Buckets.fit(self.buckets.kv, max(positions) + 1)
+        B, span = self.buckets.decode_shape(slots, positions)
         before = compile_stats()
         tok, pos = [0] * B, [0] * B
         for s, t, p in zip(slots, last_tokens, positions):
