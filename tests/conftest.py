@@ -15,3 +15,32 @@ def llama_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def qwen2_dir(tmp_path_factory):
     return make_hf_model(str(tmp_path_factory.mktemp("qwen2")), "qwen2")
+
+
+# ---- real captures made once per session by scripts/profiling.py (tests/captures.py) ----
+@pytest.fixture(scope="session")
+def prefill_capture(tmp_path_factory, llama_dir):
+    """Exact prefill window, lazy mode with XLA_HLO_DEBUG=1 (module names in the HLO)."""
+    from tests.captures import capture, profiling_env
+    return capture(str(tmp_path_factory.mktemp("prefill")), llama_dir,
+                   "--input-len", "20", "--output-len", "4", "--batch-size", "2",
+                   "--enforce-eager", "--profile-phase", "prefill",
+                   env=profiling_env(XLA_HLO_DEBUG=1))
+
+
+@pytest.fixture(scope="session")
+def decode_capture(tmp_path_factory, llama_dir):
+    """Exact decode window over a run_to_completion batch (4 requests, 1 finishing per step)."""
+    from tests.captures import capture
+    return capture(str(tmp_path_factory.mktemp("decode")), llama_dir,
+                   "--input-len", "8", "--batch-size", "4", "--enforce-eager",
+                   "--profile-phase", "decode", "run_to_completion", "-n", "1")
+
+
+@pytest.fixture(scope="session")
+def env_capture(tmp_path_factory, llama_dir):
+    """The seed's env window: a detached trace with a delay and a duration."""
+    from tests.captures import capture, profiling_env
+    return capture(str(tmp_path_factory.mktemp("env")), llama_dir,
+                   "--input-len", "8", "--output-len", "24", "--batch-size", "4", "--num-iters", "100",
+                   env=profiling_env(VLLM_TPU_PROFILE_DELAY_MS=700, VLLM_TPU_PROFILE_DURATION_MS=1500))

@@ -71,6 +71,16 @@ class LLMEngine:
         self._requests: dict[str, _Request] = {}
         self._eos = set(self.model_config.eos_token_ids)
 
+    def describe(self) -> dict:
+        """The settings in force and the devices, as plain values (for run records)."""
+        c = self.config
+        return {"model": c.model, "weights": self.source.weights_dir or "dummy",
+                "max_model_len": self.max_model_len, "max_prefill_tokens": self.max_prefill,
+                "max_num_seqs": c.max_num_seqs, "tensor_parallel_size": c.tensor_parallel_size,
+                "enforce_eager": c.enforce_eager, "seed": c.seed,
+                "weight_bytes": self.runner.weight_bytes(), "kv_cache_bytes": self.runner.kv_cache_bytes(),
+                **self.runner.device_info()}
+
     # ---- requests -------------------------------------------------------------------------
     def validate(self, prompt: Any, params: SamplingParams) -> list[int]:
         """The prompt's token ids, or ValueError naming what is wrong."""

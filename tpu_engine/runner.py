@@ -175,6 +175,14 @@ class XlaRunner:
                 total += p.numel() * p.element_size()
         return total
 
+    def device_info(self) -> dict:
+        """Plain facts about the devices in use (for run records)."""
+        import torch_xla.runtime as xr
+        attrs = xr.global_runtime_device_attributes()
+        kind = attrs[0].get("device_kind") or attrs[0].get("name") if attrs else None
+        return {"platform": self.device_kind, "device_kind": str(kind), "device_count": len(attrs),
+                "spmd": self.tp is not None, "dtype": str(self.dtype).replace("torch.", "")}
+
     def _scope(self, name: str):
         return self._xp.Trace(name)
 

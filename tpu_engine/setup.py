@@ -15,8 +15,9 @@ def _positive(name: str, value) -> None:
         raise ValueError(f"{name} {value!r} must be a positive integer.")
 
 
-def build_runner(config):
-    """Returns (runner, model config, model source, max_model_len, longest prefill)."""
+def resolve_limits(config):
+    """Check the model and the length/slot settings without loading anything heavy.
+    Returns (model source, max_model_len, longest prefill)."""
     source = resolve_model(config.model, config.load_format)
     cfg = source.config
     max_len = config.max_model_len or min(cfg.max_position_embeddings, DEFAULT_MAX_MODEL_LEN)
@@ -30,7 +31,13 @@ def build_runner(config):
     if max_prefill < config.max_num_seqs:
         raise ValueError(f"max_num_batched_tokens {max_prefill} is smaller than max_num_seqs "
                          f"{config.max_num_seqs}.")
-    max_prefill = min(max_prefill, max_len)
+    return source, max_len, min(max_prefill, max_len)
+
+
+def build_runner(config):
+    """Returns (runner, model config, model source, max_model_len, longest prefill)."""
+    source, max_len, max_prefill = resolve_limits(config)
+    cfg = source.config
     _positive("tensor_parallel_size", config.tensor_parallel_size)
 
     device = select_device()

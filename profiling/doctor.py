@@ -1,0 +1,80 @@
+"""`python -m profiling doctor`: is this machine ready to capture and view XLA profiles?
+
+Each check prints one line, `ok` or `FAIL` with what to do; the exit code is 1 if any failed.
+"""
+from __future__ import annotations
+
+import glob
+import importlib.metadata
+import os
+
+from .capture import DEFAULT_PORT, check_port_free
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def check_versions() -> tuple[bool, str]:
+    torch, xla = _version("torch"), _version("torch_xla")
+    if torch is None or xla is None:
+        return False, f"torch {torch or 'missing'}, torch_xla {xla or 'missing'}: install both (pip install -e .)."
+    if torch.split("+")[0].rsplit(".", 1)[0] != xla.split("+")[0].rsplit(".", 1)[0]:
+        return False, f"torch {torch} and torch_xla {xla} do not match; torch_xla needs the same torch release."
+    return True, f"torch {torch} and torch_xla {xla} match."
+
+
+def check_profile_plugin() -> tuple[bool, str]:
+    """Installed exactly once: two copies (say, in user and system site-packages) confuse
+    TensorBoard's plugin loading."""
+    found = sorted(d.version for d in importlib.metadata.distributions()
+                   if (d.metadata["Name"] or "").lower().replace("_", "-") == "tensorboard-plugin-profile")
+    if not found:
+        return False, "tensorboard-plugin-profile is not installed: pip install tensorboard-plugin-profile."
+    if len(found) > 1:
+        return False, f"tensorboard-plugin-profile is installed {len(found)} times ({', '.join(found)}); uninstall all but one."
+    tb = _version("tensorboard")
+    if tb is None:
+        return False, "tensorboard is not installed: pip install tensorboard."
+    return True, f"tensorboard {tb} with tensorboard-plugin-profile {found[0]}, installed once."
+
+
+def check_port(port: int) -> tuple[bool, str]:
+    try:
+        check_port_free(port)
+    except ValueError as e:
+        return False, str(e)
+    return True, f"profiler port {port} is free."
+
+
+def check_profile_dir(path: str) -> tuple[bool, str]:
+    """The dir is (or can be made) writable, and every run in it has the layout TensorBoard reads."""
+    if not os.path.exists(path):
+        ancestor = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(ancestor):
+            ancestor = os.path.dirname(ancestor)
+        if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK):
+            return False, f"profile dir {path} cannot be created: {ancestor} is not a writable directory."
+        return True, f"profile dir {path} does not exist yet; it will be created."
+    if not os.path.isdir(path) or not os.access(path, os.W_OK):
+        return False, f"profile dir {path} is not a writable directory."
+    stray = sorted(glob.glob(os.path.join(path, "*.xplane.pb")) + glob.glob(os.path.join(path, "*", "*.xplane.pb")))
+    if stray:
+        return False, (f"{stray[0]} is not under {path}/plugins/profile/<run>/, where TensorBoard looks; "
+                       f"move it there.")
+    runs = [r for r in glob.glob(os.path.join(path, "plugins", "profile", "*")) if os.path.isdir(r)]
+    empty = [r for r in runs if not glob.glob(os.path.join(r, "*.xplane.pb"))]
+    if empty:
+        return False, f"run {empty[0]} has no .xplane.pb; TensorBoard will list it with no tools."
+    return True, f"profile dir {path}: writable, {len(runs)} run(s) in plugins/profile/."
+
+
+def run(port: int = DEFAULT_PORT, profile_dir: str = "profiles") -> int:
+    checks = [("versions", check_versions()), ("profile plugin", check_profile_plugin()),
+              ("port", check_port(port)), ("profile dir", check_profile_dir(profile_dir))]
+    for name, (ok, msg) in checks:
+        print(f"{'ok  ' if ok else 'FAIL'}  {name:15} {msg}")
+    return 0 if all(ok for _, (ok, _) in checks) else 1

@@ -1,0 +1,193 @@
+"""Read a capture's `.xplane.pb` (the profiler's XSpace protobuf) in plain Python.
+
+XProf's converters answer most questions about a capture, but they report times relative to
+the capture's start. The raw XSpace keeps absolute line timestamps (ns since the epoch), which
+is what lets us line captured step scopes up with the engine's own wall-clock step records.
+The message classes are built at import time from the field table below (tsl's xplane.proto),
+so no generated module is needed.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+_F = descriptor_pb2.FieldDescriptorProto
+_INT64, _UINT64, _DOUBLE, _STRING, _BYTES, _MSG = (
+    _F.TYPE_INT64, _F.TYPE_UINT64, _F.TYPE_DOUBLE, _F.TYPE_STRING, _F.TYPE_BYTES, _F.TYPE_MESSAGE)
+_REP = _F.LABEL_REPEATED
+
+# message -> [(field, number, type, repeated, message type, oneof)]
+_FIELDS = {
+    "XSpace": [("planes", 1, _MSG, True, "XPlane", None), ("errors", 2, _STRING, True, None, None),
+               ("warnings", 3, _STRING, True, None, None), ("hostnames", 4, _STRING, True, None, None)],
+    "XPlane": [("id", 1, _INT64, False, None, None), ("name", 2, _STRING, False, None, None),
+               ("lines", 3, _MSG, True, "XLine", None),
+               ("event_metadata", 4, _MSG, True, "XPlane.EventMetadataEntry", None),
+               ("stat_metadata", 5, _MSG, True, "XPlane.StatMetadataEntry", None),
+               ("stats", 6, _MSG, True, "XStat", None)],
+    "XLine": [("id", 1, _INT64, False, None, None), ("display_id", 10, _INT64, False, None, None),
+              ("name", 2, _STRING, False, None, None), ("display_name", 11, _STRING, False, None, None),
+              ("timestamp_ns", 3, _INT64, False, None, None), ("duration_ps", 9, _INT64, False, None, None),
+              ("events", 4, _MSG, True, "XEvent", None)],
+    "XEvent": [("metadata_id", 1, _INT64, False, None, None), ("offset_ps", 2, _INT64, False, None, "data"),
+               ("num_occurrences", 5, _INT64, False, None, "data"),
+               ("duration_ps", 3, _INT64, False, None, None), ("stats", 4, _MSG, True, "XStat", None)],
+    "XStat": [("metadata_id", 1, _INT64, False, None, None), ("double_value", 2, _DOUBLE, False, None, "value"),
+              ("uint64_value", 3, _UINT64, False, None, "value"), ("int64_value", 4, _INT64, False, None, "value"),
+              ("str_value", 5, _STRING, False, None, "value"), ("bytes_value", 6, _BYTES, False, None, "value"),
+              ("ref_value", 7, _UINT64, False, None, "value")],
+    "XEventMetadata": [("id", 1, _INT64, False, None, None), ("name", 2, _STRING, False, None, None),
+                       ("display_name", 4, _STRING, False, None, None), ("metadata", 3, _BYTES, False, None, None),
+                       ("stats", 5, _MSG, True, "XStat", None), ("child_id", 6, _INT64, True, None, None)],
+    "XStatMetadata": [("id", 1, _INT64, False, None, None), ("name", 2, _STRING, False, None, None),
+                      ("description", 3, _STRING, False, None, None)],
+}
+_PACKAGE = "tpu_profiling.xplane"  # our own package name: never clashes with a generated module
+
+
+def _build_classes():
+    file = descriptor_pb2.FileDescriptorProto(name="tpu_profiling_xplane.proto", package=_PACKAGE,
+                                              syntax="proto3")
+    for name, fields in _FIELDS.items():
+        msg = file.message_type.add(name=name)
+        oneofs: list[str] = []
+        for fname, number, ftype, repeated, type_name, oneof in fields:
+            f = msg.field.add(name=fname, number=number, type=ftype,
+                              label=_REP if repeated else _F.LABEL_OPTIONAL)
+            if type_name:
+                f.type_name = f".{_PACKAGE}.{type_name}"
+            if oneof:
+                if oneof not in oneofs:
+                    oneofs.append(oneof)
+                    msg.oneof_decl.add(name=oneof)
+                f.oneof_index = oneofs.index(oneof)
+        if name == "XPlane":  # the two map<int64, ...> fields
+            for entry, value in (("EventMetadataEntry", "XEventMetadata"), ("StatMetadataEntry", "XStatMetadata")):
+                m = msg.nested_type.add(name=entry)
+                m.options.map_entry = True
+                m.field.add(name="key", number=1, type=_INT64, label=_F.LABEL_OPTIONAL)
+                m.field.add(name="value", number=2, type=_MSG, label=_F.LABEL_OPTIONAL,
+                            type_name=f".{_PACKAGE}.{value}")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return {n: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{n}"))
+            for n in _FIELDS}
+
+
+_CLASSES = _build_classes()
+XSpace = _CLASSES["XSpace"]
+
+
+def load(path: str):
+    """Parse an `.xplane.pb`; ValueError if it is empty or not an XSpace."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data:
+        raise ValueError(f"capture {path} is empty (0 bytes).")
+    space = XSpace()
+    try:
+        space.ParseFromString(data)
+    except Exception:
+        raise ValueError(f"capture {path} is not a readable XSpace protobuf.") from None
+    if not space.planes:
+        raise ValueError(f"capture {path} holds no planes.")
+    return space
+
+
+@dataclasses.dataclass
+class Event:
+    plane: str
+    line: str
+    name: str
+    start_ns: float   # absolute, ns since the epoch
+    duration_ns: float
+    stats: dict
+
+    @property
+    def end_ns(self) -> float:
+        return self.start_ns + self.duration_ns
+
+
+def _stat_value(stat, stat_meta):
+    kind = stat.WhichOneof("value")
+    if kind == "ref_value":
+        return stat_meta[stat.ref_value].name if stat.ref_value in stat_meta else stat.ref_value
+    return getattr(stat, kind) if kind else None
+
+
+def plane_stats(plane) -> dict:
+    return {plane.stat_metadata[s.metadata_id].name: _stat_value(s, plane.stat_metadata)
+            for s in plane.stats if s.metadata_id in plane.stat_metadata}
+
+
+def session_times_ns(space) -> tuple[int, int] | None:
+    """(profile start, profile stop) in ns since the epoch, from the 'Task Environment' plane."""
+    for plane in space.planes:
+        if plane.name == "Task Environment":
+            st = plane_stats(plane)
+            if "profile_start_time" in st:
+                return int(st["profile_start_time"]), int(st.get("profile_stop_time", 0))
+    return None
+
+
+def events(space, plane_prefix: str = "/host:") -> Iterator[Event]:
+    """Every timed event on planes whose name starts with `plane_prefix`, with named stats.
+    Exported captures count line timestamps from the profile's start; adding that start back
+    makes event times absolute (ns since the epoch)."""
+    session = session_times_ns(space)
+    origin_ps = session[0] * 1000 if session else 0
+    for plane in space.planes:
+        if not plane.name.startswith(plane_prefix):
+            continue
+        emeta, smeta = plane.event_metadata, plane.stat_metadata
+        for line in plane.lines:
+            base_ps = origin_ps + line.timestamp_ns * 1000
+            for ev in line.events:
+                md = emeta[ev.metadata_id] if ev.metadata_id in emeta else None
+                stats = {smeta[s.metadata_id].name: _stat_value(s, smeta)
+                         for s in ev.stats if s.metadata_id in smeta}
+                yield Event(plane.name, line.name, md.name if md else str(ev.metadata_id),
+                            (base_ps + ev.offset_ps) / 1000, ev.duration_ps / 1000, stats)
+
+
+@dataclasses.dataclass
+class StepScope:
+    phase: str
+    step: int
+    start_ns: float
+    end_ns: float
+
+
+STEP_PHASES = ("prefill", "decode")
+
+
+def step_scopes(space) -> list[StepScope]:
+    """The engine's step annotations (a TraceMe named after the phase, with a `step_num`)."""
+    out = []
+    for ev in events(space):
+        if ev.name in STEP_PHASES and "step_num" in ev.stats:
+            out.append(StepScope(ev.name, int(ev.stats["step_num"]), ev.start_ns, ev.end_ns))
+    return sorted(out, key=lambda s: s.start_ns)
+
+
+def time_span_ns(space) -> tuple[float, float] | None:
+    """(first event start, last event end) over host planes, absolute ns; None when no event."""
+    lo = hi = None
+    for ev in events(space):
+        lo = ev.start_ns if lo is None else min(lo, ev.start_ns)
+        hi = ev.end_ns if hi is None else max(hi, ev.end_ns)
+    return None if lo is None else (lo, hi)
+
+
+def hlo_modules(space) -> Iterator[tuple[str, bytes]]:
+    """(module name, serialized HloProto) for each XLA program the capture embeds."""
+    for plane in space.planes:
+        if plane.name != "/host:metadata":
+            continue
+        for md in plane.event_metadata.values():
+            for st in md.stats:
+                meta = plane.stat_metadata.get(st.metadata_id)
+                if meta is not None and meta.name == "Hlo Proto" and st.WhichOneof("value") == "bytes_value":
+                    yield md.name, st.bytes_value

@@ -1,0 +1,82 @@
+"""Capture XLA profiles of prefill and decode for TensorBoard.
+
+    python scripts/profiling.py --input-len 1024 --output-len 1 --batch-size 1
+    tensorboard --logdir profiles
+
+Flags follow vLLM's TPU profiling example; VLLM_TPU_PROFILE_DELAY_MS and
+VLLM_TPU_PROFILE_DURATION_MS set a detached capture window as there. `--profile-phase` captures
+exactly the prefill or decode steps instead, started and stopped at the engine's step boundaries.
+The layer-wise example's schedules are subcommands: `run_num_steps -n N`, `run_to_completion -n K`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tpu_engine.cli import add_engine_args, run_cli  # noqa: E402
+
+from profiling.capture import DEFAULT_PORT  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="profiling.py", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[1:]))
+    p.add_argument("--input-len", type=int, default=32)
+    p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num-iters-warmup", type=int, default=5, help="unprofiled passes first")
+    p.add_argument("--num-iters", type=int, default=1, help="profiled passes")
+    p.add_argument("--profile-result-dir", default="profiles",
+                   help="TensorBoard log dir; captures go to <dir>/plugins/profile/<run>/")
+    p.add_argument("--profiler-port", type=int, default=DEFAULT_PORT)
+    g = p.add_argument_group("exact capture windows (ignored when the VLLM_TPU_PROFILE_* env window is set)")
+    g.add_argument("--profile-phase", choices=["prefill", "decode", "all"], default=None,
+                   help="capture exactly these steps of each profiled pass")
+    g.add_argument("--profile-steps", type=int, default=None, metavar="N",
+                   help="stop after N matching steps")
+    g.add_argument("--profile-min-batch", type=int, default=1, metavar="B",
+                   help="only decode steps with at least B sequences")
+    g.add_argument("--profile-min-kv-len", type=int, default=0, metavar="L",
+                   help="only decode steps whose longest context is at least L tokens")
+    add_engine_args(p)
+    sub = p.add_subparsers(dest="mode", metavar="{run_num_steps,run_to_completion}")
+    s = sub.add_parser("run_num_steps", help="every request runs N engine steps (full batch throughout)")
+    s.add_argument("-n", type=int, required=True, help="engine steps per request (prefill + N-1 decodes)")
+    s = sub.add_parser("run_to_completion", help="K requests finish per decode step")
+    s.add_argument("-n", type=int, required=True, help="requests finishing per decode step")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
+    args = p.parse_args(argv)
+    args.mode = args.mode or "generate"
+    if args.mode == "generate":
+        args.n = None
+    checks = [("input_len", 1), ("output_len", 1), ("batch_size", 1), ("num_iters", 1),
+              ("num_iters_warmup", 0), ("profile_min_batch", 1), ("profile_min_kv_len", 0)]
+    for name, least in checks:
+        if getattr(args, name) < least:
+            p.error(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least {least}.")
+    if args.profile_steps is not None and args.profile_steps < 1:
+        p.error(f"--profile-steps {args.profile_steps} must be at least 1.")
+    if args.n is not None and args.n < 1:
+        p.error(f"{args.mode} -n {args.n} must be at least 1.")
+    return args
+
+
+def main(argv=None) -> int:
+    from profiling.run import Profiler
+    return Profiler(parse_args(argv)).run()
+
+
+def cli() -> None:
+    run_cli(lambda: sys.exit(main()))
+
+
+if __name__ == "__main__":
+    cli()
