@@ -53,6 +53,12 @@ def check_writable_dir(path: str) -> str:
     return path
 
 
+def list_runs(logdir: str) -> list[str]:
+    """Run directories under `logdir/plugins/profile/` that hold a `.xplane.pb`."""
+    return sorted({os.path.dirname(p) for p in
+                   glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb"))})
+
+
 class Staging:
     """A private directory under the profile dir where the profiler writes; `publish` moves a
     finished run into `plugins/profile/<name>` with one rename."""
@@ -63,9 +69,7 @@ class Staging:
         os.makedirs(self.path)
 
     def runs(self) -> list[str]:
-        """Run directories the profiler has written here (each holds a `.xplane.pb`)."""
-        return sorted({os.path.dirname(p) for p in
-                       glob.glob(os.path.join(self.path, "plugins", "profile", "*", "*.xplane.pb"))})
+        return list_runs(self.path)
 
     def publish(self, run_dir: str, name: str) -> str:
         dest_root = os.path.join(self.root, "plugins", "profile")
