@@ -99,6 +99,7 @@ class Profiler:
         capture.check_port_free(args.profiler_port)
         self.problems: list[str] = []
         self.published: list[str] = []
+        self.peaks: dict | None = None
 
     # ---- passes ---------------------------------------------------------------------------
     def _one_pass(self) -> float:
@@ -195,10 +196,15 @@ class Profiler:
 
     def _record(self, **capture_info) -> dict:
         from tpu_engine.compile import compile_stats
+        from .roofline import machine_peaks
         args, engine = self.args, self.llm.llm_engine
+        described = engine.describe()
+        if self.peaks is None:  # measured once, between passes (outside any timing)
+            self.peaks = machine_peaks(described["platform"], described["device_kind"])
         return dict(
             command=manifest.command_line(), args=vars(args), env=manifest.environment(),
-            versions=manifest.versions(), engine=engine.describe(),
+            versions=manifest.versions(), engine=described,
+            model_config=dataclasses.asdict(engine.model_config), peaks=self.peaks,
             window=dataclasses.asdict(self.window),
             workload=dict(mode=args.mode, output_lengths=self.lengths,
                           expected_decode_batches=workload.decode_batch_sizes(self.lengths)),

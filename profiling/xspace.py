@@ -164,11 +164,29 @@ STEP_PHASES = ("prefill", "decode")
 
 
 def step_scopes(space) -> list[StepScope]:
-    """The engine's step annotations (a TraceMe named after the phase, with a `step_num`)."""
+    """The engine's step annotations (a TraceMe named after the phase, with a `step_num`).
+    Only events whose metadata names a phase are decoded, which keeps this fast on big captures."""
+    session = session_times_ns(space)
+    origin_ps = session[0] * 1000 if session else 0
     out = []
-    for ev in events(space):
-        if ev.name in STEP_PHASES and "step_num" in ev.stats:
-            out.append(StepScope(ev.name, int(ev.stats["step_num"]), ev.start_ns, ev.end_ns))
+    for plane in space.planes:
+        if not plane.name.startswith("/host:"):
+            continue
+        phase_of = {k: m.name for k, m in plane.event_metadata.items() if m.name in STEP_PHASES}
+        step_stat = [k for k, m in plane.stat_metadata.items() if m.name == "step_num"]
+        if not phase_of or not step_stat:
+            continue
+        for line in plane.lines:
+            base_ps = origin_ps + line.timestamp_ns * 1000
+            for ev in line.events:
+                if ev.metadata_id not in phase_of:
+                    continue
+                step = [st for st in ev.stats if st.metadata_id == step_stat[0]]
+                if not step:
+                    continue
+                value = _stat_value(step[0], plane.stat_metadata)
+                start = (base_ps + ev.offset_ps) / 1000
+                out.append(StepScope(phase_of[ev.metadata_id], int(value), start, start + ev.duration_ps / 1000))
     return sorted(out, key=lambda s: s.start_ns)
 
 

@@ -183,7 +183,7 @@ def main(argv=None) -> None:
 
 
 def roofline(eng, runs, figures) -> dict:
-    from scripts.roofline import decode_bytes, measure_bandwidth, measure_matmul, prefill_flops
+    from profiling.roofline import decode_bytes, measure_bandwidth, measure_matmul, prefill_flops
     cfg, args = eng.model_config, figures["args"]
     bw, peak = measure_bandwidth(), measure_matmul()
     ours, hf = figures["engine"], figures["hf"]

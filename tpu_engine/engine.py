@@ -78,6 +78,7 @@ class LLMEngine:
                 "max_model_len": self.max_model_len, "max_prefill_tokens": self.max_prefill,
                 "max_num_seqs": c.max_num_seqs, "tensor_parallel_size": c.tensor_parallel_size,
                 "enforce_eager": c.enforce_eager, "seed": c.seed,
+                "compilation_cache_dir": self.runner.cache_dir,
                 "weight_bytes": self.runner.weight_bytes(), "kv_cache_bytes": self.runner.kv_cache_bytes(),
                 **self.runner.device_info()}
 

@@ -160,16 +160,21 @@ class CausalLM(nn.Module):
         scope = self.scope
         with scope("model.embed_tokens"):
             x = self.model.embed_tokens(tokens)
-        freqs = positions.unsqueeze(-1).float() * inv_freq  # (B, T, D/2)
-        emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(2)  # (B, T, 1, D)
-        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        with scope("model.rotary_emb"):
+            freqs = positions.unsqueeze(-1).float() * inv_freq  # (B, T, D/2)
+            emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(2)  # (B, T, 1, D)
+            cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
         for i, layer in enumerate(self.model.layers):
             k_cache, v_cache = kv_caches[i]
+            with scope(f"model.layers.{i}.input_layernorm"):
+                h = layer.input_layernorm(x)
             with scope(f"model.layers.{i}.self_attn"):
-                x = x + layer.self_attn(layer.input_layernorm(x), cos, sin, k_cache, v_cache,
-                                        write_index, key_mask, cache_len, kv_len)
+                x = x + layer.self_attn(h, cos, sin, k_cache, v_cache, write_index, key_mask,
+                                        cache_len, kv_len)
+            with scope(f"model.layers.{i}.post_attention_layernorm"):
+                h = layer.post_attention_layernorm(x)
             with scope(f"model.layers.{i}.mlp"):
-                x = x + layer.mlp(layer.post_attention_layernorm(x))
+                x = x + layer.mlp(h)
         # Only the last real position of each sequence needs logits.
         B = x.shape[0]
         x = x[torch.arange(B, device=x.device), last_index]  # (B, hidden)

@@ -246,9 +246,10 @@ class XlaRunner:
         floats, ints = self._sampling_tensors(rows, n)
         random = any(r.temperature > 0 for r in rows)
         want = max(r.num_logprobs for r in rows)
-        tokens, lps, top = sample(
-            logits, floats[:, 0], ints[:, 0], floats[:, 1], ints[:, 1], counters,
-            random=random, num_logprobs=MAX_LOGPROBS if want else 0)
+        with self._scope("sampler"):  # names the sampler's ops in the HLO metadata (lazy graph)
+            tokens, lps, top = sample(
+                logits, floats[:, 0], ints[:, 0], floats[:, 1], ints[:, 1], counters,
+                random=random, num_logprobs=MAX_LOGPROBS if want else 0)
         if top is not None:
             t_cpu, lp_cpu, ti, tl, rank = self._xla_fetch(tokens, lps, *top)
             top = [(int(rank[r]), list(zip(ti[r, :rows[r].num_logprobs].tolist(),

@@ -1,4 +1,5 @@
-"""Machine peaks measured on the spot, and the work one prefill or decode step must do."""
+"""Roofline pieces: machine peaks (a TPU table, or measured on the spot on CPU) and the work
+one prefill or decode step must do (FLOPs, bytes) from the model's config."""
 from __future__ import annotations
 
 import time
@@ -28,6 +29,34 @@ def measure_matmul(n: int = 2048, reps: int = 5) -> float:
     """Float32 matmul throughput (FLOP/s) of torch's CPU BLAS on all cores."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     return 2 * n ** 3 / _best_of(lambda: a @ b, reps)
+
+
+# Per-chip peaks from Google's published TPU specs: (bf16 FLOP/s, HBM bytes/s).
+TPU_PEAKS = {
+    "v2": (45e12, 700e9), "v3": (123e12, 900e9), "v4": (275e12, 1200e9),
+    "v5 lite": (197e12, 819e9), "v5e": (197e12, 819e9), "v5p": (459e12, 2765e9),
+    "v6 lite": (918e12, 1640e9), "v6e": (918e12, 1640e9),
+}
+
+
+def tpu_peaks(device_kind: str) -> tuple[float, float] | None:
+    """(FLOP/s, bytes/s) for a TPU device kind such as 'TPU v5 lite' or 'TPU v6e'."""
+    kind = device_kind.lower().replace("tpu", "").strip()
+    for name in sorted(TPU_PEAKS, key=len, reverse=True):
+        if kind.startswith(name):
+            return TPU_PEAKS[name]
+    return None
+
+
+def machine_peaks(platform: str, device_kind: str) -> dict:
+    """Peaks for the roofline, with where they came from."""
+    if platform == "TPU":
+        found = tpu_peaks(device_kind)
+        if found:
+            return dict(flops_per_s=found[0], bytes_per_s=found[1], source=f"table ({device_kind})")
+        return dict(flops_per_s=None, bytes_per_s=None, source=f"unknown TPU kind {device_kind!r}")
+    return dict(flops_per_s=measure_matmul(), bytes_per_s=measure_bandwidth(),
+                source="measured on this host (torch float32 matmul, sum over 512 MiB)")
 
 
 def matmul_params(cfg: ModelConfig) -> int:

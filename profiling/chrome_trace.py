@@ -1,0 +1,64 @@
+"""Export an analysis as Chrome Trace Event Format (Perfetto UI and chrome://tracing open it).
+
+Layout: one process per capture. Thread 1 holds the engine's steps as complete ("X") slices
+named `prefill 12` / `decode 13`; thread 2 holds each step's layers (module scopes) as slices
+spanning their first to last op; one thread per op timeline (host XLA thread or device)
+holds the ops. A counter track gives each step's batch size and longest KV length. Times
+are microseconds from the capture's first step.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+
+PID = 1
+STEPS_TID, LAYERS_TID, FIRST_OP_TID = 1, 2, 10
+
+
+def build(analysis) -> dict:
+    t0 = min((s.start_ns for s in analysis.steps), default=0.0)
+    us = lambda ns: round((ns - t0) / 1e3, 3)  # noqa: E731
+    events = [
+        {"ph": "M", "pid": PID, "name": "process_name", "args": {"name": f"capture {analysis.run_dir}"}},
+        {"ph": "M", "pid": PID, "tid": STEPS_TID, "name": "thread_name", "args": {"name": "engine steps"}},
+        {"ph": "M", "pid": PID, "tid": LAYERS_TID, "name": "thread_name", "args": {"name": "layers"}},
+    ]
+    lanes: dict[str, int] = {}
+    for step in analysis.steps:
+        rec = step.record or {}
+        events.append({"ph": "X", "pid": PID, "tid": STEPS_TID, "name": f"{step.phase} {step.step}",
+                       "cat": step.phase, "ts": us(step.start_ns), "dur": round(step.duration_s * 1e6, 3),
+                       "args": {k: rec[k] for k in ("bucket", "batch_size", "num_tokens", "padded_tokens",
+                                                      "kv_len_min", "kv_len_max") if k in rec}})
+        if rec:
+            events.append({"ph": "C", "pid": PID, "name": "batch", "ts": us(step.start_ns),
+                           "args": {"batch_size": rec["batch_size"], "kv_len_max": rec["kv_len_max"]}})
+        spans: dict[str, list[float]] = {}
+        for op in step.ops:
+            lo_hi = spans.setdefault(op.layer, [op.start_ns, op.end_ns])
+            lo_hi[0], lo_hi[1] = min(lo_hi[0], op.start_ns), max(lo_hi[1], min(op.end_ns, step.end_ns))
+            lane = op.timeline or op.device
+            tid = lanes.setdefault(lane, FIRST_OP_TID + len(lanes))
+            events.append({"ph": "X", "pid": PID, "tid": tid, "name": op.name, "cat": op.category,
+                           "ts": us(op.start_ns), "dur": round(op.duration_ns / 1e3, 3),
+                           "args": {"scope": op.scope, "framework_op": op.framework_op, "module": op.module}})
+        # Layers run one after another within a step; clip overlaps so slices nest cleanly.
+        last_end = step.start_ns
+        for layer, (lo, hi) in sorted(spans.items(), key=lambda kv: kv[1][0]):
+            lo = max(lo, last_end)
+            if hi <= lo:
+                continue
+            events.append({"ph": "X", "pid": PID, "tid": LAYERS_TID, "name": layer, "cat": "layer",
+                           "ts": us(lo), "dur": round((hi - lo) / 1e3, 3), "args": {"step": step.step}})
+            last_end = hi
+    for lane, tid in lanes.items():
+        events.append({"ph": "M", "pid": PID, "tid": tid, "name": "thread_name", "args": {"name": lane}})
+    return {"traceEvents": events, "displayTimeUnit": "ms",
+            "otherData": {"xplane": analysis.xplane, "time_origin_ns": t0}}
+
+
+def write(analysis, path: str) -> None:
+    data = json.dumps(build(analysis)).encode()
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(data)

@@ -1,0 +1,60 @@
+"""Compare two captures: per phase, per layer and per op, deltas and ratios sorted by impact
+(the absolute change in time, largest first)."""
+from __future__ import annotations
+
+import collections
+
+from .tables import Table
+
+
+def _delta_row(key: str, a: float, b: float, **extra) -> dict:
+    return dict(name=key, a_ms=a, b_ms=b, delta_ms=b - a, ratio=(b / a) if a else None, **extra)
+
+
+def _sorted(rows):
+    return sorted(rows, key=lambda r: -abs(r["delta_ms"]))
+
+
+def phases(a, b) -> Table:
+    ta = {r["phase"]: r for r in a.phase_summary().rows}
+    tb = {r["phase"]: r for r in b.phase_summary().rows}
+    rows = [_delta_row(p, ta.get(p, {}).get("mean_ms", 0.0), tb.get(p, {}).get("mean_ms", 0.0),
+                       a_steps=ta.get(p, {}).get("steps", 0), b_steps=tb.get(p, {}).get("steps", 0))
+            for p in list(dict.fromkeys(list(ta) + list(tb)))]
+    return Table("phases: mean step time (ms), B vs A", ["name", "a_ms", "b_ms", "delta_ms", "ratio",
+                                                         "a_steps", "b_steps"], _sorted(rows))
+
+
+def _per_step(analysis, phase, key) -> dict[str, float]:
+    n = max(1, len(analysis.phase_steps(phase)))
+    out = collections.Counter()
+    for o in analysis.phase_ops(phase):
+        out[key(o)] += o.self_ns / 1e6 / n
+    return out
+
+
+def _table(a, b, phase, key, title) -> Table:
+    ca, cb = _per_step(a, phase, key), _per_step(b, phase, key)
+    rows = [_delta_row(k, ca.get(k, 0.0), cb.get(k, 0.0)) for k in dict.fromkeys(list(ca) + list(cb))]
+    return Table(f"{phase}: {title} per step (ms), B vs A", ["name", "a_ms", "b_ms", "delta_ms", "ratio"], _sorted(rows))
+
+
+def layers(a, b, phase) -> Table:
+    return _table(a, b, phase, lambda o: o.layer, "time by layer")
+
+
+def op_key(o) -> str:
+    """Ops are matched across runs by what they do and where, not by HLO instruction numbers
+    (which change between compilations): scope, framework op (or opcode) and category."""
+    return f"{o.scope} {o.framework_op or o.opcode} [{o.category}]"
+
+
+def op_groups(a, b, phase) -> Table:
+    return _table(a, b, phase, op_key, "time by op (scope, framework op)")
+
+
+def compare(a, b) -> list[Table]:
+    tables = [phases(a, b)]
+    for p in [p for p in a.phases if p in b.phases]:
+        tables += [layers(a, b, p), op_groups(a, b, p)]
+    return tables

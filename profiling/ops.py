@@ -1,0 +1,226 @@
+"""XLA op executions in a capture, each with its module scope and op category.
+
+Where ops are recorded:
+  * CPU captures: on host threads named `tf_XLA…`, one event per executed HLO instruction
+    with stats `hlo_module`, `hlo_op`, `program_id`; the instruction's metadata (scope path,
+    framework op) comes from the HLO protos the capture embeds.
+  * TPU/GPU captures: on `/device:…` planes, line `XLA Ops`, with stats such as `hlo_op`,
+    `hlo_category`, `tf_op`, `flops`, `bytes_accessed` (on the event or its metadata).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from . import hlo, xspace
+
+UNSCOPED = "(unscoped)"
+CATEGORIES = ("matmul", "attention", "norm", "rope", "elementwise", "copy/transpose",
+              "collective", "sampling", "other")
+
+_COUNTER = re.compile(r"\.\d+$")
+_LAYER = re.compile(r"^(model\.layers\.\d+)(?:\.|$)")
+_COLLECTIVE = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all",
+               "collective-broadcast", "send", "recv")
+_COPY = ("copy", "transpose", "reshape", "bitcast", "broadcast", "concatenate", "slice", "pad",
+         "dynamic-slice", "dynamic-update-slice", "gather", "scatter", "copy-start", "copy-done",
+         "tuple", "get-tuple-element", "parameter", "constant", "iota", "reverse")
+_SAMPLING_OPS = ("topk", "sort", "argmax", "multinomial", "log_softmax", "cumsum")
+_ROPE_OPS = ("aten__cos", "aten__sin", "aten__neg")
+_NORM_OPS = ("aten__rsqrt", "aten__pow", "aten__mean", "aten__var")
+
+
+@dataclasses.dataclass
+class Op:
+    module: str          # HLO module (program) name
+    name: str            # HLO instruction name
+    start_ns: float
+    duration_ns: float
+    scope: str           # e.g. model.layers.3.self_attn, or UNSCOPED
+    category: str
+    opcode: str
+    framework_op: str    # e.g. aten__mm; '' when unknown
+    device: str          # plane name
+    flops: float = 0.0   # from device captures that carry them
+    bytes_accessed: float = 0.0
+    self_ns: float = -1.0  # duration minus nested op events on the same timeline
+    timeline: str = ""     # the thread (host) or device line the op ran on
+
+    def __post_init__(self):
+        if self.self_ns < 0:
+            self.self_ns = self.duration_ns
+
+    @property
+    def end_ns(self) -> float:
+        return self.start_ns + self.duration_ns
+
+    @property
+    def layer(self) -> str:
+        """model.layers.N for ops inside a decoder layer, else the scope itself."""
+        m = _LAYER.match(self.scope)
+        return m.group(1) if m else self.scope
+
+
+def scope_of(op_name: str) -> str:
+    """`model.layers.3.mlp.12/aten__mm` -> `model.layers.3.mlp` (torch_xla appends a counter
+    to each scope name); no scope -> UNSCOPED."""
+    head = op_name.split("/")[0] if "/" in op_name else ""
+    if not head or "__" in head:  # no scope, or a framework op name (aten__add.3)
+        return UNSCOPED
+    return _COUNTER.sub("", head)
+
+
+def categorize(opcode: str, fused: tuple[str, ...], framework_op: str, scope: str,
+               device_category: str = "") -> str:
+    ops = (opcode,) + fused
+    fw = framework_op.lower()
+    if any(o in _COLLECTIVE or o.endswith(("-start", "-done")) and o.split("-")[0] in ("all", "reduce", "collective")
+           for o in ops) or "collective" in device_category or "all-reduce" in device_category:
+        return "collective"
+    if scope.startswith("sampler") or any(s in fw for s in _SAMPLING_OPS):
+        return "sampling"
+    if scope.endswith("rotary_emb") or fw in _ROPE_OPS:
+        return "rope"
+    if scope.endswith("layernorm") or scope == "model.norm" or fw in _NORM_OPS:
+        return "norm"
+    is_dot = any(o in ("dot", "convolution") for o in ops) or (opcode == "custom-call" and "matmul" in fw)
+    if scope.endswith("self_attn") and (fw in ("aten__matmul", "aten__bmm", "aten__baddbmm") or "softmax" in fw
+                                        or fw in ("aten__masked_fill", "aten__where")):
+        return "attention"
+    if is_dot or "convolution" in device_category or device_category == "matmul":
+        return "matmul"
+    if opcode in _COPY or (fused and all(o in _COPY for o in fused)) or "data formatting" in device_category:
+        return "copy/transpose"
+    if opcode == "fusion" or opcode in ("add", "multiply", "subtract", "divide", "exponential", "maximum",
+                                        "minimum", "select", "compare", "convert", "rsqrt", "tanh",
+                                        "logistic", "negate", "log", "and", "or", "xor", "reduce",
+                                        "power", "sqrt", "abs", "clamp", "shift-right-logical",
+                                        "shift-left", "cosine", "sine", "reduce-window", "map"):
+        return "elementwise"
+    return "other"
+
+
+def _set_self_times(line_ops: list[Op]) -> None:
+    """Ops on one timeline may nest (a `call` around the ops it runs): give each op its self
+    time, so that sums over ops count every nanosecond once."""
+    stack: list[Op] = []
+    for op in sorted(line_ops, key=lambda o: (o.start_ns, -o.duration_ns)):
+        while stack and stack[-1].end_ns <= op.start_ns:
+            stack.pop()
+        if stack and op.end_ns <= stack[-1].end_ns + 1:
+            stack[-1].self_ns -= op.duration_ns
+        stack.append(op)
+    for op in line_ops:
+        op.self_ns = max(0.0, op.self_ns)
+
+
+def _instruction_name(event_name: str) -> str:
+    """Device planes may name an op by its HLO text: `%copy-start = f32[...] copy-start(...)`."""
+    return event_name.split(" = ")[0].strip().lstrip("%")
+
+
+def _metadata_stats(plane) -> dict[int, dict]:
+    out = {}
+    for k, md in plane.event_metadata.items():
+        if md.stats:
+            out[k] = {plane.stat_metadata[s.metadata_id].name: xspace._stat_value(s, plane.stat_metadata)
+                      for s in md.stats if s.metadata_id in plane.stat_metadata}
+    return out
+
+
+def _host_ops(space, programs) -> list[Op]:
+    """CPU: op events on the host's `tf_XLA…` threads."""
+    out = []
+    session = xspace.session_times_ns(space)
+    origin_ps = session[0] * 1000 if session else 0
+    for plane in space.planes:
+        if not plane.name.startswith("/host:CPU"):
+            continue
+        smeta, emeta = plane.stat_metadata, plane.event_metadata
+        ids = {m.name: k for k, m in smeta.items()}
+        k_op, k_mod, k_prog = ids.get("hlo_op"), ids.get("hlo_module"), ids.get("program_id")
+        if k_op is None or k_mod is None:
+            continue
+        for line in plane.lines:
+            if not line.name.startswith("tf_XLA"):
+                continue
+            base_ps = origin_ps + line.timestamp_ns * 1000
+            line_ops = []
+            for ev in line.events:
+                st = {s.metadata_id: s for s in ev.stats}
+                if k_op not in st:
+                    continue
+                op = xspace._stat_value(st[k_op], smeta)
+                mod = xspace._stat_value(st[k_mod], smeta)
+                prog = xspace._stat_value(st[k_prog], smeta) if k_prog in st else None
+                key = f"{mod}({prog})" if prog is not None else mod
+                ins = programs.get(key, {}).get(op) or programs.get(mod, {}).get(op)
+                if ins is None:
+                    ins = hlo.Instruction(op, op.split(".")[0], "", "", "", (), "")
+                scope = scope_of(ins.op_name)
+                line_ops.append(Op(str(mod), str(op), (base_ps + ev.offset_ps) / 1000, ev.duration_ps / 1000,
+                                   scope, categorize(ins.opcode, ins.fused_opcodes, ins.op_type, scope),
+                                   ins.opcode, ins.op_type, plane.name, timeline=line.name))
+            _set_self_times(line_ops)
+            out += line_ops
+    return out
+
+
+def _device_ops(space, programs) -> list[Op]:
+    """TPU/GPU: the `XLA Ops` line of each device plane."""
+    out = []
+    session = xspace.session_times_ns(space)
+    origin_ps = session[0] * 1000 if session else 0
+    for plane in space.planes:
+        if not plane.name.startswith("/device:"):
+            continue
+        smeta, emeta = plane.stat_metadata, plane.event_metadata
+        md_stats = _metadata_stats(plane)
+        for line in plane.lines:
+            if line.name != "XLA Ops":
+                continue
+            base_ps = origin_ps + line.timestamp_ns * 1000
+            line_ops = []
+            for ev in line.events:
+                stats = dict(md_stats.get(ev.metadata_id, {}))
+                for s in ev.stats:
+                    if s.metadata_id in smeta:
+                        stats[smeta[s.metadata_id].name] = xspace._stat_value(s, smeta)
+                name = _instruction_name(emeta[ev.metadata_id].name if ev.metadata_id in emeta
+                                         else str(ev.metadata_id))
+                prog = stats.get("program_id")
+                mod = next((k for k in programs if k.endswith(f"({prog})")), str(prog)) if prog is not None else ""
+                ins = programs.get(mod, {}).get(name)
+                fw = str(stats.get("tf_op", "") or (ins.op_type if ins else ""))
+                opcode = ins.opcode if ins else name.split(".")[0]
+                scope = scope_of(ins.op_name) if ins else scope_of(fw)
+                line_ops.append(Op(mod, name, (base_ps + ev.offset_ps) / 1000, ev.duration_ps / 1000, scope,
+                                   categorize(opcode, ins.fused_opcodes if ins else (), fw, scope,
+                                              str(stats.get("hlo_category", "")).lower()),
+                                   opcode, fw, plane.name, float(stats.get("flops", 0) or 0),
+                                   float(stats.get("bytes_accessed", 0) or 0), timeline=plane.name))
+            _set_self_times(line_ops)
+            out += line_ops
+    return out
+
+
+def programs_of(space) -> dict[str, dict[str, hlo.Instruction]]:
+    """HLO instructions by program key (`<module>(<program id>)`, as the metadata plane names
+    them) and instruction name."""
+    out = {}
+    for key, proto in xspace.hlo_modules(space):
+        try:
+            out[key] = hlo.instructions(proto)[1]
+        except Exception:  # an HLO we cannot parse only loses its metadata
+            continue
+    return out
+
+
+def ops(space) -> list[Op]:
+    """Every op execution in the capture, sorted by start time. Device planes win when present
+    (they time the ops on the accelerator); otherwise the host's XLA threads are read."""
+    programs = programs_of(space)
+    found = _device_ops(space, programs)
+    if not found:
+        found = _host_ops(space, programs)
+    return sorted(found, key=lambda o: o.start_ns)
