@@ -178,7 +178,7 @@ class Analysis:
             by_scope[o.scope].append(o)
         by_layer = collections.defaultdict(list)
         for scope in by_scope:
-            by_layer[ops_mod.Op.layer.fget(by_scope[scope][0])].append(scope)
+            by_layer[by_scope[scope][0].layer].append(scope)
         rows = []
         for layer in sorted(by_layer, key=_scope_order):
             layer_ops = [o for sc in by_layer[layer] for o in by_scope[sc]]

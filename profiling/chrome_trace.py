@@ -24,6 +24,7 @@ def build(analysis) -> dict:
         {"ph": "M", "pid": PID, "tid": LAYERS_TID, "name": "thread_name", "args": {"name": "layers"}},
     ]
     lanes: dict[str, int] = {}
+    lane_ops: dict[int, list] = {}
     for step in analysis.steps:
         rec = step.record or {}
         events.append({"ph": "X", "pid": PID, "tid": STEPS_TID, "name": f"{step.phase} {step.step}",
@@ -38,10 +39,7 @@ def build(analysis) -> dict:
             lo_hi = spans.setdefault(op.layer, [op.start_ns, op.end_ns])
             lo_hi[0], lo_hi[1] = min(lo_hi[0], op.start_ns), max(lo_hi[1], min(op.end_ns, step.end_ns))
             lane = op.timeline or op.device
-            tid = lanes.setdefault(lane, FIRST_OP_TID + len(lanes))
-            events.append({"ph": "X", "pid": PID, "tid": tid, "name": op.name, "cat": op.category,
-                           "ts": us(op.start_ns), "dur": round(op.duration_ns / 1e3, 3),
-                           "args": {"scope": op.scope, "framework_op": op.framework_op, "module": op.module}})
+            lane_ops.setdefault(lanes.setdefault(lane, FIRST_OP_TID + len(lanes)), []).append(op)
         # Layers run one after another within a step; clip overlaps so slices nest cleanly.
         last_end = step.start_ns
         for layer, (lo, hi) in sorted(spans.items(), key=lambda kv: kv[1][0]):
@@ -51,10 +49,28 @@ def build(analysis) -> dict:
             events.append({"ph": "X", "pid": PID, "tid": LAYERS_TID, "name": layer, "cat": "layer",
                            "ts": us(lo), "dur": round((hi - lo) / 1e3, 3), "args": {"step": step.step}})
             last_end = hi
+    clipped = 0
+    for tid, lane in lane_ops.items():
+        # Slices on one thread must nest; the tracer's clock can make neighbours overlap by a
+        # few ns, so a slice that starts inside another but ends after it starts at its end.
+        stack: list[float] = []
+        for op in sorted(lane, key=lambda o: (o.start_ns, -o.duration_ns)):
+            start, end = op.start_ns, op.end_ns
+            while stack and stack[-1] <= start:
+                stack.pop()
+            if stack and end > stack[-1]:
+                start, clipped = stack[-1], clipped + 1
+                while stack and stack[-1] <= start:
+                    stack.pop()
+            stack.append(end)
+            events.append({"ph": "X", "pid": PID, "tid": tid, "name": op.name, "cat": op.category,
+                           "ts": us(start), "dur": round((end - start) / 1e3, 3),
+                           "args": {"scope": op.scope, "framework_op": op.framework_op, "module": op.module}})
     for lane, tid in lanes.items():
         events.append({"ph": "M", "pid": PID, "tid": tid, "name": "thread_name", "args": {"name": lane}})
     return {"traceEvents": events, "displayTimeUnit": "ms",
-            "otherData": {"xplane": analysis.xplane, "time_origin_ns": t0}}
+            "otherData": {"xplane": analysis.xplane, "time_origin_ns": t0,
+                          "op_slices_clipped_to_nest": clipped}}
 
 
 def write(analysis, path: str) -> None:

@@ -30,7 +30,7 @@ _ROPE_OPS = ("aten__cos", "aten__sin", "aten__neg")
 _NORM_OPS = ("aten__rsqrt", "aten__pow", "aten__mean", "aten__var")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Op:
     module: str          # HLO module (program) name
     name: str            # HLO instruction name
@@ -141,29 +141,49 @@ def _host_ops(space, programs) -> list[Op]:
         k_op, k_mod, k_prog = ids.get("hlo_op"), ids.get("hlo_module"), ids.get("program_id")
         if k_op is None or k_mod is None:
             continue
-        for line in plane.lines:
-            if not line.name.startswith("tf_XLA"):
+        # Op events are named after their HLO instruction: read only those.
+        names = {n for instrs in programs.values() for n in instrs}
+        keep = ({k for k, m in emeta.items() if m.name in names} if names  # no HLO: all but noise
+                else {k for k, m in emeta.items() if not m.name.startswith("ThreadpoolListener::")})
+        known: dict[tuple, tuple] = {}  # (module, program, op) -> shared strings and category
+        plane_name, by_line = plane.name, {}
+        for index, line in plane.iter_line_chunks(keep=keep, chunk=20000):
+            lname = line.name
+            if not lname.startswith("tf_XLA"):
                 continue
             base_ps = origin_ps + line.timestamp_ns * 1000
-            line_ops = []
+            line_ops = by_line.setdefault(index, [])
             for ev in line.events:
-                st = {s.metadata_id: s for s in ev.stats}
-                if k_op not in st:
+                op = mod = prog = None
+                for st in ev.stats:
+                    if st.metadata_id == k_op:
+                        op = xspace._stat_value(st, smeta)
+                    elif st.metadata_id == k_mod:
+                        mod = xspace._stat_value(st, smeta)
+                    elif st.metadata_id == k_prog:
+                        prog = xspace._stat_value(st, smeta)
+                if op is None:
                     continue
-                op = xspace._stat_value(st[k_op], smeta)
-                mod = xspace._stat_value(st[k_mod], smeta)
-                prog = xspace._stat_value(st[k_prog], smeta) if k_prog in st else None
-                key = f"{mod}({prog})" if prog is not None else mod
-                ins = programs.get(key, {}).get(op) or programs.get(mod, {}).get(op)
-                if ins is None:
-                    ins = hlo.Instruction(op, op.split(".")[0], "", "", "", (), "")
-                scope = scope_of(ins.op_name)
-                line_ops.append(Op(str(mod), str(op), (base_ps + ev.offset_ps) / 1000, ev.duration_ps / 1000,
-                                   scope, categorize(ins.opcode, ins.fused_opcodes, ins.op_type, scope),
-                                   ins.opcode, ins.op_type, plane.name, timeline=line.name))
+                desc = known.get((mod, prog, op))
+                if desc is None:
+                    desc = known[(mod, prog, op)] = _describe_host_op(programs, str(mod), prog, str(op))
+                name, module, scope, category, opcode, fw = desc
+                line_ops.append(Op(module, name, (base_ps + ev.offset_ps) / 1000, ev.duration_ps / 1000,
+                                   scope, category, opcode, fw, plane_name, timeline=lname))
+        for line_ops in by_line.values():
             _set_self_times(line_ops)
             out += line_ops
     return out
+
+
+def _describe_host_op(programs, mod: str, prog, op: str) -> tuple:
+    key = f"{mod}({prog})" if prog is not None else mod
+    ins = programs.get(key, {}).get(op) or programs.get(mod, {}).get(op)
+    if ins is None:
+        ins = hlo.Instruction(op, op.split(".")[0], "", "", "", (), "")
+    scope = scope_of(ins.op_name)
+    return (op, mod, scope, categorize(ins.opcode, ins.fused_opcodes, ins.op_type, scope),
+            ins.opcode, ins.op_type)
 
 
 def _device_ops(space, programs) -> list[Op]:

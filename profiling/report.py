@@ -122,7 +122,9 @@ def summarize(path: str, csv: str | None = None, json_path: str | None = None, c
         from .plots import write_plots
         written += write_plots(a, plots)
     if written:
-        print("\nwrote: " + ", ".join(written))
+        print("\nwrote:")
+        for path in written:
+            print(f"  {path}")
 
 
 def compare(path_a: str, path_b: str, top: int = 15) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 
-import torch
-
 from tpu_engine.config import ModelConfig
 
 
@@ -21,12 +19,14 @@ def _best_of(fn, reps: int) -> float:
 
 def measure_bandwidth(nbytes: int = 512 << 20, reps: int = 5) -> float:
     """Main-memory read bandwidth (bytes/s): a float32 sum over a buffer far larger than cache."""
+    import torch
     x = torch.ones(nbytes // 4)
     return nbytes / _best_of(lambda: x.sum(), reps)
 
 
 def measure_matmul(n: int = 2048, reps: int = 5) -> float:
     """Float32 matmul throughput (FLOP/s) of torch's CPU BLAS on all cores."""
+    import torch
     a, b = torch.randn(n, n), torch.randn(n, n)
     return 2 * n ** 3 / _best_of(lambda: a @ b, reps)
 

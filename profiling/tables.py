@@ -43,9 +43,7 @@ class Table:
 
 
 def _plain(v):
-    if isinstance(v, float):
-        return repr(round(v, 6))
-    return v
+    return repr(v) if isinstance(v, float) else v  # full precision: CSV is for machines
 
 
 def _fmt(v) -> str:

@@ -5,6 +5,10 @@ the capture's start. The raw XSpace keeps absolute line timestamps (ns since the
 is what lets us line captured step scopes up with the engine's own wall-clock step records.
 The message classes are built at import time from the field table below (tsl's xplane.proto),
 so no generated module is needed.
+
+Captures are large and most of their events are thread-pool bookkeeping, so `load` keeps the
+file's bytes, parses each plane's metadata at once and its lines only on demand, optionally
+keeping just the events whose metadata ids a caller names.
 """
 from __future__ import annotations
 
@@ -78,17 +82,120 @@ def _build_classes():
 
 _CLASSES = _build_classes()
 XSpace = _CLASSES["XSpace"]
+XPlane = _CLASSES["XPlane"]
+XLine = _CLASSES["XLine"]
 
 
-def load(path: str):
-    """Parse an `.xplane.pb`; ValueError if it is empty or not an XSpace."""
+def _varint(buf, i: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, i
+        shift += 7
+
+
+def _fields(buf, start: int, end: int):
+    """(field number, start of the field with its tag, start of payload, end) for each
+    top-level field of the message in buf[start:end]."""
+    i = start
+    while i < end:
+        field_start = i
+        tag, i = _varint(buf, i)
+        wire = tag & 7
+        if wire == 2:
+            n, i = _varint(buf, i)
+            yield tag >> 3, field_start, i, i + n
+            i += n
+        elif wire == 0:
+            _, j = _varint(buf, i)
+            yield tag >> 3, field_start, i, j
+            i = j
+        elif wire in (1, 5):
+            n = 8 if wire == 1 else 4
+            yield tag >> 3, field_start, i, i + n
+            i += n
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+
+
+class Plane:
+    """One XPlane: name, metadata maps and plane stats parsed; lines parsed when asked for."""
+
+    def __init__(self, data: memoryview, start: int, end: int):
+        self._data = data
+        rest, self._line_spans = [], []
+        for field, fstart, pstart, fend in _fields(data, start, end):
+            if field == 3:  # lines
+                self._line_spans.append((pstart, fend))
+            else:
+                rest.append(data[fstart:fend])
+        meta = XPlane()
+        meta.ParseFromString(b"".join(rest))
+        self.id, self.name = meta.id, meta.name
+        self.event_metadata, self.stat_metadata, self.stats = meta.event_metadata, meta.stat_metadata, meta.stats
+
+    @property
+    def lines(self):
+        return self.iter_lines()
+
+    def iter_lines(self, keep=None):
+        """Each XLine, parsed now; with `keep` (a set of event metadata ids), only those events."""
+        for _, line in self.iter_line_chunks(keep):
+            yield line
+
+    def iter_line_chunks(self, keep=None, chunk: int | None = None):
+        """(line index, XLine) with at most `chunk` events per XLine (a long line comes in
+        several pieces with the same index), keeping only events in `keep` when given: this
+        bounds the memory a huge line needs while it is read."""
+        for index, (start, end) in enumerate(self._line_spans):
+            if keep is None and chunk is None:
+                line = XLine()
+                line.ParseFromString(self._data[start:end])
+                yield index, line
+                continue
+            head, events = [], []
+            for field, fstart, pstart, fend in _fields(self._data, start, end):
+                if field != 4:
+                    head.append(self._data[fstart:fend])
+                    continue
+                if keep is not None:
+                    md = 0  # an event's metadata_id (field 1) is written first when it is set
+                    if self._data[pstart] == 0x08:
+                        md, _ = _varint(self._data, pstart + 1)
+                    if md not in keep:
+                        continue
+                events.append((fstart, fend))
+            step = chunk or max(1, len(events))
+            for i in range(0, max(1, len(events)), step):
+                line = XLine()
+                line.ParseFromString(b"".join(head + [self._data[a:b] for a, b in events[i:i + step]]))
+                yield index, line
+
+
+class Space:
+    """An XSpace read lazily: `planes` (Plane objects) and `hostnames`."""
+
+    def __init__(self, data: bytes):
+        self._data = memoryview(data)
+        self.planes, self.hostnames = [], []
+        for field, _, pstart, fend in _fields(self._data, 0, len(data)):
+            if field == 1:
+                self.planes.append(Plane(self._data, pstart, fend))
+            elif field == 4:
+                self.hostnames.append(bytes(self._data[pstart:fend]).decode())
+
+
+def load(path: str) -> Space:
+    """Read an `.xplane.pb`; ValueError if it is empty or not an XSpace."""
     with open(path, "rb") as f:
         data = f.read()
     if not data:
         raise ValueError(f"capture {path} is empty (0 bytes).")
-    space = XSpace()
     try:
-        space.ParseFromString(data)
+        space = Space(data)
     except Exception:
         raise ValueError(f"capture {path} is not a readable XSpace protobuf.") from None
     if not space.planes:
@@ -176,7 +283,7 @@ def step_scopes(space) -> list[StepScope]:
         step_stat = [k for k, m in plane.stat_metadata.items() if m.name == "step_num"]
         if not phase_of or not step_stat:
             continue
-        for line in plane.lines:
+        for line in plane.iter_lines(keep=set(phase_of)):
             base_ps = origin_ps + line.timestamp_ns * 1000
             for ev in line.events:
                 if ev.metadata_id not in phase_of:

@@ -44,3 +44,14 @@ def env_capture(tmp_path_factory, llama_dir):
     return capture(str(tmp_path_factory.mktemp("env")), llama_dir,
                    "--input-len", "8", "--output-len", "24", "--batch-size", "4", "--num-iters", "100",
                    env=profiling_env(VLLM_TPU_PROFILE_DELAY_MS=700, VLLM_TPU_PROFILE_DURATION_MS=1500))
+
+
+@pytest.fixture(scope="session")
+def all_capture(tmp_path_factory, llama_dir):
+    """Every step of one pass (prefill and decode), lazy mode with XLA_HLO_DEBUG=1: the
+    analysis tests' layer-wise input."""
+    from tests.captures import capture, profiling_env
+    return capture(str(tmp_path_factory.mktemp("all")), llama_dir,
+                   "--input-len", "12", "--output-len", "6", "--batch-size", "3",
+                   "--enforce-eager", "--profile-phase", "all",
+                   env=profiling_env(XLA_HLO_DEBUG=1))
