@@ -422,6 +422,29 @@ def test_tpu_capture_device_ops(tmp_path):
         assert 0 < total <= duration, (dev, total, duration)
 
 
+@pytest.mark.skipif(not os.path.isfile(TPU_XPLANE), reason=f"real TPU capture not available ({TPU_XPLANE})")
+def test_tpu_device_op_times_agree_with_xprof_hlo_stats(tmp_path):
+    """Our device-plane op table against XProf's own hlo_stats converter on the same capture:
+    the same ops, the same total self time."""
+    from profiling.analysis import Analysis
+    from profiling.verify import xprof_tool
+    copy = tmp_path / os.path.basename(TPU_XPLANE)
+    shutil.copyfile(TPU_XPLANE, copy)
+    table = json.loads(xprof_tool(str(copy), "hlo_stats"))
+    cols = [c["id"] for c in table["cols"]]
+    xprof_rows = [dict(zip(cols, [cell.get("v") for cell in r["c"]])) for r in table["rows"]]
+    xprof_us, xprof_count = collections.Counter(), collections.Counter()
+    for r in xprof_rows:
+        xprof_us[r["hlo_op_name"]] += r["total_self_time"]
+        xprof_count[r["hlo_op_name"]] += r["occurrences"]
+    ours_us, ours_count = collections.Counter(), collections.Counter()
+    for o in Analysis(str(copy)).ops:
+        ours_us[o.name] += o.self_ns / 1e3
+        ours_count[o.name] += 1
+    assert ours_count == xprof_count  # every execution of every op, once
+    assert abs(sum(ours_us.values()) - sum(xprof_us.values())) <= 0.01 * sum(xprof_us.values())
+
+
 # ---- 12. compiles and roofline ----------------------------------------------------------------------
 def test_compile_report(analysis):
     rep = analysis.compile_report()
