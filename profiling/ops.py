@@ -71,9 +71,14 @@ def scope_of(op_name: str) -> str:
 
 
 def categorize(opcode: str, fused: tuple[str, ...], framework_op: str, scope: str,
-               device_category: str = "") -> str:
+               device_category: str = "", custom_call_target: str = "") -> str:
     ops = (opcode,) + fused
     fw = framework_op.lower()
+    target = custom_call_target.lower()
+    if opcode == "custom-call" and any(k in target for k in ("attention", "fmha", "flash")):
+        return "attention"
+    if opcode == "custom-call" and any(k in target for k in ("gemm", "matmul", "blas")):
+        return "matmul"
     if any(o in _COLLECTIVE or o.endswith(("-start", "-done")) and o.split("-")[0] in ("all", "reduce", "collective")
            for o in ops) or "collective" in device_category or "all-reduce" in device_category:
         return "collective"
@@ -182,12 +187,14 @@ def _describe_host_op(programs, mod: str, prog, op: str) -> tuple:
     if ins is None:
         ins = hlo.Instruction(op, op.split(".")[0], "", "", "", (), "")
     scope = scope_of(ins.op_name)
-    return (op, mod, scope, categorize(ins.opcode, ins.fused_opcodes, ins.op_type, scope),
+    return (op, mod, scope, categorize(ins.opcode, ins.fused_opcodes, ins.op_type, scope,
+                                       custom_call_target=ins.custom_call_target),
             ins.opcode, ins.op_type)
 
 
 def _device_ops(space, programs) -> list[Op]:
-    """TPU/GPU: the `XLA Ops` line of each device plane."""
+    """TPU: the `XLA Ops` line of each device plane; GPU: the kernels on its `Stream #…` lines
+    (each kernel names its HLO op in an `hlo_op` stat)."""
     out = []
     session = xspace.session_times_ns(space)
     origin_ps = session[0] * 1000 if session else 0
@@ -197,7 +204,8 @@ def _device_ops(space, programs) -> list[Op]:
         smeta, emeta = plane.stat_metadata, plane.event_metadata
         md_stats = _metadata_stats(plane)
         for line in plane.lines:
-            if line.name != "XLA Ops":
+            lname = line.name
+            if lname != "XLA Ops" and not lname.startswith("Stream #"):
                 continue
             base_ps = origin_ps + line.timestamp_ns * 1000
             line_ops = []
@@ -206,19 +214,24 @@ def _device_ops(space, programs) -> list[Op]:
                 for s in ev.stats:
                     if s.metadata_id in smeta:
                         stats[smeta[s.metadata_id].name] = xspace._stat_value(s, smeta)
-                name = _instruction_name(emeta[ev.metadata_id].name if ev.metadata_id in emeta
-                                         else str(ev.metadata_id))
+                if lname != "XLA Ops" and "hlo_op" not in stats:
+                    continue  # a stream event that is not an XLA kernel (memcpy, ...)
+                name = str(stats.get("hlo_op") or _instruction_name(
+                    emeta[ev.metadata_id].name if ev.metadata_id in emeta else str(ev.metadata_id)))
                 prog = stats.get("program_id")
-                mod = next((k for k in programs if k.endswith(f"({prog})")), str(prog)) if prog is not None else ""
+                mod = next((k for k in programs if k.endswith(f"({prog})")), str(prog)) if prog is not None \
+                    else str(stats.get("hlo_module", ""))
                 ins = programs.get(mod, {}).get(name)
                 fw = str(stats.get("tf_op", "") or (ins.op_type if ins else ""))
                 opcode = ins.opcode if ins else name.split(".")[0]
                 scope = scope_of(ins.op_name) if ins else scope_of(fw)
                 line_ops.append(Op(mod, name, (base_ps + ev.offset_ps) / 1000, ev.duration_ps / 1000, scope,
                                    categorize(opcode, ins.fused_opcodes if ins else (), fw, scope,
-                                              str(stats.get("hlo_category", "")).lower()),
+                                              str(stats.get("hlo_category", "")).lower(),
+                                              ins.custom_call_target if ins else ""),
                                    opcode, fw, plane.name, float(stats.get("flops", 0) or 0),
-                                   float(stats.get("bytes_accessed", 0) or 0), timeline=plane.name))
+                                   float(stats.get("bytes_accessed", 0) or 0),
+                                   timeline=f"{plane.name} {lname}"))
             _set_self_times(line_ops)
             out += line_ops
     return out

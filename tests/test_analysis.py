@@ -422,14 +422,19 @@ def test_tpu_capture_device_ops(tmp_path):
         assert 0 < total <= duration, (dev, total, duration)
 
 
-@pytest.mark.skipif(not os.path.isfile(TPU_XPLANE), reason=f"real TPU capture not available ({TPU_XPLANE})")
-def test_tpu_device_op_times_agree_with_xprof_hlo_stats(tmp_path):
-    """Our device-plane op table against XProf's own hlo_stats converter on the same capture:
-    the same ops, the same total self time."""
+GPU_XPLANE = os.path.join(TESTDATA, "gpu_mi300x_jax08_attention.xplane.pb")
+
+
+@pytest.mark.parametrize("capture", [TPU_XPLANE, GPU_XPLANE], ids=["tpu_v6e", "gpu_mi300x"])
+def test_device_op_times_agree_with_xprof_hlo_stats(tmp_path, capture):
+    """Our device-plane op table against XProf's own hlo_stats converter on the same real
+    capture: every execution of every op once, and the same total self time."""
+    if not os.path.isfile(capture):
+        pytest.skip(f"real device capture not available ({capture})")
     from profiling.analysis import Analysis
     from profiling.verify import xprof_tool
-    copy = tmp_path / os.path.basename(TPU_XPLANE)
-    shutil.copyfile(TPU_XPLANE, copy)
+    copy = tmp_path / os.path.basename(capture)
+    shutil.copyfile(capture, copy)
     table = json.loads(xprof_tool(str(copy), "hlo_stats"))
     cols = [c["id"] for c in table["cols"]]
     xprof_rows = [dict(zip(cols, [cell.get("v") for cell in r["c"]])) for r in table["rows"]]
@@ -442,6 +447,7 @@ def test_tpu_device_op_times_agree_with_xprof_hlo_stats(tmp_path):
         ours_us[o.name] += o.self_ns / 1e3
         ours_count[o.name] += 1
     assert ours_count == xprof_count  # every execution of every op, once
+    assert all(o.device.startswith("/device:") for o in Analysis(str(copy)).ops)
     assert abs(sum(ours_us.values()) - sum(xprof_us.values())) <= 0.01 * sum(xprof_us.values())
 
 
