@@ -53,14 +53,19 @@ class Step:
     end_ns: float
     record: dict | None          # the manifest row, if any
     ops: list = dataclasses.field(default_factory=list)
+    programs: list = dataclasses.field(default_factory=list)  # XLA program executions (start, end)
 
     @property
     def duration_s(self) -> float:
         return (self.end_ns - self.start_ns) / 1e9
 
     def busy_s(self) -> float:
-        """Time during which at least one op ran (union over all threads/devices)."""
-        spans = sorted((o.start_ns, min(o.end_ns, self.end_ns)) for o in self.ops)
+        """Time during which an XLA program was executing (or, where the capture has no
+        program events, at least one op ran), as a union over threads and devices."""
+        if self.programs:
+            spans = sorted((max(a, self.start_ns), min(b, self.end_ns)) for a, b in self.programs)
+        else:
+            spans = sorted((o.start_ns, min(o.end_ns, self.end_ns)) for o in self.ops)
         total, cur_s, cur_e = 0.0, None, None
         for s, e in spans:
             if cur_e is None or s > cur_e:
@@ -90,6 +95,11 @@ class Analysis:
             hi = max((o.end_ns for o in self.ops), default=0.0)
             self.steps = [Step("all", 0, lo, hi, None)]
         starts = [s.start_ns for s in self.steps]
+        for a, b in ops_mod.program_spans(self.space):
+            i = bisect.bisect_right(starts, b) - 1  # programs may begin before the step's scope
+            while i >= 0 and self.steps[i].end_ns > a:
+                self.steps[i].programs.append((a, b))
+                i -= 1
         self.outside = []  # ops that started outside every step scope
         for o in self.ops:
             i = bisect.bisect_right(starts, o.start_ns) - 1
@@ -124,6 +134,7 @@ class Analysis:
             steps = self.phase_steps(phase)
             times = [s.duration_s * 1e3 for s in steps]
             busy = [s.busy_s() * 1e3 for s in steps]
+            op_ms = [sum(o.self_ns for o in s.ops) / 1e6 for s in steps]
             recs = [s.record for s in steps if s.record]
             real = sum(r["num_tokens"] for r in recs)
             padded = sum(r["padded_tokens"] for r in recs)
@@ -132,12 +143,14 @@ class Analysis:
                 phase=phase, steps=len(steps), total_ms=sum(times), mean_ms=statistics.fmean(times),
                 p50_ms=percentile(times, 50), p99_ms=percentile(times, 99),
                 busy_ms=statistics.fmean(busy), host_ms=statistics.fmean(t - b for t, b in zip(times, busy)),
+                ops_ms=statistics.fmean(op_ms),
                 tokens=real if recs else None,
-                tokens_per_s=(real / total_s) if recs and total_s > 0 else None,
+                tok_s=(real / total_s) if recs and total_s > 0 else None,
                 pad_pct=(100 * (1 - real / padded)) if padded else None))
-        return Table("Phases (step times from the trace; busy = some XLA op running, host = the rest)",
+        return Table("Phases (per step: busy = an XLA program running, host = the rest, "
+                     "ops = op time in the tables)",
                      ["phase", "steps", "total_ms", "mean_ms", "p50_ms", "p99_ms", "busy_ms", "host_ms",
-                      "tokens", "tokens_per_s", "pad_pct"], rows)
+                      "ops_ms", "tokens", "tok_s", "pad_pct"], rows)
 
     def request_latency(self) -> dict:
         """TTFT and TPOT from the manifest (requests whose steps are all in the capture)."""

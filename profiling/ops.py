@@ -237,6 +237,38 @@ def _device_ops(space, programs) -> list[Op]:
     return out
 
 
+# Events that span one whole execution of an XLA program.
+_HOST_PROGRAM_EVENTS = ("ThunkExecutor::Execute (wait for completion)",)
+
+
+def program_spans(space) -> list[tuple[float, float]]:
+    """(start, end) in absolute ns of every XLA program execution: the `XLA Modules` lines of
+    device planes, else the CPU runtime's whole-program execute events on host threads. The
+    time a step spends outside these is host time (tracing, dispatch, transfers)."""
+    session = xspace.session_times_ns(space)
+    origin_ps = session[0] * 1000 if session else 0
+    spans = []
+    for device in (True, False):
+        for plane in space.planes:
+            if plane.name.startswith("/device:") != device:
+                continue
+            if device:
+                keep = None
+            else:
+                keep = {k for k, m in plane.event_metadata.items() if m.name in _HOST_PROGRAM_EVENTS}
+                if not keep:
+                    continue
+            for line in plane.iter_lines(keep=keep):
+                if device and line.name != "XLA Modules":
+                    continue
+                base_ps = origin_ps + line.timestamp_ns * 1000
+                spans += [((base_ps + e.offset_ps) / 1000, (base_ps + e.offset_ps + e.duration_ps) / 1000)
+                          for e in line.events]
+        if spans:
+            break
+    return sorted(spans)
+
+
 def programs_of(space) -> dict[str, dict[str, hlo.Instruction]]:
     """HLO instructions by program key (`<module>(<program id>)`, as the metadata plane names
     them) and instruction name."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 
 from . import chrome_trace, compare as compare_mod
 from .analysis import Analysis
@@ -23,7 +24,14 @@ def render(a: Analysis, top: int = 15, detail: bool = False) -> str:
         out.append(f"model: {e.get('model')}  device: {e.get('platform')} x{e.get('device_count')} "
                    f"({e.get('device_kind')})  dtype: {e.get('dtype')}  eager: {e.get('enforce_eager')}")
     out.append(_heading("phases"))
-    out.append(a.phase_summary().render())
+    phases = a.phase_summary()
+    out.append(phases.render())
+    for r in phases.rows:
+        if r["busy_ms"] and r["ops_ms"] < 0.8 * r["busy_ms"]:
+            out.append(textwrap.fill(
+                f"note: {r['phase']} op events cover {100 * r['ops_ms'] / r['busy_ms']:.0f}% of the time XLA "
+                f"programs ran; on CPU, ops that XLA splits over its thread pool are timed only on the "
+                f"thread that started them.", 100))
     lat = a.request_latency()
     if lat:
         out.append("  ".join(f"{k} {v:.2f}" for k, v in lat.items()))

@@ -34,7 +34,7 @@ class Table:
         def line(vals):
             first = vals[0] if len(vals[0]) <= widths[0] else vals[0][:widths[0] - 1] + "~"
             parts = [first.ljust(widths[0])] + [v.rjust(w) for v, w in zip(vals[1:], widths[1:])]
-            return "  ".join(parts)[:width].rstrip()
+            return "  ".join(parts).rstrip()
         out = [self.title[:width], line(columns), line(["-" * w for w in widths])]
         out += [line(c) for c in cells]
         if limit and len(self.rows) > limit:
