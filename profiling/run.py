@@ -268,7 +268,7 @@ class Profiler:
             self.problems.append(f"the {phase} capture holds steps {found} but the window ran steps "
                                  f"{sorted(expected_steps)}.")
         record["verification"] = dict(xplane=os.path.basename(check.xplane), bytes=check.bytes,
-                                      steps=check.steps, trace_events=check.trace_events,
+                                      steps=check.steps, xprof_tools=check.tools,
                                       session_ns=check.session_ns)
         manifest.write_manifest(run_dir, rows)
         manifest.write_run_info(run_dir, record)

@@ -6,7 +6,6 @@ import collections
 import contextlib
 import dataclasses
 import glob
-import json
 import os
 import shutil
 import tempfile
@@ -23,7 +22,7 @@ class CaptureCheck:
     bytes: int
     steps: dict[str, list[int]]      # phase -> engine step numbers found in the trace
     session_ns: tuple[int, int] | None
-    trace_events: int               # events XProf's trace viewer produced
+    tools: list[str]                # what XProf offers for it (TensorBoard's tool list)
 
     @property
     def num_steps(self) -> int:
@@ -33,7 +32,7 @@ class CaptureCheck:
         parts = [f"{len(v)} {phase} step{'s' if len(v) != 1 else ''} ({_ranges(v)})"
                  for phase, v in self.steps.items() if v]
         found = ", ".join(parts) if parts else "no engine steps"
-        return f"{self.bytes / 1e6:.2f} MB, readable by XProf, {found}"
+        return f"{self.bytes / 1e6:.2f} MB, readable by XProf ({len(self.tools)} tools), {found}"
 
 
 def _ranges(nums: list[int]) -> str:
@@ -78,17 +77,24 @@ def xprof_tool(path: str, tool: str, params: dict | None = None):
     return data
 
 
+def xprof_tools(path: str) -> list[str]:
+    """The tools XProf offers for a capture (empty when it cannot read it)."""
+    from xprof.convert import raw_to_tool_data
+    with private_copy(path) as copy:
+        return list(raw_to_tool_data.xspace_to_tool_names([copy]) or [])
+
+
 def check_capture(run_dir: str) -> CaptureCheck:
-    """Verify one run directory; ValueError with a plain sentence when it is not usable."""
+    """Verify one run directory; ValueError with a plain sentence when it is not usable.
+    XProf must read it and offer its trace viewer (what TensorBoard opens); the step scopes
+    are counted from the capture itself."""
     path = find_xplane(run_dir)
     size = os.path.getsize(path)
     space = xspace.load(path)  # raises on empty / unparsable
-    try:
-        trace = json.loads(xprof_tool(path, "trace_viewer"))
-    except json.JSONDecodeError:
-        raise ValueError(f"XProf's trace viewer returned unreadable data for {path}.") from None
+    tools = xprof_tools(path)
+    if not any(t.startswith("trace_viewer") for t in tools):
+        raise ValueError(f"XProf cannot open {path} in its trace viewer (tools offered: {tools or 'none'}).")
     steps: dict[str, list[int]] = collections.defaultdict(list)
     for s in xspace.step_scopes(space):
         steps[s.phase].append(s.step)
-    return CaptureCheck(run_dir, path, size, dict(steps), xspace.session_times_ns(space),
-                        sum(1 for e in trace.get("traceEvents", []) if e.get("ph") == "X"))
+    return CaptureCheck(run_dir, path, size, dict(steps), xspace.session_times_ns(space), tools)

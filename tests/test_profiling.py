@@ -94,7 +94,7 @@ def test_env_window_honours_delay_and_duration(env_capture):
 
 def test_verification_reads_the_capture(decode_capture):
     check = check_capture(decode_capture.run)
-    assert check.bytes > 0 and check.trace_events > 0
+    assert check.bytes > 0 and any(t.startswith("trace_viewer") for t in check.tools)
     assert check.steps["decode"] == [r["step"] for r in decode_capture.manifest()]
 
 
