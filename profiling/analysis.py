@@ -36,12 +36,14 @@ def resolve_run(path: str) -> tuple[str, str]:
     here = sorted(glob.glob(os.path.join(path, "*.xplane.pb")))
     if here:
         return path, here[0]
-    runs = sorted((r for r in glob.glob(os.path.join(path, "plugins", "profile", "*")) if os.path.isdir(r)),
-                  key=os.path.getmtime)
-    for run in reversed(runs):
-        found = sorted(glob.glob(os.path.join(run, "*.xplane.pb")))
-        if found:
-            return run, found[0]
+    runs = [r for r in glob.glob(os.path.join(path, "plugins", "profile", "*"))
+            if glob.glob(os.path.join(r, "*.xplane.pb"))]
+    if runs:
+        run = max(runs, key=os.path.getmtime)
+        if len(runs) > 1:
+            print(f"{path} holds {len(runs)} runs; reading the newest, {os.path.basename(run)} "
+                  f"(pass a run dir to choose another).")
+        return run, sorted(glob.glob(os.path.join(run, "*.xplane.pb")))[0]
     raise ValueError(f"no .xplane.pb capture in {path} (nor in {path}/plugins/profile/<run>/).")
 
 
