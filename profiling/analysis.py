@@ -125,10 +125,6 @@ class Analysis:
     def phase_ops(self, phase: str) -> list:
         return [o for s in self.phase_steps(phase) for o in s.ops]
 
-    @property
-    def num_layers(self) -> int | None:
-        return (self.run_info.get("model_config") or {}).get("num_hidden_layers")
-
     # ---- tables ---------------------------------------------------------------------------
     def phase_summary(self) -> Table:
         rows = []
@@ -203,9 +199,6 @@ class Analysis:
                     rows.append(_time_row("  " + scope[len(layer) + 1:], scope, 1, by_scope[scope], total, len(steps)))
         return Table(f"{phase}: op time by module (self time, summed over {len(steps)} step(s))",
                      ["module", "total_ms", "pct", "per_step_ms", "ops"], rows)
-
-    def layer_rows(self, phase: str) -> list[dict]:
-        return [r for r in self.model_table(phase).rows if r["depth"] == 0]
 
     def summary_table(self, phase: str) -> Table:
         """Op time by category (the seed's 'summary table')."""

@@ -128,7 +128,7 @@ def _metadata_stats(plane) -> dict[int, dict]:
     out = {}
     for k, md in plane.event_metadata.items():
         if md.stats:
-            out[k] = {plane.stat_metadata[s.metadata_id].name: xspace._stat_value(s, plane.stat_metadata)
+            out[k] = {plane.stat_metadata[s.metadata_id].name: xspace.stat_value(s, plane.stat_metadata)
                       for s in md.stats if s.metadata_id in plane.stat_metadata}
     return out
 
@@ -162,11 +162,11 @@ def _host_ops(space, programs) -> list[Op]:
                 op = mod = prog = None
                 for st in ev.stats:
                     if st.metadata_id == k_op:
-                        op = xspace._stat_value(st, smeta)
+                        op = xspace.stat_value(st, smeta)
                     elif st.metadata_id == k_mod:
-                        mod = xspace._stat_value(st, smeta)
+                        mod = xspace.stat_value(st, smeta)
                     elif st.metadata_id == k_prog:
-                        prog = xspace._stat_value(st, smeta)
+                        prog = xspace.stat_value(st, smeta)
                 if op is None:
                     continue
                 desc = known.get((mod, prog, op))
@@ -213,7 +213,7 @@ def _device_ops(space, programs) -> list[Op]:
                 stats = dict(md_stats.get(ev.metadata_id, {}))
                 for s in ev.stats:
                     if s.metadata_id in smeta:
-                        stats[smeta[s.metadata_id].name] = xspace._stat_value(s, smeta)
+                        stats[smeta[s.metadata_id].name] = xspace.stat_value(s, smeta)
                 if lname != "XLA Ops" and "hlo_op" not in stats:
                     continue  # a stream event that is not an XLA kernel (memcpy, ...)
                 name = str(stats.get("hlo_op") or _instruction_name(

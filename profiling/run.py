@@ -277,10 +277,6 @@ class Profiler:
         tqdm.write(f"Capture: {os.path.relpath(dest)}: {check.describe()}")
 
 
-def _first_step(steps: manifest.StepLog) -> int | None:
-    return steps.steps[0]["step"] if steps.steps else None
-
-
 def _describe_lengths(lengths: list[int]) -> str:
     if len(set(lengths)) == 1:
         return f"{lengths[0]} output tokens each"

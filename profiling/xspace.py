@@ -203,21 +203,7 @@ def load(path: str) -> Space:
     return space
 
 
-@dataclasses.dataclass
-class Event:
-    plane: str
-    line: str
-    name: str
-    start_ns: float   # absolute, ns since the epoch
-    duration_ns: float
-    stats: dict
-
-    @property
-    def end_ns(self) -> float:
-        return self.start_ns + self.duration_ns
-
-
-def _stat_value(stat, stat_meta):
+def stat_value(stat, stat_meta):
     kind = stat.WhichOneof("value")
     if kind == "ref_value":
         return stat_meta[stat.ref_value].name if stat.ref_value in stat_meta else stat.ref_value
@@ -225,7 +211,7 @@ def _stat_value(stat, stat_meta):
 
 
 def plane_stats(plane) -> dict:
-    return {plane.stat_metadata[s.metadata_id].name: _stat_value(s, plane.stat_metadata)
+    return {plane.stat_metadata[s.metadata_id].name: stat_value(s, plane.stat_metadata)
             for s in plane.stats if s.metadata_id in plane.stat_metadata}
 
 
@@ -237,26 +223,6 @@ def session_times_ns(space) -> tuple[int, int] | None:
             if "profile_start_time" in st:
                 return int(st["profile_start_time"]), int(st.get("profile_stop_time", 0))
     return None
-
-
-def events(space, plane_prefix: str = "/host:") -> Iterator[Event]:
-    """Every timed event on planes whose name starts with `plane_prefix`, with named stats.
-    Exported captures count line timestamps from the profile's start; adding that start back
-    makes event times absolute (ns since the epoch)."""
-    session = session_times_ns(space)
-    origin_ps = session[0] * 1000 if session else 0
-    for plane in space.planes:
-        if not plane.name.startswith(plane_prefix):
-            continue
-        emeta, smeta = plane.event_metadata, plane.stat_metadata
-        for line in plane.lines:
-            base_ps = origin_ps + line.timestamp_ns * 1000
-            for ev in line.events:
-                md = emeta[ev.metadata_id] if ev.metadata_id in emeta else None
-                stats = {smeta[s.metadata_id].name: _stat_value(s, smeta)
-                         for s in ev.stats if s.metadata_id in smeta}
-                yield Event(plane.name, line.name, md.name if md else str(ev.metadata_id),
-                            (base_ps + ev.offset_ps) / 1000, ev.duration_ps / 1000, stats)
 
 
 @dataclasses.dataclass
@@ -291,19 +257,10 @@ def step_scopes(space) -> list[StepScope]:
                 step = [st for st in ev.stats if st.metadata_id == step_stat[0]]
                 if not step:
                     continue
-                value = _stat_value(step[0], plane.stat_metadata)
+                value = stat_value(step[0], plane.stat_metadata)
                 start = (base_ps + ev.offset_ps) / 1000
                 out.append(StepScope(phase_of[ev.metadata_id], int(value), start, start + ev.duration_ps / 1000))
     return sorted(out, key=lambda s: s.start_ns)
-
-
-def time_span_ns(space) -> tuple[float, float] | None:
-    """(first event start, last event end) over host planes, absolute ns; None when no event."""
-    lo = hi = None
-    for ev in events(space):
-        lo = ev.start_ns if lo is None else min(lo, ev.start_ns)
-        hi = ev.end_ns if hi is None else max(hi, ev.end_ns)
-    return None if lo is None else (lo, hi)
 
 
 def hlo_modules(space) -> Iterator[tuple[str, bytes]]:

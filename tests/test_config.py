@@ -1,6 +1,5 @@
 """Model configs: HF config.json in both transformers dialects, the registry, RoPE scaling,
 and model resolution through the local HF cache."""
-import os
 import shutil
 
 import pytest

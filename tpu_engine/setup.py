@@ -1,7 +1,6 @@
 """Turn an EngineConfig into a ready backend: check every setting, then load the model."""
 from __future__ import annotations
 
-import sys
 
 from .compile import default_cache_dir
 from .platform import device_count, select_device
