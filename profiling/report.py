@@ -7,6 +7,7 @@ import textwrap
 
 from . import chrome_trace, compare as compare_mod
 from .analysis import Analysis
+from .ops import UNSCOPED
 from .tables import Table
 
 TOP_OPS_COLUMNS = ["op", "category", "count", "total_ms", "avg_ms", "max_ms", "pct", "scope"]
@@ -31,7 +32,7 @@ def render(a: Analysis, top: int = 15, detail: bool = False) -> str:
             out.append(textwrap.fill(
                 f"note: {r['phase']} op events cover {100 * r['ops_ms'] / r['busy_ms']:.0f}% of the time XLA "
                 f"programs ran; on CPU, ops that XLA splits over its thread pool are timed only on the "
-                f"thread that started them.", 100))
+                f"thread that started them.", 100, break_on_hyphens=False))
     lat = a.request_latency()
     if lat:
         out.append("  ".join(f"{k} {v:.2f}" for k, v in lat.items()))
@@ -41,6 +42,10 @@ def render(a: Analysis, top: int = 15, detail: bool = False) -> str:
         if not detail:
             model = Table(model.title, model.columns, [r for r in model.rows if r["depth"] == 0])
         out.append(model.render())
+        if all(r["name"] == UNSCOPED for r in model.rows if r["depth"] == 0):
+            out.append(textwrap.fill(
+                "note: no module names in this capture's HLO metadata; capture with XLA_HLO_DEBUG=1 "
+                "and --enforce-eager for a per-layer table.", 100, break_on_hyphens=False))
         out.append("")
         out.append(a.summary_table(phase).render())
         out.append("")
