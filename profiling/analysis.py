@@ -193,10 +193,11 @@ class Analysis:
         rows = []
         for layer in sorted(by_layer, key=_scope_order):
             layer_ops = [o for sc in by_layer[layer] for o in by_scope[sc]]
-            rows.append(_time_row(layer, layer, 0, layer_ops, total, len(steps)))
+            rows.append(_time_row("module", layer, layer, 0, layer_ops, total, len(steps)))
             if by_layer[layer] != [layer]:
                 for scope in sorted(by_layer[layer], key=_scope_order):
-                    rows.append(_time_row("  " + scope[len(layer) + 1:], scope, 1, by_scope[scope], total, len(steps)))
+                    rows.append(_time_row("module", "  " + scope[len(layer) + 1:], scope, 1, by_scope[scope],
+                                          total, len(steps)))
         return Table(f"{phase}: op time by module (self time, summed over {len(steps)} step(s))",
                      ["module", "total_ms", "pct", "per_step_ms", "ops"], rows)
 
@@ -208,7 +209,8 @@ class Analysis:
         by_cat = collections.defaultdict(list)
         for o in ops:
             by_cat[o.category].append(o)
-        rows = [_time_row(c, c, 0, by_cat[c], total, len(steps)) for c in ops_mod.CATEGORIES if c in by_cat]
+        rows = [_time_row("category", c, c, 0, by_cat[c], total, len(steps))
+                for c in ops_mod.CATEGORIES if c in by_cat]
         rows.sort(key=lambda r: -r["total_ms"])
         return Table(f"{phase}: op time by category", ["category", "total_ms", "pct", "per_step_ms", "ops"], rows)
 
@@ -290,10 +292,11 @@ def _pct(value, peak):
     return 100 * value / peak if peak else None
 
 
-def _time_row(label, key, depth, ops, total, nsteps) -> dict:
+def _time_row(label_column, label, key, depth, ops, total, nsteps) -> dict:
+    """One table row: `label` as shown (indented for sub-modules), `key` the full name."""
     t = sum(o.self_ns for o in ops) / 1e6
-    return dict(module=label, category=label, name=key, depth=depth, total_ms=t, pct=100 * t * 1e6 / total,
-                per_step_ms=t / max(1, nsteps), ops=len(ops))
+    return {label_column: label, "name": key, "depth": depth, "total_ms": t, "pct": 100 * t * 1e6 / total,
+            "per_step_ms": t / max(1, nsteps), "ops": len(ops)}
 
 
 def _scope_order(scope: str):
