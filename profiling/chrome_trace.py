@@ -2,8 +2,8 @@
 
 Layout: one process per capture. Thread 1 holds the engine's steps as complete ("X") slices
 named `prefill 12` / `decode 13`; thread 2 holds each step's layers (module scopes) as slices
-spanning their first to last op; one thread per op timeline (host XLA thread or device)
-holds the ops. A counter track gives each step's batch size and longest KV length. Times
+spanning their first to last op; thread 3 the XLA program executions (where the capture has
+them); one thread per op timeline (host XLA thread or device) holds the ops. A counter track gives each step's batch size and longest KV length. Times
 are microseconds from the capture's first step.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import gzip
 import json
 
 PID = 1
-STEPS_TID, LAYERS_TID, FIRST_OP_TID = 1, 2, 10
+STEPS_TID, LAYERS_TID, PROGRAMS_TID, FIRST_OP_TID = 1, 2, 3, 10
 
 
 def build(analysis) -> dict:
@@ -22,6 +22,7 @@ def build(analysis) -> dict:
         {"ph": "M", "pid": PID, "name": "process_name", "args": {"name": f"capture {analysis.run_dir}"}},
         {"ph": "M", "pid": PID, "tid": STEPS_TID, "name": "thread_name", "args": {"name": "engine steps"}},
         {"ph": "M", "pid": PID, "tid": LAYERS_TID, "name": "thread_name", "args": {"name": "layers"}},
+        {"ph": "M", "pid": PID, "tid": PROGRAMS_TID, "name": "thread_name", "args": {"name": "XLA programs"}},
     ]
     lanes: dict[str, int] = {}
     lane_ops: dict[int, list] = {}
@@ -40,6 +41,14 @@ def build(analysis) -> dict:
             lo_hi[0], lo_hi[1] = min(lo_hi[0], op.start_ns), max(lo_hi[1], min(op.end_ns, step.end_ns))
             lane = op.timeline or op.device
             lane_ops.setdefault(lanes.setdefault(lane, FIRST_OP_TID + len(lanes)), []).append(op)
+        last_end = step.start_ns
+        for a, b in sorted(step.programs):  # programs can overlap (devices): keep them disjoint
+            a, b = max(a, last_end, step.start_ns), min(b, step.end_ns)
+            if b > a:
+                events.append({"ph": "X", "pid": PID, "tid": PROGRAMS_TID, "name": "XLA program",
+                               "cat": "program", "ts": us(a), "dur": round((b - a) / 1e3, 3),
+                               "args": {"step": step.step}})
+                last_end = b
         # Layers run one after another within a step; clip overlaps so slices nest cleanly.
         last_end = step.start_ns
         for layer, (lo, hi) in sorted(spans.items(), key=lambda kv: kv[1][0]):
