@@ -179,14 +179,20 @@ class Analysis:
             out.update(tpot_mean_ms=1e3 * statistics.fmean(tpot), tpot_p99_ms=1e3 * percentile(tpot, 99))
         return out
 
+    def _grouped(self, phase: str, key: str):
+        """(steps, total op self time, ops grouped by attribute `key`) for one phase."""
+        steps = self.phase_steps(phase)
+        groups = collections.defaultdict(list)
+        total = 0.0
+        for s in steps:
+            for o in s.ops:
+                groups[getattr(o, key)].append(o)
+                total += o.self_ns
+        return steps, total or 1.0, groups
+
     def model_table(self, phase: str) -> Table:
         """Op time by module scope, grouped under its layer (the seed's 'model table')."""
-        steps = self.phase_steps(phase)
-        ops = [o for s in steps for o in s.ops]
-        total = sum(o.self_ns for o in ops) or 1.0
-        by_scope = collections.defaultdict(list)
-        for o in ops:
-            by_scope[o.scope].append(o)
+        steps, total, by_scope = self._grouped(phase, "scope")
         by_layer = collections.defaultdict(list)
         for scope in by_scope:
             by_layer[by_scope[scope][0].layer].append(scope)
@@ -203,12 +209,7 @@ class Analysis:
 
     def summary_table(self, phase: str) -> Table:
         """Op time by category (the seed's 'summary table')."""
-        steps = self.phase_steps(phase)
-        ops = [o for s in steps for o in s.ops]
-        total = sum(o.self_ns for o in ops) or 1.0
-        by_cat = collections.defaultdict(list)
-        for o in ops:
-            by_cat[o.category].append(o)
+        steps, total, by_cat = self._grouped(phase, "category")
         rows = [_time_row("category", c, c, 0, by_cat[c], total, len(steps))
                 for c in ops_mod.CATEGORIES if c in by_cat]
         rows.sort(key=lambda r: -r["total_ms"])

@@ -136,8 +136,7 @@ def _metadata_stats(plane) -> dict[int, dict]:
 def _host_ops(space, programs) -> list[Op]:
     """CPU: op events on the host's `tf_XLA…` threads."""
     out = []
-    session = xspace.session_times_ns(space)
-    origin_ps = session[0] * 1000 if session else 0
+    origin_ps = xspace.origin_ps(space)
     for plane in space.planes:
         if not plane.name.startswith("/host:CPU"):
             continue
@@ -196,8 +195,7 @@ def _device_ops(space, programs) -> list[Op]:
     """TPU: the `XLA Ops` line of each device plane; GPU: the kernels on its `Stream #…` lines
     (each kernel names its HLO op in an `hlo_op` stat)."""
     out = []
-    session = xspace.session_times_ns(space)
-    origin_ps = session[0] * 1000 if session else 0
+    origin_ps = xspace.origin_ps(space)
     for plane in space.planes:
         if not plane.name.startswith("/device:"):
             continue
@@ -245,8 +243,7 @@ def program_spans(space) -> list[tuple[float, float]]:
     """(start, end) in absolute ns of every XLA program execution: the `XLA Modules` lines of
     device planes, else the CPU runtime's whole-program execute events on host threads. The
     time a step spends outside these is host time (tracing, dispatch, transfers)."""
-    session = xspace.session_times_ns(space)
-    origin_ps = session[0] * 1000 if session else 0
+    origin_ps = xspace.origin_ps(space)
     spans = []
     for device in (True, False):
         for plane in space.planes:

@@ -225,6 +225,13 @@ def session_times_ns(space) -> tuple[int, int] | None:
     return None
 
 
+def origin_ps(space) -> int:
+    """Exported captures count line timestamps from the profile's start; this is that start
+    (ps since the epoch), to add back for absolute times."""
+    session = session_times_ns(space)
+    return session[0] * 1000 if session else 0
+
+
 @dataclasses.dataclass
 class StepScope:
     phase: str
@@ -239,8 +246,7 @@ STEP_PHASES = ("prefill", "decode")
 def step_scopes(space) -> list[StepScope]:
     """The engine's step annotations (a TraceMe named after the phase, with a `step_num`).
     Only events whose metadata names a phase are decoded, which keeps this fast on big captures."""
-    session = session_times_ns(space)
-    origin_ps = session[0] * 1000 if session else 0
+    origin = origin_ps(space)
     out = []
     for plane in space.planes:
         if not plane.name.startswith("/host:"):
@@ -250,7 +256,7 @@ def step_scopes(space) -> list[StepScope]:
         if not phase_of or not step_stat:
             continue
         for line in plane.iter_lines(keep=set(phase_of)):
-            base_ps = origin_ps + line.timestamp_ns * 1000
+            base_ps = origin + line.timestamp_ns * 1000
             for ev in line.events:
                 if ev.metadata_id not in phase_of:
                     continue
