@@ -57,5 +57,11 @@ def cli() -> None:
         sys.exit(0)
 
 
+def subcommand_cli(command: str) -> None:
+    """Entry point for a wrapper script that runs one subcommand (scripts/summarize.py ...)."""
+    sys.argv = [sys.argv[0], command, *sys.argv[1:]]
+    cli()
+
+
 if __name__ == "__main__":
     cli()
