@@ -10,23 +10,17 @@ import datetime
 import glob
 import os
 import shutil
-import socket
 import threading
 import time
 
+from tpu_engine.cli import check_port
 from tpu_engine.events import PhaseEvent
 
 DEFAULT_PORT = 9012
 
 
 def check_port_free(port: int) -> None:
-    if not 1 <= port <= 65535:
-        raise ValueError(f"profiler port {port} is not a valid TCP port (1-65535).")
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("", port))
-        except OSError:
-            raise ValueError(f"profiler port {port} is already in use; choose another with --profiler-port.") from None
+    check_port("profiler port", port, "--profiler-port")
 
 
 def start_server(port: int):
@@ -85,6 +79,14 @@ class Staging:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
+def publish_run(staging: Staging, run_dir: str, kind: str, steps: list[dict], record: dict) -> str:
+    """Write the manifest and run record beside a verified capture and move it into place."""
+    from . import manifest
+    manifest.write_manifest(run_dir, steps)
+    manifest.write_run_info(run_dir, record)
+    return staging.publish(run_dir, run_name(kind))
+
+
 def run_name(kind: str, when: float | None = None) -> str:
     """`<kind>_<local timestamp>`: TensorBoard lists runs by directory name."""
     stamp = datetime.datetime.fromtimestamp(when or time.time()).strftime("%Y_%m_%d_%H_%M_%S")
@@ -136,7 +138,7 @@ class DetachedTrace:
         return self._thread.is_alive()
 
 
-def _profiler_session():
+def profiler_session():
     import torch_xla
     return torch_xla._XLAC.profiler.TslProfilerSessionWrapper()
 
@@ -170,7 +172,7 @@ class PhaseWindow:
     def on_event(self, e: PhaseEvent) -> None:
         if e.kind == "begin":
             if self.state == "waiting" and self.matches(e):
-                self._session = _profiler_session()
+                self._session = profiler_session()
                 self.opened_at = time.time()
                 self.state = "open"
             elif self.state == "open" and not self.matches(e):

@@ -267,12 +267,8 @@ class Profiler:
         elif expected_steps is not None and found != sorted(expected_steps):
             self.problems.append(f"the {phase} capture holds steps {found} but the window ran steps "
                                  f"{sorted(expected_steps)}.")
-        record["verification"] = dict(xplane=os.path.basename(check.xplane), bytes=check.bytes,
-                                      steps=check.steps, xprof_tools=check.tools,
-                                      session_ns=check.session_ns)
-        manifest.write_manifest(run_dir, rows)
-        manifest.write_run_info(run_dir, record)
-        dest = self.staging.publish(run_dir, capture.run_name(phase))
+        record["verification"] = check.record()
+        dest = capture.publish_run(self.staging, run_dir, phase, rows, record)
         self.published.append(dest)
         tqdm.write(f"Capture: {os.path.relpath(dest)}: {check.describe()}")
 

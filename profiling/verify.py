@@ -28,6 +28,11 @@ class CaptureCheck:
     def num_steps(self) -> int:
         return sum(len(v) for v in self.steps.values())
 
+    def record(self) -> dict:
+        """What run_info.json keeps of the check."""
+        return dict(xplane=os.path.basename(self.xplane), bytes=self.bytes, steps=self.steps,
+                    xprof_tools=self.tools, session_ns=self.session_ns)
+
     def describe(self) -> str:
         parts = [f"{len(v)} {phase} step{'s' if len(v) != 1 else ''} ({_ranges(v)})"
                  for phase, v in self.steps.items() if v]

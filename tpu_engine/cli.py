@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from typing import Any, Callable
 
@@ -48,3 +49,14 @@ def run_cli(main: Callable[[], Any]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def check_port(what: str, port: int, flag: str, host: str = "") -> None:
+    """ValueError unless `port` is a valid TCP port that nothing listens on."""
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{what} {port} is not a valid TCP port (1-65535).")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            raise ValueError(f"{what} {port} is already in use; choose another with {flag}.") from None

@@ -139,7 +139,7 @@ class LLMEngine:
             if req is None:
                 continue
             if req.slot >= 0:
-                self._slots[req.slot] = None
+                self._free_slot(req)
             elif req in self._waiting:
                 self._waiting.remove(req)
 
@@ -152,15 +152,32 @@ class LLMEngine:
     def num_running(self) -> int:
         return sum(r is not None for r in self._slots)
 
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    # ---- KV-cache slots: each decode slot owns max_model_len positions of the static cache ----
+    def _allocate_slot(self, req: _Request, slot: int) -> int:
+        req.slot = slot
+        self._slots[slot] = req
+        return slot
+
+    def _free_slot(self, req: _Request) -> int:
+        slot, req.slot = req.slot, -1
+        self._slots[slot] = None
+        return slot
+
     # ---- stepping -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """One prefill (if a request waits and a slot is free) or one decode over all slots."""
         free = next((i for i, r in enumerate(self._slots) if r is None), None)
         if self._waiting and free is not None:
-            return self._prefill(self._waiting.popleft(), free)
-        if any(self._slots):
-            return self._decode()
-        return []
+            outputs = self._prefill(self._waiting.popleft(), free)
+        elif any(self._slots):
+            outputs = self._decode()
+        else:
+            return []
+        self.step_count += 1
+        return outputs
 
     def _event(self, kind, phase, bucket, reqs: Sequence[_Request], num_tokens, padded, kv_lens,
                kv_bucket, wall_start, **end) -> PhaseEvent:
@@ -169,7 +186,8 @@ class LLMEngine:
                           wall_start, **end)
 
     def _run(self, phase, reqs, bucket, num_tokens, padded, kv_lens, kv_bucket, call):
-        """Run `call` as engine step `phase`, in its profiler scope, with begin/end events."""
+        """Run `call` as engine step `phase` (number `step_count`), in its profiler scope,
+        with begin/end events."""
         start = time.time()
         if self.events:
             self.events.publish(self._event("begin", phase, bucket, reqs, num_tokens, padded,
@@ -182,14 +200,12 @@ class LLMEngine:
                                             kv_bucket, start, wall_end=end,
                                             compiles=result.compiles.compiles,
                                             compile_time_s=result.compiles.compile_time_s))
-        self.step_count += 1
         return result, end
 
     def _prefill(self, req: _Request, slot: int) -> list[RequestOutput]:
         n = len(req.prompt)
         bucket = self.runner.buckets.prefill_shape(n)
-        req.slot = slot
-        self._slots[slot] = req
+        self._allocate_slot(req, slot)
         req.metrics.first_scheduled_time = time.time()
         result, now = self._run("prefill", [req], bucket, n, bucket, [n], bucket,
                                 lambda: self.runner.prefill(slot, req.prompt, self._row(req)))
@@ -228,7 +244,7 @@ class LLMEngine:
             req.finish_reason = "stop"
         if req.finish_reason:
             req.metrics.finished_time = now
-            self._slots[req.slot] = None
+            self._free_slot(req)
             self._requests.pop(req.request_id, None)
         return self._output(req)
 

@@ -1,0 +1,62 @@
+"""The profiling plugin of `python -m tpu_engine.serve` (entry point group
+`tpu_engine.serve_plugins`): `POST /start_profile` and `POST /stop_profile` capture XLA traces
+into VLLM_TORCH_PROFILER_DIR, and SERVICE_PROF_CONFIG_PATH turns on the service profiler."""
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from .live import DIR_ENV, LiveCapture, ProfileStateError
+
+
+def setup(server, args):
+    from tpu_engine.serve.api import error_response
+    root = os.environ.get(DIR_ENV, "").strip()
+    live = LiveCapture(root, server.engine.engine) if root else None  # ValueError: unwritable
+    busy = asyncio.Lock()
+
+    async def start_profile():
+        if live is None:
+            return error_response(f"profiling is not configured: start the server with {DIR_ENV} "
+                                  f"set to a directory for the captures.")
+        async with busy:
+            try:
+                return await server.engine.call_between_steps(live.start)
+            except ProfileStateError as e:
+                return error_response(str(e), 409)
+
+    async def stop_profile():
+        if live is None:
+            return error_response(f"profiling is not configured: start the server with {DIR_ENV} "
+                                  f"set to a directory for the captures.")
+        async with busy:
+            try:
+                stopped = await server.engine.call_between_steps(live.stop)
+            except ProfileStateError as e:
+                return error_response(str(e), 409)
+            try:
+                result = await asyncio.to_thread(live.finish, stopped)
+            except ValueError as e:
+                return error_response(f"the capture could not be saved: {e}", 500)
+        print(f"Capture: {result['summary']}", file=sys.stderr, flush=True)
+        return result
+
+    server.app.add_api_route("/start_profile", start_profile, methods=["POST"])
+    server.app.add_api_route("/stop_profile", stop_profile, methods=["POST"])
+    if live:
+        print(f"XLA profiling: POST /start_profile and /stop_profile write captures to {live.root}",
+              file=sys.stderr)
+
+    from .service.install import install
+    close_service = install()
+
+    def close():
+        if live is not None and live.running:  # a capture left open at shutdown is not lost
+            try:
+                live.finish(live.stop())
+            except ValueError as e:
+                print(f"warning: the open capture could not be saved: {e}", file=sys.stderr)
+        if close_service:
+            close_service()
+    return close

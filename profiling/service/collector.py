@@ -1,0 +1,132 @@
+"""The event collector: instrumented calls append a tuple to a list (cheap, under the GIL);
+a writer thread turns them into JSON lines in an append-only file every `flush_interval_ms`.
+
+File format (`<output_dir>/<start time>_<pid>/events.jsonl`), one JSON object per line:
+  {"type": "header", "pid", "host", "wall_ns", "perf_ns", "version"}   first line; perf -> wall
+  {"type": "span", "domain", "name", "start", "end", "tid", "thread", "attrs"}   perf_counter ns
+  {"type": "marker", "name": "enable" | "disable", "t"}                 collection switched
+"""
+from __future__ import annotations
+
+import collections
+import datetime
+import json
+import os
+import socket
+import sys
+import threading
+import time
+
+EVENTS_FILE = "events.jsonl"
+
+
+class Collector:
+    def __init__(self):
+        self.enabled = False
+        self.domains: frozenset[str] = frozenset()   # empty: every domain
+        self.flush_interval_s = 0.2
+        self.path: str | None = None
+        self.recorded = 0
+        self._buffer: collections.deque = collections.deque()  # append/popleft are atomic
+        self._file = None
+        self._lock = threading.Lock()
+        self._writer: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def wants(self, domain: str) -> bool:
+        return self.enabled and (not self.domains or domain in self.domains)
+
+    def record(self, domain: str, name: str, start_ns: int, end_ns: int, attrs: dict | None = None) -> None:
+        """One span, times from time.perf_counter_ns(). Safe from any thread."""
+        self._buffer.append(("span", domain, name, start_ns, end_ns, threading.get_ident(), attrs))
+
+    # ---- switching ----------------------------------------------------------------------------
+    def start(self, output_dir: str) -> None:
+        """Begin (or resume) collecting into this process's events file under `output_dir`."""
+        with self._lock:
+            if self.enabled:
+                return
+            if self._file is None:
+                self._open(output_dir)
+            self._buffer.append(("marker", "enable", time.perf_counter_ns()))
+            self.enabled = True
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="service-profiler-writer", daemon=True)
+                self._writer.start()
+
+    def stop(self) -> None:
+        """Stop collecting; what was recorded is written out at once."""
+        with self._lock:
+            if not self.enabled:
+                return
+            self.enabled = False
+            self._buffer.append(("marker", "disable", time.perf_counter_ns()))
+        self.flush()
+
+    def close(self) -> None:
+        self.stop()
+        self._stop.set()
+        if self._writer is not None:
+            self._writer.join(5)
+        self.flush()
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def _open(self, output_dir: str) -> None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
+        run_dir = os.path.join(os.path.abspath(output_dir), f"{stamp}_{os.getpid()}")
+        os.makedirs(run_dir, exist_ok=True)
+        self.path = os.path.join(run_dir, EVENTS_FILE)
+        self._file = open(self.path, "a", buffering=1 << 16)
+        from .. import manifest
+        header = {"type": "header", "pid": os.getpid(), "host": socket.gethostname(),
+                  "wall_ns": time.time_ns(), "perf_ns": time.perf_counter_ns(),
+                  "version": manifest.versions()}
+        self._file.write(json.dumps(header) + "\n")
+        self._file.flush()
+
+    # ---- writing ------------------------------------------------------------------------------
+    def _write_loop(self) -> None:
+        while not self._stop.wait(self.flush_interval_s):
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._file is None or not self._buffer:
+                return
+            batch = [self._buffer.popleft() for _ in range(len(self._buffer))]
+            names = {t.ident: t.name for t in threading.enumerate()}
+            lines = []
+            for item in batch:
+                if item[0] == "span":
+                    _, domain, name, start, end, tid, attrs = item
+                    lines.append(json.dumps({"type": "span", "domain": domain, "name": name, "start": start,
+                                             "end": end, "tid": tid, "thread": names.get(tid, str(tid)),
+                                             "attrs": attrs or {}}, default=_plain))
+                else:
+                    lines.append(json.dumps({"type": "marker", "name": item[1], "t": item[2]}))
+            try:
+                self._file.write("\n".join(lines) + "\n")
+                self._file.flush()
+            except OSError as e:  # a full disk must not break serving: stop collecting
+                print(f"warning: service profiler could not write {self.path} ({e}); collection stopped.",
+                      file=sys.stderr)
+                self.enabled = False
+                return
+            self.recorded += sum(1 for item in batch if item[0] == "span")
+
+
+def _plain(o):
+    """Attribute values that JSON cannot hold are written as their str()."""
+    return str(o)
+
+
+COLLECTOR = Collector()
+
+
+def record(domain: str, name: str, start_ns: int, end_ns: int, attrs: dict | None = None) -> None:
+    """For custom handlers: record one span when collection is on for `domain`."""
+    if COLLECTOR.wants(domain):
+        COLLECTOR.record(domain, name, start_ns, end_ns, attrs)

@@ -1,0 +1,113 @@
+"""Attribute expressions of the symbol YAML: a value, then pipe operations left to right.
+
+    args[0] | attr input_batch | len          the first positional argument (self, for methods)
+    request_id                                a parameter, by name (positional or keyword)
+    kwargs['batch_size']                      a keyword argument
+    return | len | str                        the return value
+    len(prompt)                               the same as `prompt | len`
+    reqs | map attr request_id                apply an operation to every element
+
+Operations: attr NAME, call (a method with no arguments), len, str, int, float, bool, list,
+sum, min, max, map OP. Expressions are parsed
+when the YAML is loaded (a bad one is reported then) and evaluated after the call returns.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+_FUNCS = {"len": len, "str": str, "int": int, "float": float, "bool": bool, "list": list, "sum": sum,
+          "min": min, "max": max}
+_INDEX = re.compile(r"\[\s*(-?\d+|'[^']*'|\"[^\"]*\")\s*\]")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class ExpressionError(ValueError):
+    pass
+
+
+class Context:
+    """What an expression can see: the call's arguments, bound parameter names, the result."""
+    __slots__ = ("args", "kwargs", "result", "_names", "_binder")
+
+    def __init__(self, args, kwargs, result, binder: Callable[[tuple, dict], dict] | None):
+        self.args, self.kwargs, self.result, self._binder, self._names = args, kwargs, result, binder, None
+
+    def name(self, key: str):
+        if self._names is None:
+            self._names = self._binder(self.args, self.kwargs) if self._binder else dict(self.kwargs)
+        if key not in self._names:
+            raise NameError(f"no parameter named {key!r}")
+        return self._names[key]
+
+
+def compile_expr(text: str) -> Callable[[Context], Any]:
+    """A function of a Context; ExpressionError with the reason if `text` is not valid."""
+    if not isinstance(text, str) or not text.strip():
+        raise ExpressionError("an expression must be a non-empty string")
+    parts = [p.strip() for p in text.split("|")]
+    source = _source(parts[0])
+    ops = [_operation(p) for p in parts[1:]]
+
+    def evaluate(ctx: Context):
+        value = source(ctx)
+        for op in ops:
+            value = op(value)
+        return value
+    return evaluate
+
+
+def _source(text: str) -> Callable[[Context], Any]:
+    m = re.fullmatch(r"(len|str|int|float|bool|list|sum|min|max)\((.+)\)", text)
+    if m:  # the call form, `len(x)`
+        inner, fn = _source(m.group(2).strip()), _FUNCS[m.group(1)]
+        return lambda ctx: fn(inner(ctx))
+    m = _NAME.match(text)
+    if not m:
+        raise ExpressionError(f"{text!r} does not start with a name (args, kwargs, return or a parameter)")
+    head, rest = m.group(0), text[m.end():]
+    keys = []
+    while rest.strip():
+        rest = rest.strip()
+        k = _INDEX.match(rest)
+        if not k:
+            raise ExpressionError(f"cannot read {rest!r} after {head!r}; expected [index] or ['key']")
+        raw = k.group(1)
+        keys.append(int(raw) if raw.lstrip("-").isdigit() else raw[1:-1])
+        rest = rest[k.end():]
+    if head == "return":
+        base = lambda ctx: ctx.result  # noqa: E731
+    elif head == "args":
+        base = lambda ctx: ctx.args  # noqa: E731
+    elif head == "kwargs":
+        base = lambda ctx: ctx.kwargs  # noqa: E731
+    else:
+        base = lambda ctx: ctx.name(head)  # noqa: E731
+    if not keys:
+        return base
+
+    def indexed(ctx):
+        value = base(ctx)
+        for key in keys:
+            value = value[key]
+        return value
+    return indexed
+
+
+def _operation(text: str) -> Callable[[Any], Any]:
+    words = text.split()
+    if not words:
+        raise ExpressionError("an empty step between two '|'")
+    op, rest = words[0], words[1:]
+    if op in _FUNCS and not rest:
+        return _FUNCS[op]
+    if op == "attr" and len(rest) == 1 and _NAME.fullmatch(rest[0]):
+        name = rest[0]
+        return lambda v: getattr(v, name)
+    if op == "call" and not rest:
+        return lambda v: v()
+    if op == "map" and rest:
+        inner = _operation(" ".join(rest))
+        return lambda v: [inner(x) for x in v]
+    raise ExpressionError(f"unknown operation {text!r}; expected attr NAME, call, map OP, or one of "
+                          f"{', '.join(_FUNCS)}")

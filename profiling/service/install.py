@@ -1,0 +1,64 @@
+"""Turn the service profiler on in this process, as the environment asks:
+SERVICE_PROF_CONFIG_PATH (the JSON config; written with defaults if missing) and
+PROFILING_SYMBOLS_PATH (the symbol YAML; the packaged default if unset, and copied to that
+path if it names a file that does not exist)."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from typing import Callable
+
+from .collector import COLLECTOR
+from .config import CONFIG_ENV, ConfigWatcher, ensure_config
+from .symbols import DEFAULT_SYMBOLS, SYMBOLS_ENV, instrument, load_symbols
+
+
+def symbols_path(environ=os.environ) -> str:
+    path = environ.get(SYMBOLS_ENV, "").strip()
+    if not path:
+        return DEFAULT_SYMBOLS
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        shutil.copyfile(DEFAULT_SYMBOLS, path)
+        print(f"Service profiler: wrote the default symbols to {path}", file=sys.stderr)
+    return path
+
+
+def apply(config: dict) -> None:
+    COLLECTOR.domains = frozenset(config["domains"])
+    COLLECTOR.flush_interval_s = config["flush_interval_ms"] / 1000
+    if config["enable"]:
+        COLLECTOR.start(config["output_dir"])
+        print(f"Service profiler: collecting into {COLLECTOR.path}", file=sys.stderr, flush=True)
+    elif COLLECTOR.enabled:
+        COLLECTOR.stop()
+        print("Service profiler: collection stopped", file=sys.stderr, flush=True)
+
+
+def install(environ=os.environ) -> Callable[[], None] | None:
+    """Instrument and start watching the config; returns the function that undoes it all, or
+    None when SERVICE_PROF_CONFIG_PATH is not set. ValueError if the config is unusable."""
+    config_path = environ.get(CONFIG_ENV, "").strip()
+    if not config_path:
+        return None
+    try:
+        if ensure_config(config_path):
+            print(f"Service profiler: wrote a default config to {config_path} (enable: 0)", file=sys.stderr)
+    except OSError as e:
+        raise ValueError(f"{CONFIG_ENV}={config_path!r} cannot be written ({e.strerror}).") from None
+    path = symbols_path(environ)
+    symbols, problems = load_symbols(path)
+    undo, more = instrument(symbols)
+    for p in problems + more:
+        print(f"warning: service profiler: {p}", file=sys.stderr)
+    watcher = ConfigWatcher(config_path, apply)
+    print(f"Service profiler: {len(undo)} function(s) instrumented from {path}; "
+          f"set \"enable\": 1 in {config_path} to collect", file=sys.stderr, flush=True)
+
+    def close() -> None:
+        watcher.stop()
+        COLLECTOR.close()
+        for u in undo:
+            u()
+    return close
