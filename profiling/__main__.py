@@ -2,6 +2,7 @@
   summarize <run or profile dir>   phase, layer and op tables; --csv/--json/--chrome-trace/--plots
   compare <A> <B>                  per phase, layer and op deltas, largest first
   doctor                           is this machine ready to capture and view profiles
+  service parse <dir>              a service profile (events.jsonl) -> Chrome trace, SQLite, CSVs
 """
 from __future__ import annotations
 
@@ -31,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("doctor", help="check versions, the profile plugin, the port and the profile dir")
     d.add_argument("--profiler-port", type=int, default=DEFAULT_PORT)
     d.add_argument("--profile-result-dir", default="profiles")
+    sv = sub.add_parser("service", help="the service profiler's recorded spans")
+    svsub = sv.add_subparsers(dest="service_command", metavar="{parse}", required=True)
+    sp = svsub.add_parser("parse", help="events.jsonl files -> chrome_tracing.json, profiler.db, CSV tables")
+    sp.add_argument("path", help="a collection dir holding events.jsonl, or any dir above several")
+    sp.add_argument("--output-path", metavar="DIR", help="where the outputs go (default <path>/output)")
     return p
 
 
@@ -39,6 +45,9 @@ def main(argv=None) -> int:
     if args.command == "doctor":
         from . import doctor
         return doctor.run(args.profiler_port, args.profile_result_dir)
+    if args.command == "service":
+        from .service import parse
+        return parse.run(args.path, args.output_path)
     from . import report
     if args.command == "summarize":
         report.summarize(args.path, args.csv, args.json, args.chrome_trace, args.plots, args.top, args.detail)

@@ -9,7 +9,6 @@ offline ones are: `<dir>/plugins/profile/serve-<phases>_<time>/` with the `.xpla
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 import time
 
@@ -82,7 +81,7 @@ class LiveCapture:
             staging.discard()
         return {"status": "saved", "run": dest, "bytes": check.bytes, "steps": check.steps,
                 "num_steps": check.num_steps, "duration_s": closed - opened,
-                "summary": f"{os.path.relpath(dest)}: {check.describe()}"}
+                "summary": f"{dest}: {check.describe()}"}
 
 
 def _peaks(engine) -> dict | None:

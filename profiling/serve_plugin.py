@@ -7,13 +7,26 @@ import asyncio
 import os
 import sys
 
+from . import capture
 from .live import DIR_ENV, LiveCapture, ProfileStateError
+
+
+def check(args) -> None:
+    """Before the model loads: the capture dir is writable and the service config is usable."""
+    root = os.environ.get(DIR_ENV, "").strip()
+    if root:
+        try:
+            capture.check_writable_dir(root)
+        except ValueError as e:
+            raise ValueError(f"{DIR_ENV}: {e}") from None
+    from .service.install import check_config
+    check_config()
 
 
 def setup(server, args):
     from tpu_engine.serve.api import error_response
     root = os.environ.get(DIR_ENV, "").strip()
-    live = LiveCapture(root, server.engine.engine) if root else None  # ValueError: unwritable
+    live = LiveCapture(root, server.engine.engine) if root else None
     busy = asyncio.Lock()
 
     async def start_profile():

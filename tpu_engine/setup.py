@@ -19,13 +19,15 @@ def resolve_limits(config):
     Returns (model source, max_model_len, longest prefill)."""
     source = resolve_model(config.model, config.load_format)
     cfg = source.config
-    max_len = config.max_model_len or min(cfg.max_position_embeddings, DEFAULT_MAX_MODEL_LEN)
+    max_len = config.max_model_len
+    if max_len is None:
+        max_len = min(cfg.max_position_embeddings, DEFAULT_MAX_MODEL_LEN)
     _positive("max_model_len", max_len)
     if max_len > cfg.max_position_embeddings:
         raise ValueError(f"max_model_len {max_len} exceeds the model's max_position_embeddings "
                          f"{cfg.max_position_embeddings}.")
     _positive("max_num_seqs", config.max_num_seqs)
-    max_prefill = config.max_num_batched_tokens or max_len
+    max_prefill = max_len if config.max_num_batched_tokens is None else config.max_num_batched_tokens
     _positive("max_num_batched_tokens", max_prefill)
     if max_prefill < config.max_num_seqs:
         raise ValueError(f"max_num_batched_tokens {max_prefill} is smaller than max_num_seqs "

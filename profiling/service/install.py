@@ -10,7 +10,7 @@ import sys
 from typing import Callable
 
 from .collector import COLLECTOR
-from .config import CONFIG_ENV, ConfigWatcher, ensure_config
+from .config import CONFIG_ENV, ConfigWatcher, ensure_config, read_config
 from .symbols import DEFAULT_SYMBOLS, SYMBOLS_ENV, instrument, load_symbols
 
 
@@ -36,9 +36,9 @@ def apply(config: dict) -> None:
         print("Service profiler: collection stopped", file=sys.stderr, flush=True)
 
 
-def install(environ=os.environ) -> Callable[[], None] | None:
-    """Instrument and start watching the config; returns the function that undoes it all, or
-    None when SERVICE_PROF_CONFIG_PATH is not set. ValueError if the config is unusable."""
+def check_config(environ=os.environ) -> str | None:
+    """The config path (the default config written there if missing), None when the service
+    profiler is not asked for; ValueError with one sentence if the config is unusable."""
     config_path = environ.get(CONFIG_ENV, "").strip()
     if not config_path:
         return None
@@ -47,6 +47,16 @@ def install(environ=os.environ) -> Callable[[], None] | None:
             print(f"Service profiler: wrote a default config to {config_path} (enable: 0)", file=sys.stderr)
     except OSError as e:
         raise ValueError(f"{CONFIG_ENV}={config_path!r} cannot be written ({e.strerror}).") from None
+    read_config(config_path)
+    return config_path
+
+
+def install(environ=os.environ) -> Callable[[], None] | None:
+    """Instrument and start watching the config; returns the function that undoes it all, or
+    None when SERVICE_PROF_CONFIG_PATH is not set. ValueError if the config is unusable."""
+    config_path = check_config(environ)
+    if config_path is None:
+        return None
     path = symbols_path(environ)
     symbols, problems = load_symbols(path)
     undo, more = instrument(symbols)

@@ -24,15 +24,19 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     check_port("server port", args.port, "--port", args.host)
     from ..engine import EngineConfig, LLMEngine
+    from ..setup import resolve_limits
+    config = EngineConfig(model=args.model, **engine_kwargs(args))
+    resolve_limits(config)  # bad model or lengths: fail before anything loads
+    from .plugins import check_plugins, setup_plugins
+    plugins = check_plugins(args)
     from .api import OpenAIServer
     from .async_engine import AsyncEngine
-    from .plugins import load_plugins
     from .tokenizer import load_tokenizer
 
-    engine = LLMEngine(EngineConfig(model=args.model, **engine_kwargs(args)))
+    engine = LLMEngine(config)
     tokenizer = load_tokenizer(args.model, engine.source.weights_dir, args.tokenizer)
     server = OpenAIServer(AsyncEngine(engine), args.served_model_name or args.model, tokenizer)
-    closers = load_plugins(server, args)
+    closers = setup_plugins(plugins, server, args)
     import uvicorn
     server.engine.start()
     print(f"Serving {args.model} on http://{args.host}:{args.port} "

@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..outputs import RequestOutput
 from .async_engine import AsyncEngine, EngineDeadError
@@ -32,9 +33,17 @@ class OpenAIServer:
         self.engine, self.model_name, self.tokenizer = engine, model_name, tokenizer
         self.created = int(time.time())
         self.app = FastAPI(title="tpu_engine OpenAI-compatible server")
+        self.app.add_exception_handler(StarletteHTTPException, self._http_error)
         self.app.add_api_route("/health", self.health, methods=["GET"])
         self.app.add_api_route("/v1/models", self.models, methods=["GET"])
         self.app.add_api_route("/v1/completions", self.completions, methods=["POST"])
+
+    @staticmethod
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        """Unknown routes and wrong methods in the same error shape as everything else."""
+        message = {404: f"there is no route {request.url.path}.",
+                   405: f"{request.method} is not allowed on {request.url.path}."}.get(exc.status_code, str(exc.detail))
+        return error_response(message, exc.status_code)
 
     async def health(self):
         if not self.engine.alive:
@@ -44,13 +53,16 @@ class OpenAIServer:
     async def models(self):
         return {"object": "list", "data": [{"id": self.model_name, "object": "model",
                                             "created": self.created, "owned_by": "tpu_engine",
-                                            "max_model_len": self.engine.engine.max_model_len}]}
+                                            "max_model_len": self.engine.engine.max_model_len,
+                                            "vocab_size": self.engine.engine.model_config.vocab_size}]}
 
     async def completions(self, request: Request):
         try:
             body = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             return error_response(f"the request body is not valid JSON ({e}).")
+        except RecursionError:
+            return error_response("the request body is nested too deeply.")
         try:
             req = parse_completion(body, self.model_name, self.tokenizer)
             for prompt in req.prompts:

@@ -1,0 +1,190 @@
+"""The profiling plugin on a live server: XLA captures through /start_profile and /stop_profile,
+a custom symbol YAML (attributes recorded; unknown symbols, bad expressions and handlers
+reported), a malformed YAML, and the server's own bad settings."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from profiling.manifest import read_manifest
+from tests.servers import ROOT, SMALL, Server
+
+CUSTOM_YAML = """
+- symbol: tpu_engine.engine:LLMEngine.validate
+  domain: Custom
+  name: validate
+  attributes:
+    - name: prompt_len
+      expr: prompt | len
+    - name: max_tokens
+      expr: params | attr max_tokens | str
+    - name: nothing
+      expr: params | attr no_such_thing
+- symbol: tpu_engine.engine:LLMEngine.no_such_method
+  domain: Custom
+- symbol: tpu_engine.serve.api:OpenAIServer._usage
+  domain: Custom
+  name: usage
+  attributes:
+    - name: total
+      expr: return['total_tokens']
+    - name: bad
+      expr: return || len
+- symbol: tpu_engine.engine:LLMEngine.has_unfinished_requests
+  domain: Custom
+  handler: tests.no_such_module:handler
+"""
+
+
+def _complete(url, prompt, max_tokens):
+    r = httpx.post(f"{url}/v1/completions", timeout=120,
+                   json={"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _set_enable(path, value):
+    with open(path) as f:
+        cfg = json.load(f)
+    cfg["enable"] = value
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(cfg, f)
+    os.replace(tmp, path)
+    time.sleep(1.5)  # the server polls the file every 0.5 s
+
+
+def _spans(root):
+    out = []
+    for path in glob.glob(os.path.join(root, "**", "events.jsonl"), recursive=True):
+        with open(path) as f:
+            out += [e for e in map(json.loads, f) if e["type"] == "span"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def custom_server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("custom")
+    (tmp / "symbols.yaml").write_text(CUSTOM_YAML)
+    env = {"SERVICE_PROF_CONFIG_PATH": tmp / "config.json", "PROFILING_SYMBOLS_PATH": tmp / "symbols.yaml",
+           "VLLM_TORCH_PROFILER_DIR": tmp / "xla"}
+    with Server(SMALL, env=env) as srv:
+        srv.tmp = tmp
+        yield srv
+
+
+def test_custom_symbols_record_their_attributes_and_problems_are_reported(custom_server):
+    srv, tmp = custom_server, custom_server.tmp
+    log = srv.log()
+    assert "wrote a default config" in log and json.load(open(tmp / "config.json"))["enable"] == 0
+    assert "LLMEngine.no_such_method: 'LLMEngine' has no attribute 'no_such_method'; skipped." in log
+    assert "attribute 'bad': expression 'return || len' is not valid" in log
+    assert "handler 'tests.no_such_module:handler' cannot be imported" in log and "using the timer" in log
+    _set_enable(tmp / "config.json", 1)
+    prompts = [[1, 2, 3], list(range(1, 12))]
+    for p in prompts:
+        _complete(srv.url, p, 4)
+    _set_enable(tmp / "config.json", 0)
+    spans = _spans(tmp)
+    validate = [s for s in spans if s["name"] == "validate"]
+    assert {s["attrs"]["prompt_len"] for s in validate} == {3, 11}
+    assert all(s["attrs"]["max_tokens"] == "4" for s in validate)
+    assert all(s["attrs"]["nothing.error"].startswith("AttributeError") and "nothing" not in s["attrs"]
+               for s in validate)
+    usage = [s for s in spans if s["name"] == "usage"]
+    assert sorted(s["attrs"]["total"] for s in usage) == [7, 15]
+    # the timer stood in for the handler; the name defaults to the attribute chain
+    assert any(s["name"] == "LLMEngine.has_unfinished_requests" and s["domain"] == "Custom" for s in spans)
+    assert srv.healthy()
+
+
+def test_enable_switch_starts_and_stops_collection_at_run_time(custom_server):
+    srv, cfg = custom_server, custom_server.tmp / "config.json"
+    before = len(_spans(srv.tmp))
+    _complete(srv.url, [5, 6], 2)                                 # disabled: nothing recorded
+    time.sleep(0.5)
+    assert len(_spans(srv.tmp)) == before
+    _set_enable(cfg, 1)
+    _complete(srv.url, [5, 6], 2)
+    _set_enable(cfg, 0)
+    after = _spans(srv.tmp)
+    assert len(after) > before and any(s["name"] == "usage" and s["attrs"]["total"] == 4 for s in after[before:])
+
+
+def test_start_and_stop_profile_capture_prefill_and_decode_of_live_traffic(custom_server):
+    srv = custom_server
+    r = httpx.post(f"{srv.url}/start_profile", timeout=60)
+    assert r.status_code == 200 and r.json()["status"] == "profiling"
+    again = httpx.post(f"{srv.url}/start_profile", timeout=60)
+    assert again.status_code == 409 and "already running" in again.json()["error"]["message"]
+    _complete(srv.url, list(range(1, 20)), 5)
+    r = httpx.post(f"{srv.url}/stop_profile", timeout=300)
+    assert r.status_code == 200, r.text
+    result = r.json()
+    run = result["run"]
+    assert os.path.dirname(run) == str(srv.tmp / "xla" / "plugins" / "profile")
+    assert glob.glob(os.path.join(run, "*.xplane.pb")) and not glob.glob(str(srv.tmp / "xla" / ".staging-*"))
+    assert len(result["steps"]["prefill"]) == 1 and len(result["steps"]["decode"]) == 4
+    rows = read_manifest(run)
+    assert sorted(r["step"] for r in rows) == sorted(result["steps"]["prefill"] + result["steps"]["decode"])
+    info = json.load(open(os.path.join(run, "run_info.json")))
+    assert info["verification"]["steps"] == result["steps"] and "trace_viewer@" in info["verification"]["xprof_tools"]
+    stop = httpx.post(f"{srv.url}/stop_profile", timeout=60)
+    assert stop.status_code == 409 and "no profile capture is running" in stop.json()["error"]["message"]
+
+
+def test_malformed_symbols_yaml_is_reported_and_the_server_serves(tmp_path):
+    (tmp_path / "symbols.yaml").write_text("- symbol: tpu_engine.engine:LLMEngine.step\n  attributes: [\n")
+    env = {"SERVICE_PROF_CONFIG_PATH": tmp_path / "config.json", "PROFILING_SYMBOLS_PATH": tmp_path / "symbols.yaml"}
+    with Server(SMALL, env=env) as srv:
+        assert "symbols.yaml' is not valid YAML at line 3" in srv.log()
+        assert "nothing is instrumented" in srv.log()
+        assert len(_complete(srv.url, [1, 2, 3], 3)["choices"][0]["token_ids"]) == 3
+        r = httpx.post(f"{srv.url}/start_profile", timeout=30)
+        assert r.status_code == 400
+        assert r.json()["error"]["message"].startswith("profiling is not configured: start the server with "
+                                                       "VLLM_TORCH_PROFILER_DIR")
+        assert srv.healthy()
+
+
+def _serve(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "tpu_engine.serve", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120, env={**os.environ, "PJRT_DEVICE": "CPU", **(env or {})})
+
+
+@pytest.mark.parametrize("case", ["port in use", "bad config", "unwritable capture dir", "bad flag value"])
+def test_bad_server_settings_exit_2_with_one_line_before_loading(tmp_path, case):
+    env, args, sock = {}, [], None
+    if case == "port in use":
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        args = ["--port", str(sock.getsockname()[1])]
+        expected = "is already in use; choose another with --port"
+    elif case == "bad config":
+        (tmp_path / "c.json").write_text('{"enable": "yes"}')
+        env = {"SERVICE_PROF_CONFIG_PATH": str(tmp_path / "c.json")}
+        expected = "enable='yes' must be 0 or 1"
+    elif case == "unwritable capture dir":
+        (tmp_path / "file").write_text("")
+        env = {"VLLM_TORCH_PROFILER_DIR": str(tmp_path / "file")}
+        expected = "exists and is not a directory"
+    else:
+        args = ["--max-model-len", "0"]
+        expected = "max_model_len 0 must be a positive integer"
+    try:
+        proc = _serve(*args, env=env)
+    finally:
+        if sock:
+            sock.close()
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], proc.stderr
