@@ -12,6 +12,7 @@ import json
 import os
 import random
 import shutil
+import time
 import types
 
 import httpx
@@ -316,6 +317,47 @@ def test_disconnected_stream_is_aborted(server):
     assert "Traceback" not in server.log(), f"the server logged a traceback:\n{server.tail()}"
 
 
+def _metrics(url) -> dict:
+    text = httpx.get(f"{url}/metrics", timeout=CLIENT_TIMEOUT).text
+    return {line.split()[0].split(":", 1)[1]: float(line.split()[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def test_disconnected_plain_request_is_aborted(server):
+    """Three clients send a long non-streamed request and hang up once it runs: the server
+    aborts all three (its /metrics counts them) instead of decoding them to the end."""
+    long = MAX_LEN - 1
+    host, port = server.url.rsplit("//", 1)[1].split(":")
+    before = _metrics(server.url)
+
+    async def scenario():
+        body = json.dumps(_greedy_body([5], long)).encode()
+        writers = []
+        for _ in range(3):
+            _, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+            writers.append(writer)
+        for _ in range(200):                  # until all three hold a slot
+            m = _metrics(server.url)
+            if m["num_requests_running"] + m["requests_finished_total"] - before["requests_finished_total"] >= 3:
+                break
+            await asyncio.sleep(0.02)
+        for writer in writers:
+            writer.close()                    # the clients go away mid-generation
+    asyncio.run(scenario())
+    for _ in range(300):
+        after = _metrics(server.url)
+        if after["num_requests_running"] == 0 and after["num_requests_waiting"] == 0:
+            break
+        time.sleep(0.1)
+    assert after["requests_aborted_total"] - before["requests_aborted_total"] == 3, (before, after)
+    assert after["requests_finished_total"] == before["requests_finished_total"], (before, after)
+    assert after["generation_tokens_total"] - before["generation_tokens_total"] < 3 * long
+    assert _health_ok(server.url)
+
+
 # ---- models ---------------------------------------------------------------------------------
 def test_models_lists_the_served_model(server):
     r = httpx.get(f"{server.url}/v1/models", timeout=CLIENT_TIMEOUT)
@@ -378,4 +420,7 @@ def test_text_prompts_with_a_tokenizer(words):
     for chunk in events[:-2]:
         firsts.setdefault(chunk["choices"][0]["index"], chunk["choices"][0]["text"])
     assert firsts[0].startswith(prompt) and firsts[1].startswith("w11 w12"), f"echo in streams: {firsts}"
+    joined = "".join(c["choices"][0]["text"] for c in events[:-2] if c["choices"][0]["index"] == 0)
+    plain = post({"prompt": prompt, "max_tokens": 3})["choices"][0]["text"]
+    assert joined == prompt + plain, "the streamed chunks' text does not join up to the whole text"
     assert _health_ok(srv.url)

@@ -13,7 +13,7 @@ import uuid
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..outputs import RequestOutput
@@ -36,6 +36,7 @@ class OpenAIServer:
         self.app.add_exception_handler(StarletteHTTPException, self._http_error)
         self.app.add_api_route("/health", self.health, methods=["GET"])
         self.app.add_api_route("/v1/models", self.models, methods=["GET"])
+        self.app.add_api_route("/metrics", self.metrics, methods=["GET"])
         self.app.add_api_route("/v1/completions", self.completions, methods=["POST"])
 
     @staticmethod
@@ -56,6 +57,16 @@ class OpenAIServer:
                                             "max_model_len": self.engine.engine.max_model_len,
                                             "vocab_size": self.engine.engine.model_config.vocab_size}]}
 
+    async def metrics(self):
+        """Prometheus text: requests running and waiting now, and totals since start."""
+        engine, lines = self.engine.engine, []
+        gauges = {"num_requests_running": engine.num_running(), "num_requests_waiting": engine.num_waiting()}
+        for name, value in gauges.items():
+            lines += [f"# TYPE tpu_engine:{name} gauge", f"tpu_engine:{name} {value}"]
+        for name, value in self.engine.counts.items():
+            lines += [f"# TYPE tpu_engine:{name}_total counter", f"tpu_engine:{name}_total {value}"]
+        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
     async def completions(self, request: Request):
         try:
             body = json.loads(await request.body())
@@ -74,10 +85,22 @@ class OpenAIServer:
         request_id = f"cmpl-{uuid.uuid4().hex}"
         if req.stream:
             return StreamingResponse(self._stream(request_id, req), media_type="text/event-stream")
-        try:
-            final: dict[int, RequestOutput] = {}
+        final: dict[int, RequestOutput] = {}
+
+        async def collect():
             async for i, out in self.run_request(request_id, req):
                 final[i] = out
+        work = asyncio.create_task(collect())
+        watch = asyncio.create_task(_disconnected(request))
+        try:
+            await asyncio.wait([work, watch], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+        if not work.done():  # the client left: cancelling the work aborts its engine requests
+            work.cancel()
+            return error_response("the client disconnected.", 499)
+        try:
+            work.result()
         except EngineDeadError as e:
             return error_response(str(e), 500)
         except ValueError as e:
@@ -119,12 +142,13 @@ class OpenAIServer:
 
     async def _stream(self, request_id: str, req: CompletionRequest):
         sent = [0] * len(req.prompts)
+        texts = [_TextStream(self.tokenizer) for _ in req.prompts]
         final: dict[int, RequestOutput] = {}
         created = int(time.time())
         try:
             async for i, out in self.run_request(request_id, req):
                 ids = out.outputs[0].token_ids
-                choice = self._choice(i, req, ids[sent[i]:], out, sent[i])
+                choice = self._choice(i, req, ids[sent[i]:], out, sent[i], texts[i].add(ids, out.finished))
                 sent[i] = len(ids)
                 if out.finished:
                     final[i] = out
@@ -140,10 +164,12 @@ class OpenAIServer:
     def _text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids) if self.tokenizer else ""
 
-    def _choice(self, i: int, req: CompletionRequest, new_ids: list[int], out: RequestOutput, offset: int) -> dict:
-        """The choice for prompt `i` holding `new_ids` (tokens from position `offset` on)."""
+    def _choice(self, i: int, req: CompletionRequest, new_ids: list[int], out: RequestOutput, offset: int,
+                text: str | None = None) -> dict:
+        """The choice for prompt `i` holding `new_ids` (tokens from position `offset` on) and
+        `text` (default: those tokens decoded)."""
         completion = out.outputs[0]
-        text = self._text(new_ids)
+        text = self._text(new_ids) if text is None else text
         if offset == 0 and req.echo:
             text = (req.texts[i] if req.texts[i] is not None else self._text(req.prompts[i])) + text
         choice: dict[str, Any] = {"index": i, "text": text, "token_ids": list(new_ids), "logprobs": None,
@@ -164,6 +190,29 @@ class OpenAIServer:
         prompt = sum(len(p) for p in req.prompts)
         completion = sum(len(o.outputs[0].token_ids) for o in final.values())
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class _TextStream:
+    """Streamed text that joins up to the whole output's text: each chunk is the new end of the
+    decoded output, held back while it ends in a partial character (U+FFFD)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.sent = tokenizer, ""
+
+    def add(self, ids: list[int], finished: bool) -> str:
+        if self.tokenizer is None:
+            return ""
+        full = self.tokenizer.decode(ids)
+        if (full.endswith("\ufffd") and not finished) or not full.startswith(self.sent):
+            return ""
+        new, self.sent = full[len(self.sent):], full
+        return new
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has gone away."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.25)
 
 
 def _sse(obj: dict) -> str:

@@ -35,6 +35,9 @@ class AsyncEngine:
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._stopping = False
         self.error: BaseException | None = None
+        # Totals for /metrics, written by the engine thread only.
+        self.counts = {"requests_finished": 0, "requests_aborted": 0, "prompt_tokens": 0,
+                       "generation_tokens": 0, "engine_steps": 0}
 
     def start(self) -> None:
         self._thread.start()
@@ -90,6 +93,7 @@ class AsyncEngine:
                 self._drain(block=not engine.has_unfinished_requests())
                 if engine.has_unfinished_requests():
                     self._publish(engine.step())
+                    self.counts["engine_steps"] += 1
         except BaseException as e:  # a broken engine fails every open request, loudly
             self.error = e
             for stream in list(self._streams.values()):
@@ -116,7 +120,9 @@ class AsyncEngine:
                 except ValueError as e:
                     stream.loop.call_soon_threadsafe(stream.queue.put_nowait, e)
             elif kind == "abort":
-                self.engine.abort_request(item[1])
+                if self.engine.has_request(item[1]):
+                    self.counts["requests_aborted"] += 1
+                    self.engine.abort_request(item[1])
             elif kind == "call":
                 _, fn, future = item
                 try:
@@ -126,7 +132,13 @@ class AsyncEngine:
                 future.get_loop().call_soon_threadsafe(_settle, future, result, error)
 
     def _publish(self, outputs: list[RequestOutput]) -> None:
+        counts = self.counts
         for out in outputs:
+            counts["generation_tokens"] += 1
+            if len(out.outputs[0].token_ids) == 1:
+                counts["prompt_tokens"] += len(out.prompt_token_ids)
+            if out.finished:
+                counts["requests_finished"] += 1
             stream = self._streams.get(out.request_id)
             if stream is not None:
                 stream.loop.call_soon_threadsafe(stream.queue.put_nowait, out)

@@ -3,6 +3,7 @@ SamplingParams. Every problem is a RequestError with one plain sentence and an H
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from ..outputs import SamplingParams
@@ -36,7 +37,7 @@ _BOOLS = {"stream": False, "ignore_eos": False, "echo": False}
 
 
 def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _is_int(v) -> bool:
@@ -61,10 +62,11 @@ def parse_completion(body: Any, served_model: str, tokenizer) -> CompletionReque
             continue
         ok = _is_number(v) if name in _NUMBERS else _is_int(v) if name in _INTEGERS else isinstance(v, bool)
         if not ok:
-            kind = "a number" if name in _NUMBERS else "an integer" if name in _INTEGERS else "true or false"
+            kind = "a finite number" if name in _NUMBERS else "an integer" if name in _INTEGERS else "true or false"
             raise RequestError(f"{name} must be {kind}, not {v!r}.")
         values[name] = v
-    options = body.get("stream_options") or {}
+    options = body.get("stream_options")
+    options = {} if options is None else options
     if not isinstance(options, dict):
         raise RequestError(f"stream_options must be an object, not {options!r}.")
     if "prompt" not in body:
