@@ -253,3 +253,15 @@ def test_cprofile_can_be_disabled():
     def f():
         return 1
     assert cprofile(enabled=False)(f) is f
+
+
+def test_collected_time_leaves_out_periods_with_collection_off():
+    from profiling.service.parse import collected_seconds
+    s = 1_000_000_000
+    span = lambda a, b, src=0: dict(start=a * s, end=b * s, src=src)  # noqa: E731
+    markers = [dict(name="enable", t=0, src=0), dict(name="disable", t=10 * s, src=0),
+               dict(name="enable", t=100 * s, src=0)]
+    # two periods of 4 s and 2 s, 90 s apart; a second process overlapping the first period
+    spans = [span(1, 3), span(2, 5), span(101, 103), span(4, 6, src=1)]
+    assert collected_seconds(spans, markers) == pytest.approx(5 + 2)
+    assert collected_seconds([span(1, 3), span(50, 51)], []) == pytest.approx(50)

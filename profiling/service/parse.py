@@ -212,6 +212,28 @@ def _stats(values, keys=("mean", "p50", "p90", "p99", "min", "max")) -> dict:
     return {k: d[k] for k in ("count", *keys)}
 
 
+def collected_seconds(spans: list[dict], markers: list[dict]) -> float:
+    """Time covered by the spans of each collection period (enable to disable), so that periods
+    with collection off do not dilute throughput; the union over server processes."""
+    cuts = collections.defaultdict(list)       # per source: times where a period starts
+    for m in markers:
+        if m["name"] == "enable":
+            cuts[m["src"]].append(m["t"])
+    starts = {src: sorted(ts) for src, ts in cuts.items()}
+    periods: dict[tuple, list[int]] = {}
+    for s in spans:
+        key = (s["src"], bisect.bisect_right(starts.get(s["src"], []), s["start"]))
+        lo_hi = periods.setdefault(key, [s["start"], s["end"]])
+        lo_hi[0], lo_hi[1] = min(lo_hi[0], s["start"]), max(lo_hi[1], s["end"])
+    total, covered_to = 0, None
+    for lo, hi in sorted(periods.values()):
+        if covered_to is not None:
+            lo = max(lo, covered_to)
+        total += max(0, hi - lo)
+        covered_to = hi if covered_to is None else max(covered_to, hi)
+    return total / 1e9
+
+
 def summaries(t: dict) -> dict[str, Table]:
     done = [r for r in t["request"] if r["complete"]]
     metrics = ("ttft_ms", "tpot_ms", "e2e_ms", "queue_ms", "prompt_tokens", "output_tokens")
@@ -230,7 +252,7 @@ def summaries(t: dict) -> dict[str, Table]:
                          padding_waste=1 - tokens / padded if padded else None))
     batch = Table("batch_summary", list(rows[0]), rows)
     spans = t["spans"]
-    duration = (max(s["end"] for s in spans) - min(s["start"] for s in spans)) / 1e9 if spans else 0.0
+    duration = collected_seconds(spans, t["markers"])
     engines = len({b["src"] for b in t["by"][("Schedule", "batch")]}) or 1  # one per server process
     per_s = (lambda x: x / duration) if duration > 0 else (lambda x: None)
     out_tokens = sum(r["output_tokens"] or 0 for r in done)
