@@ -24,6 +24,9 @@ class Worker:
         for i in range(n):
             yield i
 
+    def gather(self, *items, sep: str = ",", **opts) -> str:
+        return sep.join(map(str, items))
+
     @staticmethod
     def helper(x: int) -> int:
         return x * 2

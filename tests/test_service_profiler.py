@@ -141,6 +141,19 @@ def test_timer_records_spans_with_attributes_only_while_enabled(tmp_path, collec
     assert Worker.run.__name__ == "run" and not hasattr(Worker.run, "__wrapped__")
 
 
+def test_attributes_by_name_with_varargs_and_defaults(tmp_path, collector):
+    exprs = [("n", "items | len"), ("sep", "sep"), ("opts", "opts | len"), ("out", "return")]
+    undo, _ = instrument([Symbol("tests.service_targets:Worker.gather", "gather", "Test",
+                                 attributes=[(k, e, compile_expr(e)) for k, e in exprs])], collector)
+    try:
+        collector.start(str(tmp_path / "out"))
+        assert Worker().gather(1, 2, 3, flag=True) == "1,2,3"
+        assert _spans(collector)[0]["attrs"] == {"n": 3, "sep": ",", "opts": 1, "out": "1,2,3"}
+    finally:
+        for u in undo:
+            u()
+
+
 def test_async_functions_generators_and_static_methods_are_timed(tmp_path, collector):
     names = ["run_async", "stream", "helper"]
     undo, problems = instrument([Symbol(f"tests.service_targets:Worker.{n}", n, "Test") for n in names], collector)

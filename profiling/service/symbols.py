@@ -146,7 +146,18 @@ def resolve(symbol: str) -> tuple[Any, str, Any]:
 
 
 def _binder(fn) -> Callable[[tuple, dict], dict]:
+    """Parameter name -> value for one call. Plain signatures take a fast path (zip the names
+    with the arguments); others go through inspect's binding."""
     sig = inspect.signature(fn)
+    params = list(sig.parameters.values())
+    plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if all(p.kind in plain for p in params):
+        names = [p.name for p in params]
+        defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+        def fast(args, kwargs):
+            return {**defaults, **dict(zip(names, args)), **kwargs}
+        return fast
 
     def bind(args, kwargs):
         bound = sig.bind_partial(*args, **kwargs)
