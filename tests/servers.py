@@ -22,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small shapes: few buckets, so the server warms up in well under a minute on CPU.
 SMALL = ["--max-model-len", "64", "--max-num-seqs", "4"]
 READY_TIMEOUT_S = 240.0
+PROFILER_ENV = ("VLLM_TORCH_PROFILER_DIR", "SERVICE_PROF_CONFIG_PATH", "PROFILING_SYMBOLS_PATH")
 STOP_GRACE_S = 20.0
 
 
@@ -50,7 +51,8 @@ class Server:
             self.port = free_port()
             self.args += ["--port", str(self.port)]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "PJRT_DEVICE": "CPU", "PYTHONUNBUFFERED": "1",
+        inherited = {k: v for k, v in os.environ.items() if k not in PROFILER_ENV}  # a test says what it wants
+        self.env = {**inherited, "PJRT_DEVICE": "CPU", "PYTHONUNBUFFERED": "1",
                     **{k: str(v) for k, v in (env or {}).items()}}
         if log_path is None:
             fd, log_path = tempfile.mkstemp(prefix="tpu_engine_serve_", suffix=".log")

@@ -358,6 +358,15 @@ def test_disconnected_plain_request_is_aborted(server):
     assert _health_ok(server.url)
 
 
+def test_profile_endpoints_without_a_capture_dir_say_how_to_configure_it(server):
+    for path in ("/start_profile", "/stop_profile"):
+        r = httpx.post(f"{server.url}{path}", timeout=CLIENT_TIMEOUT)
+        assert r.status_code == 400
+        assert r.json()["error"]["message"] == ("profiling is not configured: start the server with "
+                                                "VLLM_TORCH_PROFILER_DIR set to a directory for the captures.")
+    assert _health_ok(server.url)
+
+
 # ---- models ---------------------------------------------------------------------------------
 def test_models_lists_the_served_model(server):
     r = httpx.get(f"{server.url}/v1/models", timeout=CLIENT_TIMEOUT)

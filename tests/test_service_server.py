@@ -142,17 +142,23 @@ def test_start_and_stop_profile_capture_prefill_and_decode_of_live_traffic(custo
 
 
 def test_malformed_symbols_yaml_is_reported_and_the_server_serves(tmp_path):
+    """Also: a capture still open when the server is interrupted is saved whole."""
     (tmp_path / "symbols.yaml").write_text("- symbol: tpu_engine.engine:LLMEngine.step\n  attributes: [\n")
-    env = {"SERVICE_PROF_CONFIG_PATH": tmp_path / "config.json", "PROFILING_SYMBOLS_PATH": tmp_path / "symbols.yaml"}
+    env = {"SERVICE_PROF_CONFIG_PATH": tmp_path / "config.json", "PROFILING_SYMBOLS_PATH": tmp_path / "symbols.yaml",
+           "VLLM_TORCH_PROFILER_DIR": tmp_path / "xla"}
     with Server(SMALL, env=env) as srv:
         assert "symbols.yaml' is not valid YAML at line 3" in srv.log()
         assert "nothing is instrumented" in srv.log()
         assert len(_complete(srv.url, [1, 2, 3], 3)["choices"][0]["token_ids"]) == 3
-        r = httpx.post(f"{srv.url}/start_profile", timeout=30)
-        assert r.status_code == 400
-        assert r.json()["error"]["message"].startswith("profiling is not configured: start the server with "
-                                                       "VLLM_TORCH_PROFILER_DIR")
         assert srv.healthy()
+        assert httpx.post(f"{srv.url}/start_profile", timeout=30).status_code == 200
+        _complete(srv.url, [4, 5, 6], 3)
+        assert srv.stop() == 0                                   # SIGINT with the capture open
+    runs = glob.glob(str(tmp_path / "xla" / "plugins" / "profile" / "serve-*"))
+    assert len(runs) == 1 and not glob.glob(str(tmp_path / "xla" / ".staging-*"))
+    info = json.load(open(os.path.join(runs[0], "run_info.json")))
+    assert info["verification"]["steps"] == {"prefill": [3], "decode": [4, 5]}   # the second request
+    assert [r["step"] for r in read_manifest(runs[0])] == [3, 4, 5]
 
 
 def _serve(*args, env=None):

@@ -45,9 +45,9 @@ def main(argv=None) -> None:
     try:
         uvicorn.run(server.app, host=args.host, port=args.port, log_level=args.log_level)
     finally:
+        server.engine.shutdown()  # the current step finishes first; then the plugins close
         for close in closers:
             close()
-        server.engine.shutdown()
     if server.engine.error is not None:
         sys.exit(1)
 
