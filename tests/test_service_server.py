@@ -137,6 +137,12 @@ def test_start_and_stop_profile_capture_prefill_and_decode_of_live_traffic(custo
     assert sorted(r["step"] for r in rows) == sorted(result["steps"]["prefill"] + result["steps"]["decode"])
     info = json.load(open(os.path.join(run, "run_info.json")))
     assert info["verification"]["steps"] == result["steps"] and "trace_viewer@" in info["verification"]["xprof_tools"]
+    summary = subprocess.run([sys.executable, "-m", "profiling", "summarize", run], capture_output=True,
+                             text=True, cwd=ROOT, timeout=300)
+    assert summary.returncode == 0, summary.stderr
+    phases = {line.split()[0]: int(line.split()[1]) for line in summary.stdout.splitlines()
+              if line.split()[:1] in (["prefill"], ["decode"]) and line.split()[1].isdigit()}
+    assert phases == {"prefill": 1, "decode": 4}, summary.stdout
     stop = httpx.post(f"{srv.url}/stop_profile", timeout=60)
     assert stop.status_code == 409 and "no profile capture is running" in stop.json()["error"]["message"]
 
