@@ -135,6 +135,12 @@ def main(argv=None) -> None:
     kw.setdefault("max_num_seqs", max(8, args.batch_size))
     if kw.get("max_model_len") is None:
         kw["max_model_len"] = args.input_len + args.output_len
+    from tpu_engine.engine import EngineConfig
+    from tpu_engine.setup import resolve_limits
+    _, max_len, max_prefill = resolve_limits(EngineConfig(model=args.model, **kw))  # fail before loading
+    if args.input_len > max_prefill or args.input_len + args.output_len > max_len:
+        raise ValueError(f"input length {args.input_len} + output length {args.output_len} does not fit "
+                         f"max_model_len {max_len} (longest prompt {max_prefill}).")
     from tpu_engine.platform import device_count
     device_count()  # start the PJRT client: the runtime baseline includes it
     baseline_rss = rss_bytes()
