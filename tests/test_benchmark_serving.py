@@ -1,54 +1,33 @@
 """scripts/benchmark_serving.py run for real against a real `python -m tpu_engine.serve`."""
+import glob
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 
-import httpx
 import pytest
+
+from tests.servers import SMALL, Server
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "scripts", "benchmark_serving.py")
-# The server without the profiling plugin's capture dir or service profiler config from the caller.
-ENV = {k: v for k, v in os.environ.items() if k not in ("VLLM_TORCH_PROFILER_DIR", "SERVICE_PROF_CONFIG_PATH")}
-ENV["PJRT_DEVICE"] = "CPU"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+ENV = {**os.environ, "PJRT_DEVICE": "CPU"}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """Base URL of a served tiny-llama (max_model_len 64, 4 slots)."""
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "tpu_engine.serve", "--max-model-len", "64",
-                                 "--max-num-seqs", "4", "--port", str(port)],
-                                cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited with {proc.returncode}:\n{log_path.read_text()}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server was not healthy after 240 s:\n{log_path.read_text()}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.kill()
-        proc.wait()
+def served(tmp_path_factory):
+    """A served tiny-llama (max_model_len 64, 4 slots) with XLA captures and the service
+    profiler configured (collection off)."""
+    tmp = tmp_path_factory.mktemp("served")
+    env = {"VLLM_TORCH_PROFILER_DIR": tmp / "xla", "SERVICE_PROF_CONFIG_PATH": tmp / "sp.json"}
+    with Server(SMALL, env=env) as srv:
+        srv.tmp = tmp
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served.url
 
 
 def bench(*args: str) -> subprocess.CompletedProcess:
@@ -90,29 +69,37 @@ def test_run(server, tmp_path):
         assert 0 < q["ttft_s"] <= q["e2el_s"]
 
 
-def test_service_profiler_ab_mode(server, tmp_path):
-    cfg = tmp_path / "sp.json"
-    cfg.write_text(json.dumps({"enable": 1, "logdir": "/somewhere"}))
+def test_service_profiler_ab_mode(served, tmp_path):
+    """The A/B mode flips the server's own config: spans are recorded in the "on" round only."""
+    cfg = served.tmp / "sp.json"
+    before = json.loads(cfg.read_text())
     out = tmp_path / "ab.json"
-    r = bench("--base-url", server, "--num-prompts", "2", "--random-input-len", "4", "--random-output-len", "2",
+    r = bench("--base-url", served.url, "--num-prompts", "2", "--random-input-len", "4", "--random-output-len", "2",
               "--service-profiler-config", str(cfg), "--toggle-rounds", "1", "--result-json", str(out))
     assert r.returncode == 0, r.stderr
     assert "on/off" in r.stdout
-    assert json.loads(cfg.read_text()) == {"enable": 0, "logdir": "/somewhere"}
+    assert json.loads(cfg.read_text()) == before  # enable back to 0, other fields kept
     res = json.loads(out.read_text())
     assert [x["enable"] for x in res["rounds"]] == [0, 1]
     assert all(x["completed"] == 2 for x in res["rounds"])
-    assert sorted(os.listdir(tmp_path)) == ["ab.json", "sp.json"]  # no temp file left behind
+    assert not [p for p in os.listdir(served.tmp) if p.endswith(".tmp") or p.startswith(".")]
+    events = glob.glob(str(served.tmp / "service_profile" / "*" / "events.jsonl"))
+    with open(events[0]) as f:
+        spans = [e for e in map(json.loads, f) if e["type"] == "span"]
+    arrivals = [e for e in spans if e["name"] == "arrive"]
+    assert len(arrivals) == 2  # the "on" round's two requests; the warm-up and "off" rounds none
 
 
-def test_profile_flag(server):
-    """/start_profile may be unconfigured on this server: then a plain one-line failure, exit 1."""
-    r = bench("--base-url", server, "--num-prompts", "2", "--random-input-len", "4", "--random-output-len", "2",
+def test_profile_flag(served):
+    r = bench("--base-url", served.url, "--num-prompts", "2", "--random-input-len", "4", "--random-output-len", "2",
               "--profile")
-    if r.returncode == 0:
-        assert "profile:" in r.stdout
-    else:
-        assert_one_line_error(r, 1, "POST /start_profile failed")
+    assert r.returncode == 0, r.stderr
+    assert "profile:" in r.stdout
+    runs = glob.glob(str(served.tmp / "xla" / "plugins" / "profile" / "serve-prefill-decode_*"))
+    assert len(runs) == 1
+    with open(os.path.join(runs[0], "manifest.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    assert sorted(r["phase"] for r in rows).count("prefill") == 2  # both requests' prefills
 
 
 @pytest.mark.parametrize("args, fragment", [
