@@ -2,5 +2,5 @@
 
 config.py (the JSON config and its watcher)  symbols.py (the symbol YAML, patching)
 expr.py (attribute expressions)  collector.py (the append-only events file)
-install.py (wiring it into a server)  parse.py (events -> Chrome trace, SQLite, CSVs)
+install.py (wiring it into a server)  parse.py (events -> tables, SQLite, CSVs)  trace.py (Chrome trace)
 """
