@@ -72,8 +72,20 @@ def check_profile_dir(path: str) -> tuple[bool, str]:
     return True, f"profile dir {path}: writable, {len(runs)} run(s) in plugins/profile/."
 
 
+def check_server_plugin() -> tuple[bool, str]:
+    """The server finds /start_profile, /stop_profile and the service profiler through this
+    entry point, which only an installed package (pip install -e .) provides."""
+    from tpu_engine.serve.plugins import GROUP
+    names = {ep.name: ep.value for ep in importlib.metadata.entry_points(group=GROUP)}
+    if names.get("profiling") != "profiling.serve_plugin":
+        return False, (f"the server's profiling plugin is not registered (entry points {GROUP}: "
+                       f"{names or 'none'}); install the project with pip install -e .")
+    return True, "the server's profiling plugin is registered (/start_profile, /stop_profile, service profiler)."
+
+
 def run(port: int = DEFAULT_PORT, profile_dir: str = "profiles") -> int:
     checks = [("versions", check_versions()), ("profile plugin", check_profile_plugin()),
+              ("server plugin", check_server_plugin()),
               ("port", check_port(port)), ("profile dir", check_profile_dir(profile_dir))]
     for name, (ok, msg) in checks:
         print(f"{'ok  ' if ok else 'FAIL'}  {name:15} {msg}")

@@ -135,7 +135,7 @@ def test_bad_flag_type_exits_2(tmp_path, llama_dir):
 
 
 # ---- python -m profiling doctor ------------------------------------------------------------
-DOCTOR_LINE = re.compile(r"^(ok|FAIL)\s+(versions|profile plugin|port|profile dir)\s+(\S.*)$")
+DOCTOR_LINE = re.compile(r"^(ok|FAIL)\s+(versions|profile plugin|server plugin|port|profile dir)\s+(\S.*)$")
 
 
 def _doctor(profile_dir: str, port: int):
@@ -149,7 +149,7 @@ def _doctor(profile_dir: str, port: int):
             checks[m.group(2)] = (m.group(1), m.group(3))
     out = f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-2000:]}"
     assert "Traceback" not in proc.stderr, out
-    assert set(checks) == {"versions", "profile plugin", "port", "profile dir"}, out
+    assert set(checks) == {"versions", "profile plugin", "server plugin", "port", "profile dir"}, out
     return proc, checks, out
 
 
