@@ -29,25 +29,26 @@ def setup(server, args):
     live = LiveCapture(root, server.engine.engine) if root else None
     busy = asyncio.Lock()
 
-    async def start_profile():
+    async def in_engine(fn):
+        """Run a capture state change between engine steps; (result, None) or (None, error response)."""
         if live is None:
-            return error_response(f"profiling is not configured: start the server with {DIR_ENV} "
-                                  f"set to a directory for the captures.")
+            return None, error_response(f"profiling is not configured: start the server with {DIR_ENV} "
+                                        f"set to a directory for the captures.")
+        try:
+            return await server.engine.call_between_steps(fn), None
+        except ProfileStateError as e:
+            return None, error_response(str(e), 409)
+
+    async def start_profile():
         async with busy:
-            try:
-                return await server.engine.call_between_steps(live.start)
-            except ProfileStateError as e:
-                return error_response(str(e), 409)
+            started, error = await in_engine(live.start if live else None)
+        return error or started
 
     async def stop_profile():
-        if live is None:
-            return error_response(f"profiling is not configured: start the server with {DIR_ENV} "
-                                  f"set to a directory for the captures.")
         async with busy:
-            try:
-                stopped = await server.engine.call_between_steps(live.stop)
-            except ProfileStateError as e:
-                return error_response(str(e), 409)
+            stopped, error = await in_engine(live.stop if live else None)
+            if error:
+                return error
             try:
                 result = await asyncio.to_thread(live.finish, stopped)
             except ValueError as e:
