@@ -94,6 +94,9 @@ class OpenAIServer:
         watch = asyncio.create_task(_disconnected(request))
         try:
             await asyncio.wait([work, watch], return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the server is shutting down
+            work.cancel()
+            raise
         finally:
             watch.cancel()
         if not work.done():  # the client left: cancelling the work aborts its engine requests
