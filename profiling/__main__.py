@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .capture import DEFAULT_PORT
+from .capture.windows import DEFAULT_PORT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,9 +46,9 @@ def main(argv=None) -> int:
         from . import doctor
         return doctor.run(args.profiler_port, args.profile_result_dir)
     if args.command == "service":
-        from .service import parse
+        from .service import tables as parse
         return parse.run(args.path, args.output_path)
-    from . import report
+    from .export import text as report
     if args.command == "summarize":
         report.summarize(args.path, args.csv, args.json, args.chrome_trace, args.plots, args.top, args.detail)
     else:

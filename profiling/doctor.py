@@ -8,7 +8,7 @@ import glob
 import importlib.metadata
 import os
 
-from .capture import DEFAULT_PORT, check_port_free
+from .capture.windows import DEFAULT_PORT, check_port_free
 
 
 def _version(dist: str) -> str | None:

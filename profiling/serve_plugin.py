@@ -7,8 +7,8 @@ import asyncio
 import os
 import sys
 
-from . import capture
-from .live import DIR_ENV, LiveCapture, ProfileStateError
+from .capture import windows as capture
+from .capture.live import DIR_ENV, LiveCapture, ProfileStateError
 
 
 def check(args) -> None:

@@ -80,7 +80,7 @@ class Collector:
         os.makedirs(run_dir, exist_ok=True)
         self.path = os.path.join(run_dir, EVENTS_FILE)
         self._file = open(self.path, "a", buffering=1 << 16)
-        from .. import manifest
+        from ..capture import record as manifest
         header = {"type": "header", "pid": os.getpid(), "host": socket.gethostname(),
                   "wall_ns": time.time_ns(), "perf_ns": time.perf_counter_ns(),
                   "version": manifest.versions()}

@@ -12,7 +12,8 @@ import dataclasses
 import threading
 import time
 
-from . import capture, manifest
+from . import record as manifest
+from . import windows as capture
 from .verify import check_capture
 
 DIR_ENV = "VLLM_TORCH_PROFILER_DIR"
@@ -86,7 +87,7 @@ class LiveCapture:
 
 def _peaks(engine) -> dict | None:
     """TPU peaks from the table; on other hosts none (measuring would disturb the service)."""
-    from .roofline import tpu_peaks
+    from ..analysis.roofline import tpu_peaks
     info = engine.describe()
     found = tpu_peaks(info.get("device_kind", "")) if info.get("platform") == "TPU" else None
     if found is None:

@@ -19,12 +19,11 @@ import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from profiling.service.collector import Collector  # noqa: E402
-from profiling.service.expr import compile_expr  # noqa: E402
-from profiling.service.symbols import Symbol, instrument  # noqa: E402
-from tpu_engine.cli import run_cli  # noqa: E402
+from profiling.service.collector import Collector
+from profiling.service.expr import compile_expr
+from profiling.service.symbols import Symbol, instrument
+from tpu_engine.cli import run_cli
 
 
 class Target:

@@ -5,10 +5,11 @@ import json
 import os
 import textwrap
 
-from . import chrome_trace, compare as compare_mod
-from .analysis import Analysis
-from .ops import UNSCOPED
-from .tables import Table
+from . import chrome_trace
+from ..analysis import compare as compare_mod
+from ..analysis.analysis import Analysis
+from ..analysis.table import Table
+from ..trace.ops import UNSCOPED
 
 TOP_OPS_COLUMNS = ["op", "category", "count", "total_ms", "avg_ms", "max_ms", "pct", "scope"]
 

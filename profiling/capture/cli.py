@@ -14,11 +14,10 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tpu_engine.cli import add_engine_args, run_cli  # noqa: E402
+from tpu_engine.cli import add_engine_args, run_cli
 
-from profiling.capture import DEFAULT_PORT  # noqa: E402
+from profiling.capture.windows import DEFAULT_PORT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from profiling.run import Profiler
+    from profiling.capture.offline import Profiler
     return Profiler(parse_args(argv)).run()
 
 

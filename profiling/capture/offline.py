@@ -18,7 +18,9 @@ import time
 
 from tqdm import tqdm
 
-from . import capture, manifest, workload
+from . import record as manifest
+from . import windows as capture
+from . import workload
 from .verify import check_capture
 
 DELAY_ENV, DURATION_ENV = "VLLM_TPU_PROFILE_DELAY_MS", "VLLM_TPU_PROFILE_DURATION_MS"
@@ -196,7 +198,7 @@ class Profiler:
 
     def _record(self, **capture_info) -> dict:
         from tpu_engine.compile import compile_stats
-        from .roofline import machine_peaks
+        from ..analysis.roofline import machine_peaks
         args, engine = self.args, self.llm.llm_engine
         described = engine.describe()
         if self.peaks is None:  # measured once, between passes (outside any timing)

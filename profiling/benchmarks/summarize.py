@@ -43,8 +43,7 @@ def main() -> None:
     ap.add_argument("capture", help="run dir, profile dir or .xplane.pb")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    sys.path.insert(0, ROOT)
-    from profiling.analysis import resolve_run
+    from profiling.analysis.analysis import resolve_run
     _, xplane = resolve_run(args.capture)
     size = os.path.getsize(xplane)
     _, base_rss = _run(["doctor", "--profile-result-dir", tempfile.gettempdir()])

@@ -16,10 +16,10 @@ import json
 import os
 import statistics
 
-from . import ops as ops_mod
-from . import xspace
-from .manifest import MANIFEST, RUN_INFO
-from .tables import Table, percentile
+from ..capture.record import MANIFEST, RUN_INFO
+from ..trace import ops as ops_mod
+from ..trace import xspace
+from .table import Table, percentile
 
 PHASES = ("prefill", "decode")
 

@@ -16,9 +16,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tpu_engine.cli import add_engine_args, engine_kwargs, run_cli  # noqa: E402
+from tpu_engine.cli import add_engine_args, engine_kwargs, run_cli
 
 
 def parse_args(argv=None):
@@ -34,8 +33,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> None:
-    from profiling import capture, workload
-    from profiling.verify import check_capture
+    from profiling.capture import windows as capture, workload
+    from profiling.capture.verify import check_capture
     from tpu_engine import LLM, SamplingParams
     args = parse_args(argv)
     llm = LLM(args.model, **engine_kwargs(args))

@@ -81,7 +81,7 @@ class Staging:
 
 def publish_run(staging: Staging, run_dir: str, kind: str, steps: list[dict], record: dict) -> str:
     """Write the manifest and run record beside a verified capture and move it into place."""
-    from . import manifest
+    from . import record as manifest
     manifest.write_manifest(run_dir, steps)
     manifest.write_run_info(run_dir, record)
     return staging.publish(run_dir, run_name(kind))

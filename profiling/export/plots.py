@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import collections
 
-from .ops import CATEGORIES
+from ..trace.ops import CATEGORIES
 
 
 def _plt():
@@ -27,7 +27,7 @@ def _stacked(ax, labels, series: dict[str, list[float]]):
 
 
 def layer_plot(analysis, phase: str, path: str) -> str:
-    from .analysis import _scope_order
+    from ..analysis.analysis import _scope_order
     ops = analysis.phase_ops(phase)
     nsteps = max(1, len(analysis.phase_steps(phase)))
     per = collections.defaultdict(lambda: collections.Counter())

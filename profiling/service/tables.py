@@ -16,7 +16,7 @@ import os
 import sqlite3
 import sys
 
-from ..tables import Table, percentile
+from ..analysis.table import Table, percentile
 from .collector import EVENTS_FILE
 from .trace import chrome_trace
 

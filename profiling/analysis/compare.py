@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 
-from .tables import Table
+from .table import Table
 
 
 def _delta_row(key: str, a: float, b: float, **extra) -> dict:

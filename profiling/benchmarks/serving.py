@@ -27,12 +27,11 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
+import httpx
+import numpy as np
 
-from tpu_engine.cli import run_cli  # noqa: E402
+from tpu_engine.cli import run_cli
 
 PERCENTILES = (50, 90, 99)           # always shown
 METRICS = ("ttft", "tpot", "itl", "e2el")

@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 
-from . import xspace
+from ..trace import xspace
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # XProf's converters log every call at INFO
 

@@ -12,11 +12,10 @@ import resource
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from tpu_engine.cli import add_engine_args, engine_kwargs, run_cli  # noqa: E402
+from tpu_engine.cli import add_engine_args, engine_kwargs, run_cli
 
 PERCENTILES = (10, 25, 50, 75, 90, 99)
 
@@ -189,7 +188,7 @@ def main(argv=None) -> None:
 
 
 def roofline(eng, runs, figures) -> dict:
-    from profiling.roofline import decode_bytes, measure_bandwidth, measure_matmul, prefill_flops
+    from profiling.analysis.roofline import decode_bytes, measure_bandwidth, measure_matmul, prefill_flops
     cfg, args = eng.model_config, figures["args"]
     bw, peak = measure_bandwidth(), measure_matmul()
     ours, hf = figures["engine"], figures["hf"]
