@@ -8,7 +8,7 @@ import glob
 import importlib.metadata
 import os
 
-from .capture.windows import DEFAULT_PORT, check_port_free
+from .capture.xla_profiler import DEFAULT_PORT, check_port_free
 
 
 def _version(dist: str) -> str | None:

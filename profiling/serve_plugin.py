@@ -7,7 +7,7 @@ import asyncio
 import os
 import sys
 
-from .capture import windows as capture
+from .capture import store
 from .capture.live import DIR_ENV, LiveCapture, ProfileStateError
 
 
@@ -16,7 +16,7 @@ def check(args) -> None:
     root = os.environ.get(DIR_ENV, "").strip()
     if root:
         try:
-            capture.check_writable_dir(root)
+            store.check_writable_dir(root)
         except ValueError as e:
             raise ValueError(f"{DIR_ENV}: {e}") from None
     from .service.install import check_config
@@ -54,6 +54,8 @@ def setup(server, args):
             except ValueError as e:
                 return error_response(f"the capture could not be saved: {e}", 500)
         print(f"Capture: {result['summary']}", file=sys.stderr, flush=True)
+        for problem in result["problems"]:
+            print(f"warning: {problem}", file=sys.stderr, flush=True)
         return result
 
     server.app.add_api_route("/start_profile", start_profile, methods=["POST"])
@@ -63,7 +65,7 @@ def setup(server, args):
               file=sys.stderr)
 
     from .service.install import install
-    close_service = install()
+    close_service = install(server.engine.engine)
 
     def close():
         if live is not None and live.running:  # a capture left open at shutdown is not lost

@@ -6,7 +6,8 @@ import importlib
 
 _EXPORTS = {
     "DEFAULT_MODEL": "config", "REGISTRY": "config", "ModelConfig": "config",
-    "EngineConfig": "engine", "LLMEngine": "engine", "PhaseEvent": "events", "LLM": "llm",
+    "EngineConfig": "engine", "LLMEngine": "engine", "PhaseEvent": "events", "SlotEvent": "events",
+    "StepRecord": "events", "EngineInfo": "info", "LLM": "llm",
     "CompletionOutput": "outputs", "Logprob": "outputs", "RequestMetrics": "outputs",
     "RequestOutput": "outputs", "SamplingParams": "outputs",
 }

@@ -52,6 +52,10 @@ class CompileStats:
     cache_hits: int        # persistent-cache hits
     cache_misses: int      # persistent-cache misses
 
+    @classmethod
+    def from_json(cls, data: dict) -> "CompileStats":
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
     def __sub__(self, other: "CompileStats") -> "CompileStats":
         return CompileStats(self.compiles - other.compiles,
                             self.compile_time_s - other.compile_time_s,

@@ -34,6 +34,24 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     eos_token_ids: tuple[int, ...] = ()
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values (a run record keeps the model's shape this way)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        """The inverse of `to_dict`; ValueError naming a missing field."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.default is dataclasses.MISSING and f.name not in data]
+        if missing:
+            raise ValueError(f"model config lacks {', '.join(missing)}.")
+        values = {k: data[k] for k in names if k in data}
+        if values.get("rope_scaling"):
+            values["rope_scaling"] = RopeScaling(**values["rope_scaling"])
+        values["eos_token_ids"] = tuple(values.get("eos_token_ids") or ())
+        return cls(**values)
+
     def num_params(self) -> int:
         h, kv = self.hidden_size, self.num_key_value_heads * self.head_dim
         q = self.num_attention_heads * self.head_dim

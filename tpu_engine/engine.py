@@ -18,7 +18,9 @@ import time
 from typing import Any, Iterable, Sequence
 
 from .config import DEFAULT_MODEL
-from .events import PhaseEvent, PhaseEvents
+from .compile import CompileStats
+from .events import EventBus, PhaseEvent, SlotEvent, StepRecord
+from .info import EngineInfo
 from .sampler import SamplingRow
 from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, SamplingParams
 
@@ -62,7 +64,8 @@ class LLMEngine:
         # Imported here so that the engine module stays free of the backend's imports.
         from .setup import build_runner
         self.runner, self.model_config, self.source, self.max_model_len, self.max_prefill = build_runner(config)
-        self.events = PhaseEvents()
+        self.events: EventBus[PhaseEvent] = EventBus()     # each step's begin and end
+        self.slot_events: EventBus[SlotEvent] = EventBus()  # decode slots taken and freed
         self.step_count = 0
         self.warmup_stats = self.runner.warmup()
         self._rng = random.Random(config.seed)
@@ -71,16 +74,20 @@ class LLMEngine:
         self._requests: dict[str, _Request] = {}
         self._eos = set(self.model_config.eos_token_ids)
 
-    def describe(self) -> dict:
-        """The settings in force and the devices, as plain values (for run records)."""
+    def describe(self) -> EngineInfo:
+        """The settings in force and the devices (for run records)."""
         c = self.config
-        return {"model": c.model, "weights": self.source.weights_dir or "dummy",
-                "max_model_len": self.max_model_len, "max_prefill_tokens": self.max_prefill,
-                "max_num_seqs": c.max_num_seqs, "tensor_parallel_size": c.tensor_parallel_size,
-                "enforce_eager": c.enforce_eager, "seed": c.seed,
-                "compilation_cache_dir": self.runner.cache_dir,
-                "weight_bytes": self.runner.weight_bytes(), "kv_cache_bytes": self.runner.kv_cache_bytes(),
-                **self.runner.device_info()}
+        return EngineInfo(model=c.model, weights=self.source.weights_dir or "dummy",
+                          max_model_len=self.max_model_len, max_prefill_tokens=self.max_prefill,
+                          max_num_seqs=c.max_num_seqs, tensor_parallel_size=c.tensor_parallel_size,
+                          enforce_eager=c.enforce_eager, seed=c.seed,
+                          compilation_cache_dir=self.runner.cache_dir,
+                          weight_bytes=self.runner.weight_bytes(), kv_cache_bytes=self.runner.kv_cache_bytes(),
+                          device=self.runner.device_info())
+
+    def compile_stats(self) -> CompileStats:
+        """The backend's compile counters now (compare two readings for what happened between)."""
+        return self.runner.compile_stats()
 
     # ---- requests -------------------------------------------------------------------------
     def validate(self, prompt: Any, params: SamplingParams) -> list[int]:
@@ -139,7 +146,7 @@ class LLMEngine:
             if req is None:
                 continue
             if req.slot >= 0:
-                self._free_slot(req)
+                self._free_slot(req, "abort")
             elif req in self._waiting:
                 self._waiting.remove(req)
 
@@ -156,15 +163,19 @@ class LLMEngine:
         return len(self._waiting)
 
     # ---- KV-cache slots: each decode slot owns max_model_len positions of the static cache ----
-    def _allocate_slot(self, req: _Request, slot: int) -> int:
+    def _allocate_slot(self, req: _Request, slot: int) -> None:
         req.slot = slot
         self._slots[slot] = req
-        return slot
+        if self.slot_events:
+            self.slot_events.publish(SlotEvent("allocate", req.request_id, slot, len(req.prompt),
+                                               self.num_running()))
 
-    def _free_slot(self, req: _Request) -> int:
+    def _free_slot(self, req: _Request, reason: str) -> None:
         slot, req.slot = req.slot, -1
         self._slots[slot] = None
-        return slot
+        if self.slot_events:
+            self.slot_events.publish(SlotEvent("free", req.request_id, slot, max(0, req.kv_len),
+                                               self.num_running(), len(req.output), reason))
 
     # ---- stepping -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
@@ -179,27 +190,23 @@ class LLMEngine:
         self.step_count += 1
         return outputs
 
-    def _event(self, kind, phase, bucket, reqs: Sequence[_Request], num_tokens, padded, kv_lens,
-               kv_bucket, wall_start, **end) -> PhaseEvent:
-        return PhaseEvent(kind, phase, self.step_count, bucket, len(reqs), num_tokens, padded,
-                          min(kv_lens), max(kv_lens), kv_bucket, tuple(r.request_id for r in reqs),
-                          wall_start, **end)
-
-    def _run(self, phase, reqs, bucket, num_tokens, padded, kv_lens, kv_bucket, call):
+    def _run(self, phase: str, reqs: Sequence[_Request], bucket: int, num_tokens: int, padded: int,
+             kv_lens: Sequence[int], kv_bucket: int, call):
         """Run `call` as engine step `phase` (number `step_count`), in its profiler scope,
         with begin/end events."""
-        start = time.time()
+        record = StepRecord(step=self.step_count, phase=phase, bucket=bucket, batch_size=len(reqs),
+                            num_tokens=num_tokens, padded_tokens=padded, kv_len_min=min(kv_lens),
+                            kv_len_max=max(kv_lens), kv_bucket=kv_bucket,
+                            request_ids=tuple(r.request_id for r in reqs), wall_start=time.time())
         if self.events:
-            self.events.publish(self._event("begin", phase, bucket, reqs, num_tokens, padded,
-                                            kv_lens, kv_bucket, start))
+            self.events.publish(PhaseEvent("begin", record))
         with self.runner.step_scope(phase, self.step_count):
             result = call()
         end = time.time()
         if self.events:
-            self.events.publish(self._event("end", phase, bucket, reqs, num_tokens, padded, kv_lens,
-                                            kv_bucket, start, wall_end=end,
-                                            compiles=result.compiles.compiles,
-                                            compile_time_s=result.compiles.compile_time_s))
+            self.events.publish(PhaseEvent("end", dataclasses.replace(
+                record, wall_end=end, compiles=result.compiles.compiles,
+                compile_time_s=result.compiles.compile_time_s)))
         return result, end
 
     def _prefill(self, req: _Request, slot: int) -> list[RequestOutput]:
@@ -244,7 +251,7 @@ class LLMEngine:
             req.finish_reason = "stop"
         if req.finish_reason:
             req.metrics.finished_time = now
-            self._free_slot(req)
+            self._free_slot(req, req.finish_reason)
             self._requests.pop(req.request_id, None)
         return self._output(req)
 

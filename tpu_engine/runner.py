@@ -26,6 +26,7 @@ import torch
 from .buckets import Buckets
 from .compile import CompileGuard, CompileStats, compile_stats, init_persistent_cache
 from .config import ModelConfig
+from .info import DeviceInfo
 from .model import CausalLM, rope_inv_freq
 from .platform import select_device
 from .sampler import MAX_LOGPROBS, SamplingRow, sample
@@ -175,13 +176,16 @@ class XlaRunner:
                 total += p.numel() * p.element_size()
         return total
 
-    def device_info(self) -> dict:
-        """Plain facts about the devices in use (for run records)."""
+    def device_info(self) -> DeviceInfo:
         import torch_xla.runtime as xr
         attrs = xr.global_runtime_device_attributes()
         kind = attrs[0].get("device_kind") or attrs[0].get("name") if attrs else None
-        return {"platform": self.device_kind, "device_kind": str(kind), "device_count": len(attrs),
-                "spmd": self.tp is not None, "dtype": str(self.dtype).replace("torch.", "")}
+        return DeviceInfo(platform=self.device_kind, device_kind=str(kind), device_count=len(attrs),
+                          spmd=self.tp is not None, dtype=str(self.dtype).replace("torch.", ""))
+
+    @staticmethod
+    def compile_stats() -> CompileStats:
+        return compile_stats()
 
     def _scope(self, name: str):
         return self._xp.Trace(name)

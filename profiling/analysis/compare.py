@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import collections
 
+from .analysis import Analysis
 from .table import Table
+from .tables import phase_summary
 
 
 def _delta_row(key: str, a: float, b: float, **extra) -> dict:
@@ -15,9 +17,9 @@ def _sorted(rows):
     return sorted(rows, key=lambda r: -abs(r["delta_ms"]))
 
 
-def phases(a, b) -> Table:
-    ta = {r["phase"]: r for r in a.phase_summary().rows}
-    tb = {r["phase"]: r for r in b.phase_summary().rows}
+def phases(a: Analysis, b: Analysis) -> Table:
+    ta = {r["phase"]: r for r in phase_summary(a).rows}
+    tb = {r["phase"]: r for r in phase_summary(b).rows}
     rows = [_delta_row(p, ta.get(p, {}).get("mean_ms", 0.0), tb.get(p, {}).get("mean_ms", 0.0),
                        a_steps=ta.get(p, {}).get("steps", 0), b_steps=tb.get(p, {}).get("steps", 0))
             for p in list(dict.fromkeys(list(ta) + list(tb)))]
@@ -25,7 +27,7 @@ def phases(a, b) -> Table:
                                                          "a_steps", "b_steps"], _sorted(rows))
 
 
-def _per_step(analysis, phase, key) -> dict[str, float]:
+def _per_step(analysis: Analysis, phase: str, key) -> dict[str, float]:
     n = max(1, len(analysis.phase_steps(phase)))
     out = collections.Counter()
     for o in analysis.phase_ops(phase):
@@ -33,13 +35,13 @@ def _per_step(analysis, phase, key) -> dict[str, float]:
     return out
 
 
-def _table(a, b, phase, key, title) -> Table:
+def _table(a: Analysis, b: Analysis, phase: str, key, title: str) -> Table:
     ca, cb = _per_step(a, phase, key), _per_step(b, phase, key)
     rows = [_delta_row(k, ca.get(k, 0.0), cb.get(k, 0.0)) for k in dict.fromkeys(list(ca) + list(cb))]
     return Table(f"{phase}: {title} per step (ms), B vs A", ["name", "a_ms", "b_ms", "delta_ms", "ratio"], _sorted(rows))
 
 
-def layers(a, b, phase) -> Table:
+def layers(a: Analysis, b: Analysis, phase: str) -> Table:
     return _table(a, b, phase, lambda o: o.layer, "time by layer")
 
 
@@ -49,11 +51,11 @@ def op_key(o) -> str:
     return f"{o.scope} {o.framework_op or o.opcode} [{o.category}]"
 
 
-def op_groups(a, b, phase) -> Table:
+def op_groups(a: Analysis, b: Analysis, phase: str) -> Table:
     return _table(a, b, phase, op_key, "time by op (scope, framework op)")
 
 
-def compare(a, b) -> list[Table]:
+def compare(a: Analysis, b: Analysis) -> list[Table]:
     tables = [phases(a, b)]
     for p in [p for p in a.phases if p in b.phases]:
         tables += [layers(a, b, p), op_groups(a, b, p)]

@@ -1,62 +1,14 @@
-"""Roofline pieces: machine peaks (a TPU table, or measured on the spot on CPU) and the work
-one prefill or decode step must do (FLOPs, bytes) from the model's config."""
+"""The roofline: the work a prefill or decode step must do (FLOPs, bytes, from the model's
+config) against the time the capture's steps took and the machine's peaks recorded with the run
+(`capture/peaks.py`)."""
 from __future__ import annotations
 
-import time
+import dataclasses
 
 from tpu_engine.config import ModelConfig
 
-
-def _best_of(fn, reps: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
-def measure_bandwidth(nbytes: int = 512 << 20, reps: int = 5) -> float:
-    """Main-memory read bandwidth (bytes/s): a float32 sum over a buffer far larger than cache."""
-    import torch
-    x = torch.ones(nbytes // 4)
-    return nbytes / _best_of(lambda: x.sum(), reps)
-
-
-def measure_matmul(n: int = 2048, reps: int = 5) -> float:
-    """Float32 matmul throughput (FLOP/s) of torch's CPU BLAS on all cores."""
-    import torch
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n ** 3 / _best_of(lambda: a @ b, reps)
-
-
-# Per-chip peaks from Google's published TPU specs: (bf16 FLOP/s, HBM bytes/s).
-TPU_PEAKS = {
-    "v2": (45e12, 700e9), "v3": (123e12, 900e9), "v4": (275e12, 1200e9),
-    "v5 lite": (197e12, 819e9), "v5e": (197e12, 819e9), "v5p": (459e12, 2765e9),
-    "v6 lite": (918e12, 1640e9), "v6e": (918e12, 1640e9),
-}
-
-
-def tpu_peaks(device_kind: str) -> tuple[float, float] | None:
-    """(FLOP/s, bytes/s) for a TPU device kind such as 'TPU v5 lite' or 'TPU v6e'."""
-    kind = device_kind.lower().replace("tpu", "").strip()
-    for name in sorted(TPU_PEAKS, key=len, reverse=True):
-        if kind.startswith(name):
-            return TPU_PEAKS[name]
-    return None
-
-
-def machine_peaks(platform: str, device_kind: str) -> dict:
-    """Peaks for the roofline, with where they came from."""
-    if platform == "TPU":
-        found = tpu_peaks(device_kind)
-        if found:
-            return dict(flops_per_s=found[0], bytes_per_s=found[1], source=f"table ({device_kind})")
-        return dict(flops_per_s=None, bytes_per_s=None, source=f"unknown TPU kind {device_kind!r}")
-    return dict(flops_per_s=measure_matmul(), bytes_per_s=measure_bandwidth(),
-                source="measured on this host (torch float32 matmul, sum over 512 MiB)")
+from ..capture.peaks import Peaks
+from .analysis import Analysis
 
 
 def matmul_params(cfg: ModelConfig) -> int:
@@ -78,3 +30,47 @@ def decode_bytes(cfg: ModelConfig, kv_lens: list[int], dtype_bytes: int) -> floa
     """Bytes one decode step must read: every matmul weight once, plus each sequence's K and V."""
     kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * sum(kv_lens)
     return (matmul_params(cfg) + kv) * dtype_bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Achieved:
+    work: float                  # prefill: FLOPs; decode: bytes read
+    seconds: float
+    per_s: float
+    pct_of_peak: float | None    # None when the peak is not known
+
+
+@dataclasses.dataclass(frozen=True)
+class Roofline:
+    peaks: Peaks | None
+    prefill: Achieved | None = None
+    decode: Achieved | None = None
+
+
+def _achieved(work: float, seconds: float, peak: float | None) -> Achieved:
+    per_s = work / seconds
+    return Achieved(work, seconds, per_s, 100 * per_s / peak if peak else None)
+
+
+def roofline(a: Analysis) -> Roofline | None:
+    """Achieved FLOP/s (prefill) and bytes/s (decode) against the recorded peaks; None without
+    a run record (the model's shape is unknown)."""
+    rec = a.record
+    if rec is None or rec.model_config is None:
+        return None
+    cfg, peaks = rec.model_config, rec.peaks
+    dtype_bytes = 2 if rec.engine and rec.engine.device.dtype == "bfloat16" else 4
+    out = Roofline(peaks)
+    pre = [s for s in a.phase_steps("prefill") if s.record]
+    if pre:
+        flops = sum(prefill_flops(cfg, s.record.num_tokens) for s in pre)
+        out = dataclasses.replace(out, prefill=_achieved(flops, sum(s.duration_s for s in pre),
+                                                         peaks.flops_per_s if peaks else None))
+    dec = [s for s in a.phase_steps("decode") if s.record]
+    if dec:
+        # The manifest keeps each step's min and max context; their mean stands in for the rest.
+        nbytes = sum(decode_bytes(cfg, [(s.record.kv_len_min + s.record.kv_len_max) / 2] * s.record.batch_size,
+                                  dtype_bytes) for s in dec)
+        out = dataclasses.replace(out, decode=_achieved(nbytes, sum(s.duration_s for s in dec),
+                                                        peaks.bytes_per_s if peaks else None))
+    return out

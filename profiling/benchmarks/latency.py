@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import resource
-import sys
 import time
 
 
@@ -50,7 +49,7 @@ class EngineRun:
     def __init__(self, llm, prompts, params):
         self.llm, self.prompts, self.params = llm, prompts, params
         self.steps: list = []
-        llm.llm_engine.events.subscribe(lambda e: self.steps.append(e) if e.kind == "end" else None)
+        llm.llm_engine.events.subscribe(lambda e: self.steps.append(e.record) if e.kind == "end" else None)
 
     def __call__(self) -> dict:
         self.steps.clear()
@@ -188,7 +187,8 @@ def main(argv=None) -> None:
 
 
 def roofline(eng, runs, figures) -> dict:
-    from profiling.analysis.roofline import decode_bytes, measure_bandwidth, measure_matmul, prefill_flops
+    from profiling.analysis.roofline import decode_bytes, prefill_flops
+    from profiling.capture.peaks import measure_bandwidth, measure_matmul
     cfg, args = eng.model_config, figures["args"]
     bw, peak = measure_bandwidth(), measure_matmul()
     ours, hf = figures["engine"], figures["hf"]
@@ -215,9 +215,9 @@ def roofline(eng, runs, figures) -> dict:
     return out
 
 
-if __name__ == "__main__":
-    run_cli(main)
-
-
 def cli() -> None:
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 
@@ -33,8 +32,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> None:
-    from profiling.capture import windows as capture, workload
+    from profiling.capture import store, workload
     from profiling.capture.verify import check_capture
+    from profiling.capture.windows import PhaseWindow, Window
     from tpu_engine import LLM, SamplingParams
     args = parse_args(argv)
     llm = LLM(args.model, **engine_kwargs(args))
@@ -53,7 +53,7 @@ def main(argv=None) -> None:
     try:
         for i in range(args.pairs):
             plain.append(one_pass())
-            window = capture.PhaseWindow(args.profile_phase)
+            window = PhaseWindow(Window("phase", phase=args.profile_phase))
             off = engine.events.subscribe(window.on_event)
             try:
                 profiled.append(one_pass())
@@ -63,7 +63,7 @@ def main(argv=None) -> None:
             t = time.perf_counter()
             logdir = os.path.join(tmp, str(i))
             window.export(logdir)
-            check = check_capture(capture.list_runs(logdir)[-1])
+            check = check_capture(store.runs_in(logdir)[-1])
             written.append(time.perf_counter() - t)
             sizes.append(check.bytes / max(1, check.num_steps))
     finally:

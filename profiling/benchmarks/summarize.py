@@ -1,6 +1,6 @@
 """How long `summarize` takes on a capture and how much memory it needs, against the capture's size.
 
-    python scripts/benchmark_summarize.py profiles/plugins/profile/<run> [--repeat 3]
+    python -m profiling.benchmarks.summarize profiles/plugins/profile/<run> [--repeat 3]
 
 Each repeat runs `python -m profiling summarize <capture> --json <tmp>` in a fresh process (the
 full analysis, every table) and reads its wall time and peak RSS; the baseline is the same
@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tpu_engine.cli import run_cli
 
 
 def _run(args: list[str]) -> tuple[float, int]:
@@ -30,7 +30,7 @@ def _run(args: list[str]) -> tuple[float, int]:
         "    pass",
         "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, file=sys.stderr)"])
     t = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
+    p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
     wall = time.perf_counter() - t
     if p.returncode != 0:
         raise SystemExit(f"summarize failed: {p.stderr.strip().splitlines()[-1]}")
@@ -38,12 +38,12 @@ def _run(args: list[str]) -> tuple[float, int]:
     return wall, rss
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("capture", help="run dir, profile dir or .xplane.pb")
     ap.add_argument("--repeat", type=int, default=3)
-    args = ap.parse_args()
-    from profiling.analysis.analysis import resolve_run
+    args = ap.parse_args(argv)
+    from profiling.capture.store import resolve_run
     _, xplane = resolve_run(args.capture)
     size = os.path.getsize(xplane)
     _, base_rss = _run(["doctor", "--profile-result-dir", tempfile.gettempdir()])
@@ -60,5 +60,9 @@ def main() -> None:
           f"({base_rss / 1e6:.0f} MB) = {added / size:.2f}x the capture size")
 
 
+def cli() -> None:
+    run_cli(main)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

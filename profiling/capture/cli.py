@@ -1,6 +1,7 @@
 """Capture XLA profiles of prefill and decode for TensorBoard.
 
-    python scripts/profiling.py --input-len 1024 --output-len 1 --batch-size 1
+    python -m profiling capture --input-len 1024 --output-len 1 --batch-size 1
+    (the same: python scripts/profiling.py ..., tpu-profiling ...)
     tensorboard --logdir profiles
 
 Flags follow vLLM's TPU profiling example; VLLM_TPU_PROFILE_DELAY_MS and
@@ -11,19 +12,18 @@ The layer-wise example's schedules are subcommands: `run_num_steps -n N`, `run_t
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-
 
 from tpu_engine.cli import add_engine_args, run_cli
 
-from profiling.capture.windows import DEFAULT_PORT
+from .xla_profiler import DEFAULT_PORT
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="profiling.py", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[1:]))
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """vLLM's TPU profiling flags, the capture windows, the engine's flags and the schedules."""
+    p.description = __doc__.splitlines()[0]
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = "\n".join(__doc__.splitlines()[1:])
     p.add_argument("--input-len", type=int, default=32)
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
@@ -50,9 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = build_parser()
-    args = p.parse_args(argv)
+def check_args(args: argparse.Namespace, error) -> argparse.Namespace:
+    """Values argparse cannot check; `error` is the parser's (usage, then exit 2)."""
     args.mode = args.mode or "generate"
     if args.mode == "generate":
         args.n = None
@@ -60,17 +59,23 @@ def parse_args(argv=None) -> argparse.Namespace:
               ("num_iters_warmup", 0), ("profile_min_batch", 1), ("profile_min_kv_len", 0)]
     for name, least in checks:
         if getattr(args, name) < least:
-            p.error(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least {least}.")
+            error(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least {least}.")
     if args.profile_steps is not None and args.profile_steps < 1:
-        p.error(f"--profile-steps {args.profile_steps} must be at least 1.")
+        error(f"--profile-steps {args.profile_steps} must be at least 1.")
     if args.n is not None and args.n < 1:
-        p.error(f"{args.mode} -n {args.n} must be at least 1.")
+        error(f"{args.mode} -n {args.n} must be at least 1.")
     return args
 
 
+def run(args: argparse.Namespace) -> int:
+    """One profiling run; returns the exit status."""
+    from .offline import Profiler
+    return Profiler(args).run()
+
+
 def main(argv=None) -> int:
-    from profiling.capture.offline import Profiler
-    return Profiler(parse_args(argv)).run()
+    p = add_arguments(argparse.ArgumentParser())
+    return run(check_args(p.parse_args(argv), p.error))
 
 
 def cli() -> None:

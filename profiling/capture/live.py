@@ -2,9 +2,10 @@
 `POST /stop_profile`), into the directory named by VLLM_TORCH_PROFILER_DIR.
 
 The trace opens and closes between two engine steps (the calls run in the engine's thread),
-so a capture holds whole steps. Each capture is exported, verified and published exactly as
-offline ones are: `<dir>/plugins/profile/serve-<phases>_<time>/` with the `.xplane.pb`,
-`manifest.jsonl` (one line per captured step) and `run_info.json`.
+so a capture holds whole steps. Each capture is published exactly as offline ones are
+(`publish.py`): `<dir>/plugins/profile/serve-<phases>_<time>/` with the `.xplane.pb`,
+`manifest.jsonl` (one line per captured step) and `run_info.json` (with the compiles during
+the window and the device's peaks).
 """
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ import dataclasses
 import threading
 import time
 
-from . import record as manifest
-from . import windows as capture
-from .verify import check_capture
+from tpu_engine.compile import CompileStats
+
+from . import peaks, store, xla_profiler
+from .publish import publish
+from .record import CaptureTiming, Compiles, RunRecord, StepLog
+from .windows import Window
 
 DIR_ENV = "VLLM_TORCH_PROFILER_DIR"
 
@@ -23,73 +27,76 @@ class ProfileStateError(ValueError):
     """Start while a capture runs, or stop while none does."""
 
 
+@dataclasses.dataclass
+class _Open:
+    session: xla_profiler.Session
+    steps: StepLog
+    unsubscribe: object
+    opened_at: float
+    compiles_before: CompileStats
+
+
+@dataclasses.dataclass
+class Stopped:
+    """A closed trace, still in memory, with what its run record needs."""
+    session: xla_profiler.Session
+    xspace: bytes
+    steps: StepLog
+    opened_at: float
+    closed_at: float
+    compiles: CompileStats
+
+
 class LiveCapture:
     def __init__(self, root: str, engine):
-        self.root = capture.check_writable_dir(root)
-        self.engine = engine          # the LLMEngine (phase events, describe)
+        self.root = store.check_writable_dir(root)
+        self.engine = engine          # the LLMEngine (phase events, describe, compile counters)
         self._lock = threading.Lock()
-        self._session = None
-        self._steps: manifest.StepLog | None = None
-        self._unsubscribe = None
-        self.opened_at: float | None = None
+        self._open: _Open | None = None
 
     @property
     def running(self) -> bool:
-        return self._session is not None
+        return self._open is not None
 
     def start(self) -> dict:
         """Open the trace now; call between engine steps."""
         with self._lock:
-            if self._session is not None:
+            if self._open is not None:
                 raise ProfileStateError("a profile capture is already running; POST /stop_profile first.")
-            self._steps = manifest.StepLog()
-            self._unsubscribe = self.engine.events.subscribe(self._steps.on_event)
-            self._session = capture.profiler_session()
-            self.opened_at = time.time()
-            return {"status": "profiling", "profile_dir": self.root, "started": self.opened_at}
+            steps = StepLog()
+            unsubscribe = self.engine.events.subscribe(steps.on_event)
+            self._open = _Open(xla_profiler.Session(), steps, unsubscribe, time.time(),
+                               self.engine.compile_stats())
+            return {"status": "profiling", "profile_dir": self.root, "started": self._open.opened_at}
 
-    def stop(self):
-        """Close the trace now (call between engine steps); returns what `finish` needs."""
+    def stop(self) -> Stopped:
+        """Close the trace now (call between engine steps); `finish` publishes it."""
         with self._lock:
-            if self._session is None:
+            if self._open is None:
                 raise ProfileStateError("no profile capture is running; POST /start_profile first.")
-            session, self._session = self._session, None
-            xspace = session.stop()
-            self._unsubscribe()
-            return session, xspace, self._steps, self.opened_at, time.time()
+            o, self._open = self._open, None
+            xspace = o.session.stop()
+            o.unsubscribe()
+            return Stopped(o.session, xspace, o.steps, o.opened_at, time.time(),
+                           self.engine.compile_stats() - o.compiles_before)
 
-    def finish(self, stopped) -> dict:
+    def finish(self, stopped: Stopped) -> dict:
         """Export, verify and publish a stopped capture (slow: run it off the engine thread)."""
-        session, xspace, steps, opened, closed = stopped
-        staging = capture.Staging(self.root)
+        staging = store.Staging(self.root)
         try:
-            session.export(xspace, staging.path)
+            stopped.session.export(stopped.xspace, staging.path)
             runs = staging.runs()
             if not runs:
                 raise ValueError("the profiler exported no capture.")
-            check = check_capture(runs[-1])
-            found = sorted(n for v in check.steps.values() for n in v)
-            phases = "-".join(p for p in ("prefill", "decode") if check.steps.get(p)) or "idle"
-            record = dict(command=manifest.command_line(), env=manifest.environment(),
-                          versions=manifest.versions(), engine=self.engine.describe(),
-                          model_config=dataclasses.asdict(self.engine.model_config),
-                          peaks=_peaks(self.engine), window=dict(kind="server", opened=opened, closed=closed),
-                          capture=dict(window_opened=opened, window_closed=closed,
-                                       written_after_stop_s=time.time() - closed),
-                          verification=check.record())
-            dest = capture.publish_run(staging, runs[-1], f"serve-{phases}", steps.select(found), record)
+            info = self.engine.describe()
+            record = RunRecord.of_engine(
+                self.engine, peaks=peaks.machine_peaks(info.device, measure=False), window=Window("server"),
+                compiles=Compiles(self.engine.warmup_stats, stopped.compiles),
+                capture=CaptureTiming(opened_at=stopped.opened_at, closed_at=stopped.closed_at))
+            done = publish(staging, runs[-1], stopped.steps, record, prefix="serve-", window_end=stopped.closed_at)
         finally:
             staging.discard()
-        return {"status": "saved", "run": dest, "bytes": check.bytes, "steps": check.steps,
-                "num_steps": check.num_steps, "duration_s": closed - opened,
-                "summary": f"{dest}: {check.describe()}"}
-
-
-def _peaks(engine) -> dict | None:
-    """TPU peaks from the table; on other hosts none (measuring would disturb the service)."""
-    from ..analysis.roofline import tpu_peaks
-    info = engine.describe()
-    found = tpu_peaks(info.get("device_kind", "")) if info.get("platform") == "TPU" else None
-    if found is None:
-        return None
-    return dict(flops_per_s=found[0], bytes_per_s=found[1], source=f"table ({info['device_kind']})")
+        v = done.verification
+        return {"status": "saved", "run": done.run_dir, "bytes": v.bytes, "steps": v.steps,
+                "num_steps": v.num_steps, "duration_s": stopped.closed_at - stopped.opened_at,
+                "problems": done.problems, "summary": f"{done.run_dir}: {v.describe()}"}

@@ -1,16 +1,12 @@
-"""One profiling run: check everything, warm up, capture the profiled passes, verify and
-publish each capture with its manifest and run record.
+"""One offline profiling run (`python -m profiling capture`, `scripts/profiling.py`): check
+everything, load and warm up, run the profiled passes inside the capture window, then publish
+each capture with its manifest and run record (`publish.py`).
 
-Capture windows:
-  * env window (the seed's): a detached trace against the profiler server, starting
-    VLLM_TPU_PROFILE_DELAY_MS after the passes begin and lasting VLLM_TPU_PROFILE_DURATION_MS.
-    Used when either variable is set (it wins over --profile-phase) or no phase is asked for.
-  * phase window (--profile-phase): started and stopped at the engine's step boundaries,
-    one capture per profiled pass.
+An env window gives one capture over the passes; a phase window gives one capture per profiled
+pass, exported after the pass so that writing it is not timed.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import statistics
 import sys
@@ -18,50 +14,10 @@ import time
 
 from tqdm import tqdm
 
-from . import record as manifest
-from . import windows as capture
-from . import workload
-from .verify import check_capture
-
-DELAY_ENV, DURATION_ENV = "VLLM_TPU_PROFILE_DELAY_MS", "VLLM_TPU_PROFILE_DURATION_MS"
-DEFAULT_DELAY_MS, DEFAULT_DURATION_MS = 0, 3000
-
-
-@dataclasses.dataclass
-class Window:
-    kind: str                      # "env" or "phase"
-    delay_ms: int = 0
-    duration_ms: int = 0
-    phase: str = "all"
-    max_steps: int | None = None
-    min_batch: int = 1
-    min_kv_len: int = 0
-
-
-def _env_int(environ, name: str, default: int, minimum: int) -> int:
-    raw = environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not an integer number of milliseconds.") from None
-    if value < minimum:
-        raise ValueError(f"{name}={value} must be at least {minimum}.")
-    return value
-
-
-def plan_window(args, environ=os.environ) -> Window:
-    delay = _env_int(environ, DELAY_ENV, DEFAULT_DELAY_MS, 0)
-    duration = _env_int(environ, DURATION_ENV, DEFAULT_DURATION_MS, 1)
-    env_set = any(environ.get(k, "").strip() for k in (DELAY_ENV, DURATION_ENV))
-    if args.profile_phase and not env_set:
-        return Window("phase", phase=args.profile_phase, max_steps=args.profile_steps,
-                      min_batch=args.profile_min_batch, min_kv_len=args.profile_min_kv_len)
-    if args.profile_phase:
-        print(f"note: {DELAY_ENV}/{DURATION_ENV} are set, so the env window is used and "
-              f"--profile-phase {args.profile_phase} is ignored.", file=sys.stderr)
-    return Window("env", delay_ms=delay, duration_ms=duration)
+from . import peaks, store, workload, xla_profiler
+from .publish import publish
+from .record import CaptureTiming, Compiles, Latencies, RunRecord, StepLog
+from .windows import DELAY_ENV, DetachedTrace, PhaseWindow, plan_window
 
 
 def check_limits(args, lengths: list[int], max_model_len: int, max_batched: int, max_num_seqs: int) -> None:
@@ -83,7 +39,8 @@ def _mean(xs):
 
 
 class Profiler:
-    """State of one run; `run()` returns the process exit code."""
+    """State of one run; `run()` returns the process exit code. Every check that can fail on
+    the user's input runs in the constructor, before the model loads."""
 
     def __init__(self, args):
         from tpu_engine.cli import engine_kwargs
@@ -91,86 +48,118 @@ class Profiler:
         from tpu_engine.setup import resolve_limits
         self.args = args
         self.window = plan_window(args)
-        self.lengths = workload.steps_per_request(args.mode, args.batch_size, args.output_len, args.n)
+        self.workload = workload.Workload.plan(args.mode, args.batch_size, args.output_len, args.n)
         self.engine_kwargs = engine_kwargs(args)
         config = EngineConfig(model=args.model, **self.engine_kwargs)
         _, max_len, _ = resolve_limits(config)
         max_batched = args.max_num_batched_tokens or max_len
-        check_limits(args, self.lengths, max_len, max_batched, config.max_num_seqs)
-        self.root = capture.check_writable_dir(args.profile_result_dir)
-        capture.check_port_free(args.profiler_port)
+        check_limits(args, self.workload.output_lengths, max_len, max_batched, config.max_num_seqs)
+        self.root = store.check_writable_dir(args.profile_result_dir)
+        xla_profiler.check_port_free(args.profiler_port)
         self.problems: list[str] = []
         self.published: list[str] = []
-        self.peaks: dict | None = None
-
-    # ---- passes ---------------------------------------------------------------------------
-    def _one_pass(self) -> float:
-        t = time.perf_counter()
-        self.llm.generate(self.prompts, self.params, use_tqdm=False)
-        return time.perf_counter() - t
+        self.peaks: peaks.Peaks | None = None
+        self.warm: list[float] = []
+        self.profiled: list[float] = []
+        self.interrupted = False
 
     def run(self) -> int:
-        from tpu_engine import LLM, SamplingParams
-        from tpu_engine.compile import compile_stats
-        args = self.args
-        self.llm = LLM(args.model, **self.engine_kwargs)
-        engine = self.llm.llm_engine
-        self.server = capture.start_server(args.profiler_port)  # noqa: F841 (kept alive)
-        self.prompts = workload.random_prompts(args.batch_size, args.input_len,
-                                               engine.model_config.vocab_size, args.seed)
-        self.params = [SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=n) for n in self.lengths]
-        print(f"Profiling {args.model}: batch {args.batch_size}, input {args.input_len} tokens, "
-              f"{args.mode} ({_describe_lengths(self.lengths)}), capture: {_describe_window(self.window)}")
-
-        print("Warming up...")
-        warm = [self._one_pass() for _ in tqdm(range(args.num_iters_warmup), desc="Warmup iterations")]
-        if warm:
-            print(f"Average warmup latency: {_mean(warm):.4f}s")
-
-        self.steps = steps = manifest.StepLog()
-        unsubscribe = engine.events.subscribe(steps.on_event)
-        self.staging = staging = capture.Staging(self.root)
-        self.compiles_before = compile_stats()
-        self.warm, self.profiled = warm, []
+        self._load()
+        self._warm_up()
         detached = None
-        self.interrupted = False
-        print(f"Profiling (results will be saved to '{args.profile_result_dir}')...")
-        self.passes_start = time.time()
+        self.steps = StepLog()
+        unsubscribe = self.engine.events.subscribe(self.steps.on_event)
+        self.staging = store.Staging(self.root)
+        self.compiles_before = self.engine.compile_stats()
+        print(f"Profiling (results will be saved to '{self.args.profile_result_dir}')...")
         try:
             try:
-                if self.window.kind == "env":
-                    detached = capture.DetachedTrace(args.profiler_port, staging.path,
-                                                     self.window.delay_ms, self.window.duration_ms)
-                    detached.start()
-                    if self.window.delay_ms == 0:
-                        time.sleep(1.0)  # the server needs a moment to begin tracing
-                    self.passes_start = time.time()
-                for i in tqdm(range(args.num_iters), desc="Profile iterations"):
-                    self._profiled_pass(i)
+                detached = self._profiled_passes()
             except KeyboardInterrupt:
                 self.interrupted = True
                 print("interrupted: finishing the capture made so far...", file=sys.stderr)
             self.passes_end = time.time()
             unsubscribe()
-            if self.profiled:
-                print(f"Average profile latency: {_mean(self.profiled):.4f}s")
-                if warm:
-                    print(f"Profiled / unprofiled mean latency: {_mean(self.profiled) / _mean(warm):.3f}")
+            self._report_latency()
             if detached:
                 self._finish_detached(detached)
         except KeyboardInterrupt:
             print("interrupted again: discarding the unfinished capture.", file=sys.stderr)
             self.interrupted = True
         finally:
-            staging.discard()
-        compiles = compile_stats() - self.compiles_before
+            self.staging.discard()
+        return self._exit(detached)
+
+    # ---- passes ---------------------------------------------------------------------------
+    def _load(self) -> None:
+        from tpu_engine import LLM, SamplingParams
+        args = self.args
+        self.llm = LLM(args.model, **self.engine_kwargs)
+        self.engine = self.llm.llm_engine
+        self.server = xla_profiler.start_server(args.profiler_port)  # kept alive while we run
+        self.prompts = workload.random_prompts(args.batch_size, args.input_len,
+                                               self.engine.model_config.vocab_size, args.seed)
+        self.params = [SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=n)
+                       for n in self.workload.output_lengths]
+        print(f"Profiling {args.model}: batch {args.batch_size}, input {args.input_len} tokens, "
+              f"{args.mode} ({self.workload.describe()}), capture: {self.window.describe()}")
+
+    def _one_pass(self) -> float:
+        t = time.perf_counter()
+        self.llm.generate(self.prompts, self.params, use_tqdm=False)
+        return time.perf_counter() - t
+
+    def _warm_up(self) -> None:
+        print("Warming up...")
+        self.warm = [self._one_pass() for _ in tqdm(range(self.args.num_iters_warmup), desc="Warmup iterations")]
+        if self.warm:
+            print(f"Average warmup latency: {_mean(self.warm):.4f}s")
+
+    def _profiled_passes(self) -> DetachedTrace | None:
+        """Run the profiled passes; returns the env window's trace, still to be collected."""
+        detached = None
+        self.passes_start = time.time()
+        if self.window.kind == "env":
+            detached = DetachedTrace(self.args.profiler_port, self.staging.path,
+                                     self.window.delay_ms, self.window.duration_ms)
+            detached.start()
+            if self.window.delay_ms == 0:
+                time.sleep(1.0)  # the server needs a moment to begin tracing
+            self.passes_start = time.time()
+        for i in tqdm(range(self.args.num_iters), desc="Profile iterations"):
+            self.steps.pass_index = i
+            if self.window.kind == "phase":
+                self._phase_pass(i)
+            else:
+                self.profiled.append(self._one_pass())
+        return detached
+
+    def _phase_pass(self, i: int) -> None:
+        """One timed pass in its own phase window, exported after the pass (outside the timing)."""
+        window = PhaseWindow(self.window)
+        off = self.engine.events.subscribe(window.on_event)
+        try:
+            self.profiled.append(self._one_pass())
+        finally:
+            window.close()
+            off()
+            self._finish_phase(window, i)
+
+    def _report_latency(self) -> None:
+        if self.profiled:
+            print(f"Average profile latency: {_mean(self.profiled):.4f}s")
+            if self.warm:
+                print(f"Profiled / unprofiled mean latency: {_mean(self.profiled) / _mean(self.warm):.3f}")
+
+    def _exit(self, detached: DetachedTrace | None) -> int:
+        compiles = self.engine.compile_stats() - self.compiles_before
         if compiles.compiles:
             self.problems.append(f"{compiles.compiles} XLA compilation(s) happened during the profiled "
                                  f"passes ({compiles.compile_time_s:.2f}s); the capture includes them.")
         for p in self.problems:
             print(f"warning: {p}", file=sys.stderr)
         if self.published:
-            print(f"View with: tensorboard --logdir {args.profile_result_dir}")
+            print(f"View with: tensorboard --logdir {self.args.profile_result_dir}")
         code = 130 if self.interrupted else 0 if self.published and not self.problems else 1
         if detached and detached.alive:
             # A trace thread still inside the profiler client would abort the interpreter's
@@ -180,115 +169,54 @@ class Profiler:
             os._exit(code)
         return code
 
-    def _profiled_pass(self, i: int) -> None:
-        """One timed pass; a phase window is exported after the pass, outside the timing."""
-        self.steps.pass_index = i
-        if self.window.kind != "phase":
-            self.profiled.append(self._one_pass())
-            return
-        w = self.window
-        window = capture.PhaseWindow(w.phase, w.max_steps, w.min_batch, w.min_kv_len)
-        off = self.llm.llm_engine.events.subscribe(window.on_event)
-        try:
-            self.profiled.append(self._one_pass())
-        finally:
-            window.close()
-            off()
-            self._finish_phase(window, i)
-
-    def _record(self, **capture_info) -> dict:
-        from tpu_engine.compile import compile_stats
-        from ..analysis.roofline import machine_peaks
-        args, engine = self.args, self.llm.llm_engine
-        described = engine.describe()
-        if self.peaks is None:  # measured once, between passes (outside any timing)
-            self.peaks = machine_peaks(described["platform"], described["device_kind"])
-        return dict(
-            command=manifest.command_line(), args=vars(args), env=manifest.environment(),
-            versions=manifest.versions(), engine=described,
-            model_config=dataclasses.asdict(engine.model_config), peaks=self.peaks,
-            window=dataclasses.asdict(self.window),
-            workload=dict(mode=args.mode, output_lengths=self.lengths,
-                          expected_decode_batches=workload.decode_batch_sizes(self.lengths)),
-            latency_s=dict(warmup=self.warm, profiled=self.profiled, warmup_mean=_mean(self.warm),
-                           profiled_mean=_mean(self.profiled)),
-            compiles=dict(warmup=dataclasses.asdict(engine.warmup_stats),
-                          profiled_passes=dataclasses.asdict(compile_stats() - self.compiles_before)),
-            capture=capture_info, interrupted=self.interrupted)
-
     # ---- finishing captures ---------------------------------------------------------------
-    def _finish_detached(self, trace) -> None:
+    def _record(self, capture: CaptureTiming) -> RunRecord:
+        if self.peaks is None:  # measured once, between passes (outside any timing)
+            self.peaks = peaks.machine_peaks(self.engine.describe().device, measure=True)
+        return RunRecord.of_engine(
+            self.engine, peaks=self.peaks, window=self.window, capture=capture,
+            compiles=Compiles(self.engine.warmup_stats, self.engine.compile_stats() - self.compiles_before),
+            args=vars(self.args), workload=self.workload, latency_s=Latencies(self.warm, self.profiled),
+            interrupted=self.interrupted)
+
+    def _finish_detached(self, trace: DetachedTrace) -> None:
         opens, passes_end = trace.window_opens_at, self.passes_end
         if opens > passes_end:
             self.problems.append(
                 f"profiling is late: the profiled passes ended {opens - passes_end:.2f}s before the "
                 f"capture window opened ({DELAY_ENV}={trace.delay_ms}); lower the delay or raise --num-iters.")
-        remaining = max(0.0, opens + trace.duration_ms / 1000 - time.time())
-        if remaining > 0.5:
-            print(f"Waiting {remaining:.1f}s for the capture window to close...")
+        closes = opens + trace.duration_ms / 1000
+        if closes - time.time() > 0.5:
+            print(f"Waiting {closes - time.time():.1f}s for the capture window to close...")
         arrived = trace.wait()
         runs = self.staging.runs()
         if not arrived or not runs:
             why = f" ({trace.error})" if trace.error else ""
             self.problems.append(f"no capture arrived from the profiler server on port {trace.port}{why}.")
             return
-        record = self._record(requested_at=trace.requested_at, window_opens_at=opens,
-                              passes_wall=[self.passes_start, passes_end],
-                              written_after_passes_s=time.time() - passes_end)
-        self._publish(runs[-1], None, record)
+        record = self._record(CaptureTiming(opened_at=opens, closed_at=closes, requested_at=trace.requested_at,
+                                            passes_wall=(self.passes_start, passes_end)))
+        self._publish(runs[-1], record, window_end=min(closes, time.time()))
 
-    def _finish_phase(self, w: capture.PhaseWindow, i: int) -> None:
+    def _finish_phase(self, w: PhaseWindow, i: int) -> None:
         before = set(self.staging.runs())
         if not w.export(self.staging.path):
             self.problems.append(f"no step of pass {i + 1} matched the capture window "
-                                 f"({_describe_window(self.window)}); nothing was captured.")
+                                 f"({self.window.describe()}); nothing was captured.")
             return
         new = [r for r in self.staging.runs() if r not in before]
-        record = self._record(pass_index=i, window_opened=w.opened_at, window_closed=w.closed_at,
-                              window_steps=w.steps, written_after_pass_s=time.time() - w.closed_at)
-        self._publish(new[-1], w.phase, record, expected_steps=w.steps)
+        record = self._record(CaptureTiming(opened_at=w.opened_at, closed_at=w.closed_at, pass_index=i,
+                                            window_steps=list(w.steps)))
+        self._publish(new[-1], record, phase=self.window.phase, expected_steps=w.steps, window_end=w.closed_at)
 
-    def _publish(self, run_dir, phase, record, expected_steps=None):
+    def _publish(self, exported: str, record: RunRecord, **how) -> None:
         try:
-            check = check_capture(run_dir)
+            done = publish(self.staging, exported, self.steps, record, **how)
         except ValueError as e:
             self.problems.append(f"the capture could not be verified and was discarded: {e}")
             return
-        found = sorted(n for v in check.steps.values() for n in v)
-        rows = self.steps.select(found)
-        if phase is None:  # env window: name it after what it holds
-            phase = "-".join(p for p in ("prefill", "decode") if check.steps.get(p)) or "idle"
-            first = self.steps.steps[0]["step"] if self.steps.steps else None
-            if not found:
-                self.problems.append("the capture holds no engine step: the window missed the profiled "
-                                     "passes (check the delay and duration).")
-            elif first is not None and found[0] > first:
-                missed = sum(1 for s in self.steps.steps if s["step"] < found[0])
-                print(f"note: the capture window opened after the passes began; it misses their first "
-                      f"{missed} step(s).")
-        elif expected_steps is not None and found != sorted(expected_steps):
-            self.problems.append(f"the {phase} capture holds steps {found} but the window ran steps "
-                                 f"{sorted(expected_steps)}.")
-        record["verification"] = check.record()
-        dest = capture.publish_run(self.staging, run_dir, phase, rows, record)
-        self.published.append(dest)
-        tqdm.write(f"Capture: {os.path.relpath(dest)}: {check.describe()}")
-
-
-def _describe_lengths(lengths: list[int]) -> str:
-    if len(set(lengths)) == 1:
-        return f"{lengths[0]} output tokens each"
-    return "decode batches " + ", ".join(map(str, workload.decode_batch_sizes(lengths)))
-
-
-def _describe_window(w: Window) -> str:
-    if w.kind == "env":
-        return f"env window, delay {w.delay_ms} ms, duration {w.duration_ms} ms"
-    extra = []
-    if w.max_steps:
-        extra.append(f"first {w.max_steps} step(s)")
-    if w.min_batch > 1:
-        extra.append(f"batch >= {w.min_batch}")
-    if w.min_kv_len:
-        extra.append(f"KV length >= {w.min_kv_len}")
-    return f"{w.phase} steps" + (f" ({', '.join(extra)})" if extra else "")
+        self.problems += done.problems
+        for note in done.notes:
+            print(f"note: {note}")
+        self.published.append(done.run_dir)
+        tqdm.write(f"Capture: {os.path.relpath(done.run_dir)}: {done.verification.describe()}")

@@ -1,5 +1,7 @@
-"""What sits beside each capture: `manifest.jsonl` (one line per engine step in the capture)
-and `run_info.json` (arguments, environment, versions, device, latencies, compile counts)."""
+"""What sits beside each capture, typed: `manifest.jsonl` (one `StepRecord` per captured engine
+step) and `run_info.json` (a `RunRecord`: command, environment, versions, engine and model,
+peaks, window, workload, latencies, compiles, capture timing, verification). The capture side
+writes them; the analysis reads them back through `read_manifest` and `read_run_record`."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,8 +10,17 @@ import json
 import os
 import platform
 import sys
+from typing import Any, Callable, TypeVar
 
-from tpu_engine.events import PhaseEvent
+from tpu_engine.compile import CompileStats
+from tpu_engine.config import ModelConfig
+from tpu_engine.events import PhaseEvent, StepRecord
+from tpu_engine.info import EngineInfo
+
+from .peaks import Peaks
+from .verify import Verification
+from .windows import Window
+from .workload import Workload
 
 MANIFEST = "manifest.jsonl"
 RUN_INFO = "run_info.json"
@@ -19,41 +30,186 @@ ENV_KEYS = ("VLLM_TPU_PROFILE_DELAY_MS", "VLLM_TPU_PROFILE_DURATION_MS", "XLA_HL
 
 
 class StepLog:
-    """Subscribe `on_event` to the engine's events: keeps one record per finished step."""
+    """Subscribe `on_event` to the engine's phase events: keeps the record of every finished
+    step, tagged with the profiled pass it belongs to."""
 
     def __init__(self):
-        self.steps: list[dict] = []
+        self.steps: list[StepRecord] = []
         self.pass_index = 0
 
     def on_event(self, e: PhaseEvent) -> None:
-        if e.kind != "end":
-            return
-        self.steps.append({
-            "step": e.step, "phase": e.phase, "pass": self.pass_index, "bucket": e.bucket,
-            "batch_size": e.batch_size, "num_tokens": e.num_tokens, "padded_tokens": e.padded_tokens,
-            "kv_len_min": e.kv_len_min, "kv_len_max": e.kv_len_max, "kv_bucket": e.kv_bucket,
-            "wall_start": e.wall_start, "wall_end": e.wall_end,
-            "compiles": e.compiles, "compile_time_s": e.compile_time_s,
-            "request_ids": list(e.request_ids)})
+        if e.kind == "end":
+            self.steps.append(dataclasses.replace(e.record, pass_index=self.pass_index))
 
-    def select(self, step_numbers) -> list[dict]:
+    def select(self, step_numbers) -> list[StepRecord]:
         wanted = set(step_numbers)
-        return [s for s in self.steps if s["step"] in wanted]
+        return [s for s in self.steps if s.step in wanted]
 
 
-def write_manifest(run_dir: str, steps: list[dict]) -> str:
+@dataclasses.dataclass(frozen=True)
+class Compiles:
+    """XLA compilations during warm-up, and during the profiled passes (or a server capture's
+    window): there should be none after warm-up."""
+    warmup: CompileStats | None = None
+    profiled: CompileStats | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Compiles":
+        profiled = data.get("profiled", data.get("profiled_passes"))  # the older name
+        return cls(_optional(CompileStats, data.get("warmup")), _optional(CompileStats, profiled))
+
+
+@dataclasses.dataclass(frozen=True)
+class Latencies:
+    """Seconds per pass of the offline run: unprofiled warm-up passes, then profiled ones."""
+    warmup: list[float]
+    profiled: list[float]
+
+    @property
+    def warmup_mean(self) -> float | None:
+        return sum(self.warmup) / len(self.warmup) if self.warmup else None
+
+    @property
+    def profiled_mean(self) -> float | None:
+        return sum(self.profiled) / len(self.profiled) if self.profiled else None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(warmup=self.warmup, profiled=self.profiled, warmup_mean=self.warmup_mean,
+                    profiled_mean=self.profiled_mean)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Latencies":
+        return cls(list(data.get("warmup") or []), list(data.get("profiled") or []))
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptureTiming:
+    """When the trace ran and how long it took to reach the disk (wall-clock seconds)."""
+    opened_at: float | None = None        # the trace began (env window: the window opened)
+    closed_at: float | None = None
+    written_after_s: float | None = None  # the window's end to the verified capture on disk
+    requested_at: float | None = None     # env window: the trace was asked for
+    passes_wall: tuple[float, float] | None = None  # env window: the profiled passes ran
+    pass_index: int | None = None         # phase window: which profiled pass
+    window_steps: list[int] | None = None  # phase window: the steps it ran
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "CaptureTiming":
+        values = {f.name: data.get(f.name) for f in dataclasses.fields(cls)}
+        if values["passes_wall"]:
+            values["passes_wall"] = tuple(values["passes_wall"])
+        return cls(**values)
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """`run_info.json`: everything about a capture that the trace itself does not say."""
+    command: list[str]
+    env: dict[str, str]
+    versions: dict[str, str | None]
+    engine: EngineInfo | None
+    model_config: ModelConfig | None
+    peaks: Peaks | None
+    window: Window | None
+    compiles: Compiles
+    capture: CaptureTiming
+    args: dict[str, Any] | None = None   # the capture command's flags, as given
+    workload: Workload | None = None
+    latency_s: Latencies | None = None
+    interrupted: bool = False
+    verification: Verification | None = None
+
+    @classmethod
+    def of_engine(cls, engine, **fields) -> "RunRecord":
+        """A record of this process and `engine` (an LLMEngine), plus `fields`."""
+        return cls(command=[sys.executable] + sys.argv, env=environment(), versions=versions(),
+                   engine=engine.describe(), model_config=engine.model_config, **fields)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.to_dict() if isinstance(value, ModelConfig) else (
+                value.to_json() if hasattr(value, "to_json") else value)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "RunRecord":
+        """A record as written by `to_json` (or by an earlier version: missing parts are None)."""
+        return cls(command=list(data.get("command") or []), env=dict(data.get("env") or {}),
+                   versions=dict(data.get("versions") or {}),
+                   engine=_optional(EngineInfo, data.get("engine")),
+                   model_config=_optional(ModelConfig, data.get("model_config"), "from_dict"),
+                   peaks=_optional(Peaks, data.get("peaks")), window=_optional(Window, data.get("window")),
+                   compiles=Compiles.from_json(data.get("compiles") or {}),
+                   capture=CaptureTiming.from_json(data.get("capture") or {}), args=data.get("args"),
+                   workload=_optional(Workload, data.get("workload")),
+                   latency_s=_optional(Latencies, data.get("latency_s")),
+                   interrupted=bool(data.get("interrupted", False)),
+                   verification=_optional(Verification, data.get("verification")))
+
+
+T = TypeVar("T")
+
+
+def _optional(cls: type[T], data, method: str = "from_json") -> T | None:
+    return None if data is None else getattr(cls, method)(data)
+
+
+# ---- files -------------------------------------------------------------------------------------
+def write_manifest(run_dir: str, steps: list[StepRecord]) -> str:
     path = os.path.join(run_dir, MANIFEST)
     with open(path, "w") as f:
         for s in steps:
-            f.write(json.dumps(s) + "\n")
+            f.write(json.dumps(s.to_json()) + "\n")
     return path
 
 
-def read_manifest(run_dir: str) -> list[dict]:
-    with open(os.path.join(run_dir, MANIFEST)) as f:
-        return [json.loads(line) for line in f if line.strip()]
+def read_manifest(run_dir: str) -> list[StepRecord]:
+    """The run's step records ([] when it has no manifest); ValueError naming the file and line
+    of a line that is not a step record."""
+    path = os.path.join(run_dir, MANIFEST)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        lines = [(n, line) for n, line in enumerate(f, start=1) if line.strip()]
+    return [_parse(path, n, line, StepRecord.from_json) for n, line in lines]
 
 
+def write_run_record(run_dir: str, record: RunRecord) -> str:
+    path = os.path.join(run_dir, RUN_INFO)
+    with open(path, "w") as f:
+        json.dump(record.to_json(), f, indent=2, default=str)
+        f.write("\n")
+    return path
+
+
+def read_run_record(run_dir: str) -> RunRecord | None:
+    """The run's record, None when it has none (a capture made elsewhere)."""
+    path = os.path.join(run_dir, RUN_INFO)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return _parse(path, None, f.read(), RunRecord.from_json)
+
+
+def _parse(path: str, line: int | None, text: str, build: Callable[[Any], T]) -> T:
+    where = f"{path}" + (f", line {line}" if line is not None else "")
+    try:
+        return build(json.loads(text))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where} is not valid JSON ({e.msg}).") from None
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ValueError(f"{where} is not a valid record ({e}).") from None
+
+
+# ---- this process ------------------------------------------------------------------------------
 def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
@@ -61,37 +217,12 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def versions() -> dict:
+def versions() -> dict[str, str | None]:
     return {"python": platform.python_version(), "torch": _version("torch"),
             "torch_xla": _version("torch_xla"), "libtpu": _version("libtpu") or _version("libtpu-nightly"),
             "xprof": _version("xprof"), "tpu_inference_profiler": _version("tpu-inference-profiler"),
             "platform": platform.platform()}
 
 
-def environment() -> dict:
+def environment() -> dict[str, str]:
     return {k: os.environ[k] for k in ENV_KEYS if k in os.environ}
-
-
-def write_run_info(run_dir: str, info: dict) -> str:
-    path = os.path.join(run_dir, RUN_INFO)
-    with open(path, "w") as f:
-        json.dump(info, f, indent=2, default=_jsonable)
-        f.write("\n")
-    return path
-
-
-def read_run_info(run_dir: str) -> dict:
-    with open(os.path.join(run_dir, RUN_INFO)) as f:
-        return json.load(f)
-
-
-def _jsonable(o):
-    if dataclasses.is_dataclass(o):
-        return dataclasses.asdict(o)
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    return str(o)
-
-
-def command_line() -> list[str]:
-    return [sys.executable] + sys.argv

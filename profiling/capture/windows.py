@@ -1,101 +1,100 @@
-"""Starting and stopping XLA traces: the profiler server, the detached (env) window, and exact
-phase windows opened and closed at the engine's own step boundaries.
+"""When a trace runs: the capture window a run asks for, and the two ways of keeping it.
 
-Captures are written into a private staging directory and moved into
-`<profile dir>/plugins/profile/<run>/` only once complete, so TensorBoard never sees half a run.
+  * env window (the seed's): a detached trace against the profiler server, starting
+    VLLM_TPU_PROFILE_DELAY_MS after the request and lasting VLLM_TPU_PROFILE_DURATION_MS.
+    Used when either variable is set (it wins over --profile-phase) or no phase is asked for.
+  * phase window (--profile-phase): opened and closed at the engine's own step boundaries,
+    driven by its phase events, so a capture holds whole matching steps and nothing else.
+A live server's captures (`live.py`) open and close between engine steps on request.
 """
 from __future__ import annotations
 
-import datetime
-import glob
+import dataclasses
 import os
-import shutil
+import sys
 import threading
 import time
+from typing import Any
 
-from tpu_engine.cli import check_port
-from tpu_engine.events import PhaseEvent
+from tpu_engine.events import PhaseEvent, StepRecord
 
-DEFAULT_PORT = 9012
+from . import xla_profiler
 
-
-def check_port_free(port: int) -> None:
-    check_port("profiler port", port, "--profiler-port")
-
-
-def start_server(port: int):
-    """The torch_xla profiler server (what TensorBoard's capture button and detached traces talk
-    to). Keep the returned object alive for as long as the server should run."""
-    check_port_free(port)
-    import torch_xla.debug.profiler as xp
-    return xp.start_server(port)
+DELAY_ENV, DURATION_ENV = "VLLM_TPU_PROFILE_DELAY_MS", "VLLM_TPU_PROFILE_DURATION_MS"
+DEFAULT_DELAY_MS, DEFAULT_DURATION_MS = 0, 3000
 
 
-def check_writable_dir(path: str) -> str:
-    """Create `path` if needed and prove it writable; ValueError naming it otherwise."""
-    path = os.path.abspath(path)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"profile dir {path!r} exists and is not a directory.")
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """The capture window asked for: kind "env", "phase" or "server"."""
+    kind: str
+    delay_ms: int = 0
+    duration_ms: int = 0
+    phase: str = "all"
+    max_steps: int | None = None
+    min_batch: int = 1
+    min_kv_len: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Window":
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+    def matches(self, r: StepRecord) -> bool:
+        """Whether a step belongs in a phase window."""
+        if self.phase != "all" and r.phase != self.phase:
+            return False
+        if r.phase == "decode":
+            return r.batch_size >= self.min_batch and r.kv_len_max >= self.min_kv_len
+        return True
+
+    def describe(self) -> str:
+        if self.kind == "env":
+            return f"env window, delay {self.delay_ms} ms, duration {self.duration_ms} ms"
+        if self.kind == "server":
+            return "from /start_profile to /stop_profile"
+        extra = []
+        if self.max_steps:
+            extra.append(f"first {self.max_steps} step(s)")
+        if self.min_batch > 1:
+            extra.append(f"batch >= {self.min_batch}")
+        if self.min_kv_len:
+            extra.append(f"KV length >= {self.min_kv_len}")
+        return f"{self.phase} steps" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _env_int(environ, name: str, default: int, minimum: int) -> int:
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
     try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".write-test-{os.getpid()}")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        raise ValueError(f"profile dir {path!r} is not writable ({e.strerror}).") from None
-    return path
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer number of milliseconds.") from None
+    if value < minimum:
+        raise ValueError(f"{name}={value} must be at least {minimum}.")
+    return value
 
 
-def list_runs(logdir: str) -> list[str]:
-    """Run directories under `logdir/plugins/profile/` that hold a `.xplane.pb`."""
-    return sorted({os.path.dirname(p) for p in
-                   glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb"))})
-
-
-class Staging:
-    """A private directory under the profile dir where the profiler writes; `publish` moves a
-    finished run into `plugins/profile/<name>` with one rename."""
-
-    def __init__(self, root: str):
-        self.root = root
-        self.path = os.path.join(root, f".staging-{os.getpid()}-{time.time_ns()}")
-        os.makedirs(self.path)
-
-    def runs(self) -> list[str]:
-        return list_runs(self.path)
-
-    def publish(self, run_dir: str, name: str) -> str:
-        dest_root = os.path.join(self.root, "plugins", "profile")
-        os.makedirs(dest_root, exist_ok=True)
-        dest, n = os.path.join(dest_root, name), 1
-        while os.path.exists(dest):
-            n += 1
-            dest = os.path.join(dest_root, f"{name}_{n}")
-        os.rename(run_dir, dest)
-        return dest
-
-    def discard(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-
-
-def publish_run(staging: Staging, run_dir: str, kind: str, steps: list[dict], record: dict) -> str:
-    """Write the manifest and run record beside a verified capture and move it into place."""
-    from . import record as manifest
-    manifest.write_manifest(run_dir, steps)
-    manifest.write_run_info(run_dir, record)
-    return staging.publish(run_dir, run_name(kind))
-
-
-def run_name(kind: str, when: float | None = None) -> str:
-    """`<kind>_<local timestamp>`: TensorBoard lists runs by directory name."""
-    stamp = datetime.datetime.fromtimestamp(when or time.time()).strftime("%Y_%m_%d_%H_%M_%S")
-    return f"{kind}_{stamp}"
+def plan_window(args, environ=os.environ) -> Window:
+    """The window a capture run's flags and environment ask for; ValueError on bad env values."""
+    delay = _env_int(environ, DELAY_ENV, DEFAULT_DELAY_MS, 0)
+    duration = _env_int(environ, DURATION_ENV, DEFAULT_DURATION_MS, 1)
+    env_set = any(environ.get(k, "").strip() for k in (DELAY_ENV, DURATION_ENV))
+    if args.profile_phase and not env_set:
+        return Window("phase", phase=args.profile_phase, max_steps=args.profile_steps,
+                      min_batch=args.profile_min_batch, min_kv_len=args.profile_min_kv_len)
+    if args.profile_phase:
+        print(f"note: {DELAY_ENV}/{DURATION_ENV} are set, so the env window is used and "
+              f"--profile-phase {args.profile_phase} is ignored.", file=sys.stderr)
+    return Window("env", delay_ms=delay, duration_ms=duration)
 
 
 class DetachedTrace:
-    """The seed's env window: ask the profiler server for a trace starting `delay_ms` from now
-    and lasting `duration_ms`, from a background thread; `wait()` for the files to land."""
+    """The env window: ask the profiler server for a trace starting `delay_ms` from now and
+    lasting `duration_ms`, from a background thread; `wait()` for the files to land."""
 
     def __init__(self, port: int, logdir: str, delay_ms: int, duration_ms: int):
         self.port, self.logdir, self.delay_ms, self.duration_ms = port, logdir, delay_ms, duration_ms
@@ -104,10 +103,8 @@ class DetachedTrace:
         self._thread = threading.Thread(target=self._run, name="detached-trace", daemon=True)
 
     def _run(self) -> None:
-        import torch_xla.debug.profiler as xp
         try:
-            xp.trace(f"localhost:{self.port}", self.logdir, duration_ms=self.duration_ms,
-                     delay_ms=self.delay_ms, num_tracing_attempts=1, timeout_s=30)
+            xla_profiler.request_trace(self.port, self.logdir, self.delay_ms, self.duration_ms)
         except BaseException as e:  # reported by wait()
             self.error = e
 
@@ -126,10 +123,9 @@ class DetachedTrace:
         While waiting, the main thread marks itself with an `idle: waiting for capture` scope
         every 50 ms: the profiler client retries a window in which nothing happened instead of
         returning, so an idle tail (or a window that opened after the passes) needs one event."""
-        import torch_xla
         deadline = self.window_opens_at + self.duration_ms / 1000 + slack_s
         while self._thread.is_alive() and time.time() < deadline:
-            with torch_xla._XLAC.profiler.TraceMe("idle: waiting for capture"):
+            with xla_profiler.marker("idle: waiting for capture"):
                 self._thread.join(0.05)
         return not self._thread.is_alive()
 
@@ -138,48 +134,34 @@ class DetachedTrace:
         return self._thread.is_alive()
 
 
-def profiler_session():
-    import torch_xla
-    return torch_xla._XLAC.profiler.TslProfilerSessionWrapper()
-
-
 class PhaseWindow:
     """An exact capture window driven by the engine's phase events.
 
     Subscribe `on_event` to `engine.events`. The trace starts at the `begin` event of the first
-    step that matches and stops at the `end` event of the last one, so the capture holds whole
-    matching steps and nothing else: it closes early if a non-matching step is about to run,
-    and after `max_steps` steps. `phase` is "prefill", "decode" or "all"; decode steps can be
-    limited to those with at least `min_batch` sequences and a longest context of at least
-    `min_kv_len` tokens. Exporting the capture is deferred to `export()`, after the timed pass.
+    step that matches and stops at the `end` event of the last one: it closes early if a
+    non-matching step is about to run, and after `window.max_steps` steps. Exporting the
+    capture is deferred to `export()`, after the timed pass.
     """
 
-    def __init__(self, phase: str, max_steps: int | None = None, min_batch: int = 1, min_kv_len: int = 0):
-        self.phase, self.max_steps, self.min_batch, self.min_kv_len = phase, max_steps, min_batch, min_kv_len
+    def __init__(self, window: Window):
+        self.window = window
         self.steps: list[int] = []
         self.state = "waiting"        # -> "open" -> "closed"
-        self._session = None
+        self._session: xla_profiler.Session | None = None
         self._xspace: bytes | None = None
         self.opened_at = self.closed_at = None
 
-    def matches(self, e: PhaseEvent) -> bool:
-        if self.phase != "all" and e.phase != self.phase:
-            return False
-        if e.phase == "decode":
-            return e.batch_size >= self.min_batch and e.kv_len_max >= self.min_kv_len
-        return True
-
     def on_event(self, e: PhaseEvent) -> None:
         if e.kind == "begin":
-            if self.state == "waiting" and self.matches(e):
-                self._session = profiler_session()
+            if self.state == "waiting" and self.window.matches(e.record):
+                self._session = xla_profiler.Session()
                 self.opened_at = time.time()
                 self.state = "open"
-            elif self.state == "open" and not self.matches(e):
+            elif self.state == "open" and not self.window.matches(e.record):
                 self.close()
         elif self.state == "open":
-            self.steps.append(e.step)
-            if self.max_steps is not None and len(self.steps) >= self.max_steps:
+            self.steps.append(e.record.step)
+            if self.window.max_steps is not None and len(self.steps) >= self.window.max_steps:
                 self.close()
 
     def close(self) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import collections
 
-from ..trace.ops import CATEGORIES
+from ..analysis.analysis import Analysis
+from ..analysis.tables import scope_order
+from ..trace.categories import CATEGORIES
 
 
 def _plt():
@@ -26,14 +28,13 @@ def _stacked(ax, labels, series: dict[str, list[float]]):
     ax.legend(fontsize=7, ncol=2)
 
 
-def layer_plot(analysis, phase: str, path: str) -> str:
-    from ..analysis.analysis import _scope_order
+def layer_plot(analysis: Analysis, phase: str, path: str) -> str:
     ops = analysis.phase_ops(phase)
     nsteps = max(1, len(analysis.phase_steps(phase)))
     per = collections.defaultdict(lambda: collections.Counter())
     for o in ops:
         per[o.layer][o.category] += o.self_ns / 1e6 / nsteps
-    layers = sorted(per, key=_scope_order)
+    layers = sorted(per, key=scope_order)
     series = {c: [per[l][c] for l in layers] for c in CATEGORIES if any(per[l][c] for l in layers)}
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(layers) + 2), 4.5))
@@ -46,7 +47,7 @@ def layer_plot(analysis, phase: str, path: str) -> str:
     return path
 
 
-def decode_steps_plot(analysis, path: str) -> str | None:
+def decode_steps_plot(analysis: Analysis, path: str) -> str | None:
     steps = analysis.phase_steps("decode")
     if not steps:
         return None
@@ -69,7 +70,7 @@ def decode_steps_plot(analysis, path: str) -> str | None:
         for g in groups:
             series[g].append(c[g])
     series = {g: v for g, v in series.items() if any(v)}
-    labels = [f"{s.step} (b{s.record['batch_size']})" if s.record else str(s.step) for s in steps]
+    labels = [f"{s.step} (b{s.record.batch_size})" if s.record else str(s.step) for s in steps]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(steps) + 2), 4.5))
     _stacked(ax, labels, series)
@@ -82,7 +83,7 @@ def decode_steps_plot(analysis, path: str) -> str | None:
     return path
 
 
-def write_plots(analysis, base: str) -> list[str]:
+def write_plots(analysis: Analysis, base: str) -> list[str]:
     out = [layer_plot(analysis, p, f"{base}_{p}_layers.png") for p in analysis.phases]
     steps = decode_steps_plot(analysis, f"{base}_decode_steps.png")
     return out + ([steps] if steps else [])

@@ -1,7 +1,8 @@
 """Turn the service profiler on in this process, as the environment asks:
 SERVICE_PROF_CONFIG_PATH (the JSON config; written with defaults if missing) and
 PROFILING_SYMBOLS_PATH (the symbol YAML; the packaged default if unset, and copied to that
-path if it names a file that does not exist)."""
+path if it names a file that does not exist). The engine's batch and KV-cache spans come from
+its events (`engine_spans.py`), the rest from the symbols."""
 from __future__ import annotations
 
 import os
@@ -11,6 +12,7 @@ from typing import Callable
 
 from .collector import COLLECTOR
 from .config import CONFIG_ENV, ConfigWatcher, ensure_config, read_config
+from .engine_spans import EngineSpans
 from .symbols import DEFAULT_SYMBOLS, SYMBOLS_ENV, instrument, load_symbols
 
 
@@ -51,24 +53,27 @@ def check_config(environ=os.environ) -> str | None:
     return config_path
 
 
-def install(environ=os.environ) -> Callable[[], None] | None:
-    """Instrument and start watching the config; returns the function that undoes it all, or
-    None when SERVICE_PROF_CONFIG_PATH is not set. ValueError if the config is unusable."""
+def install(engine, environ=os.environ) -> Callable[[], None] | None:
+    """Listen to `engine` (an LLMEngine), instrument the symbols and start watching the config;
+    returns the function that undoes it all, or None when SERVICE_PROF_CONFIG_PATH is not set.
+    ValueError if the config is unusable."""
     config_path = check_config(environ)
     if config_path is None:
         return None
     path = symbols_path(environ)
     symbols, problems = load_symbols(path)
     undo, more = instrument(symbols)
+    detach = EngineSpans(COLLECTOR).attach(engine)
     for p in problems + more:
         print(f"warning: service profiler: {p}", file=sys.stderr)
     watcher = ConfigWatcher(config_path, apply)
-    print(f"Service profiler: {len(undo)} function(s) instrumented from {path}; "
-          f"set \"enable\": 1 in {config_path} to collect", file=sys.stderr, flush=True)
+    print(f"Service profiler: {len(undo)} function(s) instrumented from {path}, plus the engine's batch "
+          f"and KV-cache events; set \"enable\": 1 in {config_path} to collect", file=sys.stderr, flush=True)
 
     def close() -> None:
         watcher.stop()
         COLLECTOR.close()
+        detach()
         for u in undo:
             u()
     return close

@@ -1,42 +1,41 @@
-"""The service profile as a Chrome trace (Perfetto, chrome://tracing), built from the tables
-`parse.build` returns: a "Requests" process with one track per request (queued, prefill,
+"""The service profile as a Chrome trace (Perfetto, chrome://tracing), built from
+`tables.build`'s data: a "Requests" process with one track per request (queued, prefill,
 decode and http slices), an "Engine" process with the step, batch and forward tracks and the
 KV-cache counters, and an "Other" process with one track per domain for custom symbols."""
 from __future__ import annotations
 
+from .tables import BATCH, DECODE, PREFILL, STEP, ServiceData
+
 REQUESTS, ENGINE, OTHER = 1, 2, 3
 
 
-def chrome_trace(t: dict) -> dict:
-    spans, markers, by = t["spans"], t["markers"], t["by"]
-    if not spans and not markers:
-        return {"traceEvents": [], "displayTimeUnit": "ms"}
-    t0 = min([s["start"] for s in spans] + [m["t"] for m in markers])
-    ts = lambda ns: (ns - t0) / 1e3  # noqa: E731
-    many = len(t["pids"]) > 1
-    pre = (lambda src: f"pid {t['pids'][src]} ") if many else (lambda src: "")
-    slices = []  # (process, track, sort index, name, start, end, args)
-    for i, r in enumerate(t["request"]):
-        rr, h, rid, track = r["_r"], r["_http"], r["request_id"], (REQUESTS, r["request_id"], i)
-        if r["_arrival"] is not None and "alloc" in rr:
-            slices.append((*track, "queued", r["_arrival"], rr["alloc"]["start"], {"request_id": rid}))
-        if "prefill" in rr:
-            p = rr["prefill"]
-            slices.append((*track, "prefill", p["start"], p["end"], {"step": p["attrs"].get("step")}))
-        if "prefill" in rr and rr["decodes"] and "free" in rr:
-            slices.append((*track, "decode", rr["prefill"]["end"], rr["free"]["start"],
-                           {"decode_steps": rr["decodes"], "output_tokens": r["output_tokens"]}))
-        if h:
-            slices.append((*track, "http", h["start"], h["end"], h["attrs"]))
-    for key, kind, order in ((("Schedule", "step"), "step", 0), (("Schedule", "batch"), "batch", 1),
-                             (("ModelExecute", "prefill"), "forward", 2), (("ModelExecute", "decode"), "forward", 2)):
-        for s in by[key]:
-            name = s["attrs"].get("phase", "batch") if kind == "batch" else s["name"]
-            slices.append((ENGINE, f"{pre(s['src'])}{s['thread'][2]} {kind}", order, str(name), s["start"], s["end"], s["attrs"]))
-    for s in by[None]:
-        slices.append((OTHER, pre(s["src"]) + s["domain"], 0, s["name"], s["start"], s["end"], s["attrs"]))
-    slices.sort(key=lambda x: (x[4], -x[5]))
+def _slices(d: ServiceData, pre) -> list[tuple]:
+    """(process, track, sort index, name, start, end, args) for every slice."""
+    out = []
+    for i, row in enumerate(d.rows["request"]):
+        rid = row["request_id"]
+        r, track = d.requests[rid], (REQUESTS, rid, i)
+        if r.arrival is not None and r.alloc:
+            out.append((*track, "queued", r.arrival, r.alloc.start, {"request_id": rid}))
+        if r.prefill:
+            out.append((*track, "prefill", r.prefill.start, r.prefill.end, {"step": r.prefill.attrs.get("step")}))
+            if r.decodes and r.free:
+                out.append((*track, "decode", r.prefill.end, r.free.start,
+                            {"decode_steps": r.decodes, "output_tokens": row["output_tokens"]}))
+        if r.http:
+            out.append((*track, "http", r.http.start, r.http.end, r.http.attrs))
+    for key, kind, order in ((STEP, "step", 0), (BATCH, "batch", 1), (PREFILL, "forward", 2), (DECODE, "forward", 2)):
+        for s in d.by[key]:
+            name = s.attrs.get("phase", "batch") if kind == "batch" else s.name
+            out.append((ENGINE, f"{pre(s.src)}{s.thread[2]} {kind}", order, str(name), s.start, s.end, s.attrs))
+    for s in d.by[None]:
+        out.append((OTHER, pre(s.src) + s.domain, 0, s.name, s.start, s.end, s.attrs))
+    return sorted(out, key=lambda x: (x[4], -x[5]))
 
+
+def _lay_out(slices: list[tuple], ts) -> list[dict]:
+    """Complete events, each on the first lane of its track where it nests (a track whose
+    slices overlap without nesting gets more lanes)."""
     events, lanes, tid_of = [], {}, {}
     for proc, track, order, name, start, end, args in slices:
         for n, stack in enumerate(lanes.setdefault((proc, track), [])):
@@ -49,17 +48,27 @@ def chrome_trace(t: dict) -> dict:
             lanes[(proc, track)].append(stack)
         stack.append(end)
         if (proc, track, n) not in tid_of:
-            tid_of[(proc, track, n)] = len(tid_of) + 1
-            events.append(dict(ph="M", name="thread_name", pid=proc, tid=tid_of[(proc, track, n)], ts=0,
+            tid = tid_of[(proc, track, n)] = len(tid_of) + 1
+            events.append(dict(ph="M", name="thread_name", pid=proc, tid=tid, ts=0,
                                args={"name": track if n == 0 else f"{track} ({n + 1})"}))
-            events.append(dict(ph="M", name="thread_sort_index", pid=proc, tid=tid_of[(proc, track, n)], ts=0,
+            events.append(dict(ph="M", name="thread_sort_index", pid=proc, tid=tid, ts=0,
                                args={"sort_index": order * 100 + n}))
         events.append(dict(ph="X", name=name, cat=track, pid=proc, tid=tid_of[(proc, track, n)], ts=ts(start),
                            dur=(end - start) / 1e3, args=args))
-    for m in markers:
-        events.append(dict(ph="i", s="p", name=f"collection {m['name']}", pid=ENGINE, tid=0, ts=ts(m["t"]),
-                           args={"pid": t["pids"][m["src"]]}))
-    for when, src, slots, tokens in t["counters"]:
+    return events
+
+
+def chrome_trace(d: ServiceData) -> dict:
+    if not d.spans and not d.markers:
+        return {"traceEvents": [], "displayTimeUnit": "ms"}
+    t0 = min([s.start for s in d.spans] + [m.t for m in d.markers])
+    ts = lambda ns: (ns - t0) / 1e3  # noqa: E731
+    pre = (lambda src: f"pid {d.pids[src]} ") if len(d.pids) > 1 else (lambda src: "")
+    events = _lay_out(_slices(d, pre), ts)
+    for m in d.markers:
+        events.append(dict(ph="i", s="p", name=f"collection {m.name}", pid=ENGINE, tid=0, ts=ts(m.t),
+                           args={"pid": d.pids[m.src]}))
+    for when, src, slots, tokens in d.counters:
         events.append(dict(ph="C", name=f"{pre(src)}KV slots used", pid=ENGINE, tid=0, ts=ts(when), args={"slots": slots}))
         events.append(dict(ph="C", name=f"{pre(src)}KV tokens held", pid=ENGINE, tid=0, ts=ts(when), args={"tokens": tokens}))
     used = {e["pid"] for e in events} | {REQUESTS, ENGINE}

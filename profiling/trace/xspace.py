@@ -17,6 +17,8 @@ from typing import Iterator
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from tpu_engine.events import PHASES
+
 _F = descriptor_pb2.FieldDescriptorProto
 _INT64, _UINT64, _DOUBLE, _STRING, _BYTES, _MSG = (
     _F.TYPE_INT64, _F.TYPE_UINT64, _F.TYPE_DOUBLE, _F.TYPE_STRING, _F.TYPE_BYTES, _F.TYPE_MESSAGE)
@@ -240,7 +242,6 @@ class StepScope:
     end_ns: float
 
 
-STEP_PHASES = ("prefill", "decode")
 
 
 def step_scopes(space) -> list[StepScope]:
@@ -251,7 +252,7 @@ def step_scopes(space) -> list[StepScope]:
     for plane in space.planes:
         if not plane.name.startswith("/host:"):
             continue
-        phase_of = {k: m.name for k, m in plane.event_metadata.items() if m.name in STEP_PHASES}
+        phase_of = {k: m.name for k, m in plane.event_metadata.items() if m.name in PHASES}
         step_stat = [k for k, m in plane.stat_metadata.items() if m.name == "step_num"]
         if not phase_of or not step_stat:
             continue

@@ -1,0 +1,155 @@
+"""The tables of one capture: phases (step times, busy and host time, tokens, padding), request
+latency (TTFT, TPOT), the layer-wise "model table" (op time by module scope), the "summary
+table" (op time by category) and the top ops. Times in the op tables are self times."""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import statistics
+
+from ..trace.categories import CATEGORIES
+from .analysis import Analysis
+from .table import Table, percentile
+
+
+def phase_summary(a: Analysis) -> Table:
+    rows = []
+    for phase in a.phases:
+        steps = a.phase_steps(phase)
+        times = [s.duration_s * 1e3 for s in steps]
+        busy = [s.busy_s() * 1e3 for s in steps]
+        op_ms = [sum(o.self_ns for o in s.ops) / 1e6 for s in steps]
+        recs = [s.record for s in steps if s.record]
+        real = sum(r.num_tokens for r in recs)
+        padded = sum(r.padded_tokens for r in recs)
+        total_s = sum(times) / 1e3
+        rows.append(dict(
+            phase=phase, steps=len(steps), total_ms=sum(times), mean_ms=statistics.fmean(times),
+            p50_ms=percentile(times, 50), p99_ms=percentile(times, 99),
+            busy_ms=statistics.fmean(busy), host_ms=statistics.fmean(t - b for t, b in zip(times, busy)),
+            ops_ms=statistics.fmean(op_ms),
+            tokens=real if recs else None,
+            tok_s=(real / total_s) if recs and total_s > 0 else None,
+            pad_pct=(100 * (1 - real / padded)) if padded else None))
+    return Table("Phases (per step: busy = an XLA program running, host = the rest, "
+                 "ops = op time in the tables)",
+                 ["phase", "steps", "total_ms", "mean_ms", "p50_ms", "p99_ms", "busy_ms", "host_ms",
+                  "ops_ms", "tokens", "tok_s", "pad_pct"], rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestLatency:
+    """Per request, from the manifest: time to first token (from its pass's first step) and
+    time per output token after it."""
+    ttft_mean_ms: float | None = None
+    ttft_p99_ms: float | None = None
+    tpot_mean_ms: float | None = None
+    tpot_p99_ms: float | None = None
+
+    def items(self) -> list[tuple[str, float]]:
+        return [(k, v) for k, v in dataclasses.asdict(self).items() if v is not None]
+
+
+def request_latency(a: Analysis) -> RequestLatency:
+    """TTFT and TPOT of the requests whose steps the capture holds."""
+    recs = [s.record for s in a.steps if s.record]
+    passes = collections.defaultdict(list)
+    for r in recs:
+        passes[r.pass_index].append(r)
+    ttft, tpot = [], []
+    for rows in passes.values():
+        start = min(r.wall_start for r in rows)
+        first_token, decode_times = {}, collections.defaultdict(list)
+        for r in rows:
+            for rid in r.request_ids:
+                if r.phase == "prefill":
+                    first_token[rid] = r.wall_end - start
+                else:
+                    decode_times[rid].append(r.wall_end - r.wall_start)
+        ttft += list(first_token.values())
+        tpot += [statistics.fmean(v) for v in decode_times.values()]
+    out = {}
+    if ttft:
+        out.update(ttft_mean_ms=1e3 * statistics.fmean(ttft), ttft_p99_ms=1e3 * percentile(ttft, 99))
+    if tpot:
+        out.update(tpot_mean_ms=1e3 * statistics.fmean(tpot), tpot_p99_ms=1e3 * percentile(tpot, 99))
+    return RequestLatency(**out)
+
+
+def _grouped(a: Analysis, phase: str, key: str):
+    """(steps, total op self time, ops grouped by attribute `key`) for one phase."""
+    steps = a.phase_steps(phase)
+    groups = collections.defaultdict(list)
+    total = 0.0
+    for s in steps:
+        for o in s.ops:
+            groups[getattr(o, key)].append(o)
+            total += o.self_ns
+    return steps, total or 1.0, groups
+
+
+def _time_row(label_column, label, key, depth, ops, total, nsteps) -> dict:
+    """One table row: `label` as shown (indented for sub-modules), `key` the full name."""
+    t = sum(o.self_ns for o in ops) / 1e6
+    return {label_column: label, "name": key, "depth": depth, "total_ms": t, "pct": 100 * t * 1e6 / total,
+            "per_step_ms": t / max(1, nsteps), "ops": len(ops)}
+
+
+def model_table(a: Analysis, phase: str) -> Table:
+    """Op time by module scope, grouped under its layer (the seed's 'model table')."""
+    steps, total, by_scope = _grouped(a, phase, "scope")
+    by_layer = collections.defaultdict(list)
+    for scope in by_scope:
+        by_layer[by_scope[scope][0].layer].append(scope)
+    rows = []
+    for layer in sorted(by_layer, key=scope_order):
+        layer_ops = [o for sc in by_layer[layer] for o in by_scope[sc]]
+        rows.append(_time_row("module", layer, layer, 0, layer_ops, total, len(steps)))
+        if by_layer[layer] != [layer]:
+            for scope in sorted(by_layer[layer], key=scope_order):
+                rows.append(_time_row("module", "  " + scope[len(layer) + 1:], scope, 1, by_scope[scope],
+                                      total, len(steps)))
+    return Table(f"{phase}: op time by module (self time, summed over {len(steps)} step(s))",
+                 ["module", "total_ms", "pct", "per_step_ms", "ops"], rows)
+
+
+def summary_table(a: Analysis, phase: str) -> Table:
+    """Op time by category (the seed's 'summary table')."""
+    steps, total, by_cat = _grouped(a, phase, "category")
+    rows = [_time_row("category", c, c, 0, by_cat[c], total, len(steps)) for c in CATEGORIES if c in by_cat]
+    rows.sort(key=lambda r: -r["total_ms"])
+    return Table(f"{phase}: op time by category", ["category", "total_ms", "pct", "per_step_ms", "ops"], rows)
+
+
+def top_ops(a: Analysis, phase: str, limit: int | None = None) -> Table:
+    ops = a.phase_ops(phase)
+    total = sum(o.self_ns for o in ops) or 1.0
+    groups = collections.defaultdict(list)
+    for o in ops:
+        groups[(o.module, o.name)].append(o)
+    rows = []
+    for (module, name), g in groups.items():
+        t = [o.self_ns / 1e6 for o in g]
+        rows.append(dict(op=name, module=module, scope=g[0].scope, category=g[0].category,
+                         framework_op=g[0].framework_op, count=len(g), total_ms=sum(t),
+                         avg_ms=statistics.fmean(t), min_ms=min(t), max_ms=max(t),
+                         pct=100 * sum(t) * 1e6 / total))
+    rows.sort(key=lambda r: -r["total_ms"])
+    return Table(f"{phase}: top ops", ["op", "category", "count", "total_ms", "avg_ms", "min_ms", "max_ms", "pct",
+                                       "scope", "framework_op", "module"], rows[:limit] if limit else rows)
+
+
+def scope_order(scope: str):
+    """embed, rotary, layers in numeric order, final norm, lm_head, sampler, then the rest."""
+    head = ["model.embed_tokens", "model.rotary_emb"]
+    tail = ["model.norm", "lm_head", "sampler"]
+    if scope in head:
+        return (0, head.index(scope), "")
+    if scope.startswith("model.layers."):
+        parts = scope.split(".")
+        sub = ["input_layernorm", "self_attn", "post_attention_layernorm", "mlp"]
+        rest = ".".join(parts[3:])
+        return (1, int(parts[2]) if parts[2].isdigit() else 0, f"{sub.index(rest) if rest in sub else 9}{rest}")
+    if scope in tail:
+        return (2, tail.index(scope), "")
+    return (3, 0, scope)

@@ -1,0 +1,124 @@
+"""`python -m profiling <command>`:
+  capture [flags]                  capture XLA profiles of prefill and decode (= scripts/profiling.py)
+  summarize <run or profile dir>   phase, layer and op tables; --csv/--json/--chrome-trace/--plots
+  compare <A> <B>                  per phase, layer and op deltas, largest first
+  doctor                           is this machine ready to capture and view profiles
+  service parse <dir>              a service profile (events.jsonl) -> Chrome trace, SQLite, CSVs
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from tpu_engine.cli import run_cli
+
+from .capture import cli as capture_cli
+from .capture.xla_profiler import DEFAULT_PORT
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser and its subcommand parsers (whose `error` reports a subcommand's bad values)."""
+    p = argparse.ArgumentParser(prog="python -m profiling", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[1:]))
+    sub = p.add_subparsers(dest="command", required=True)
+    c = capture_cli.add_arguments(sub.add_parser("capture", help="capture XLA profiles (scripts/profiling.py)"))
+    s = sub.add_parser("summarize", help="tables for one capture (the newest run of a profile dir)")
+    s.add_argument("path", help="a run dir, a profile dir (newest run) or an .xplane.pb")
+    s.add_argument("--csv", metavar="BASE", help="write <BASE>_<phase>_model_table.csv, _summary_table.csv, _top_ops.csv")
+    s.add_argument("--json", metavar="FILE", help="context and every table as JSON")
+    s.add_argument("--chrome-trace", metavar="FILE", help="Chrome trace (.json or .json.gz) for Perfetto")
+    s.add_argument("--plots", metavar="BASE", help="write stacked-bar PNGs <BASE>_<phase>_layers.png ...")
+    s.add_argument("--top", type=int, default=15, help="rows of the top-ops table (default 15)")
+    s.add_argument("--detail", action="store_true", help="show every module scope, not only layers")
+    m = sub.add_parser("compare", help="deltas between two captures, B against A")
+    m.add_argument("a")
+    m.add_argument("b")
+    m.add_argument("--top", type=int, default=15)
+    d = sub.add_parser("doctor", help="check versions, the profile plugin, the port and the profile dir")
+    d.add_argument("--profiler-port", type=int, default=DEFAULT_PORT)
+    d.add_argument("--profile-result-dir", default="profiles")
+    sv = sub.add_parser("service", help="the service profiler's recorded spans")
+    svsub = sv.add_subparsers(dest="service_command", metavar="{parse}", required=True)
+    sp = svsub.add_parser("parse", help="events.jsonl files -> chrome_tracing.json, profiler.db, CSV tables")
+    sp.add_argument("path", help="a collection dir holding events.jsonl, or any dir above several")
+    sp.add_argument("--output-path", metavar="DIR", help="where the outputs go (default <path>/output)")
+    return p, {"capture": c}
+
+
+def summarize(path: str, csv: str | None = None, json_path: str | None = None, chrome: str | None = None,
+              plots: str | None = None, top: int = 15, detail: bool = False) -> None:
+    """Print the tables of one capture and write the exports asked for."""
+    from .analysis.analysis import Analysis
+    from .export import files, text
+    for out in (csv, json_path, chrome, plots):
+        if out:
+            parent = os.path.dirname(os.path.abspath(out))
+            if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+                raise ValueError(f"cannot write {out}: {parent} is not a writable directory.")
+    a = Analysis.load(path)
+    print(text.render(a, top, detail))
+    written = []
+    if csv:
+        written += files.write_csv(a, csv)
+    if json_path:
+        written.append(files.write_json(a, json_path))
+    if chrome:
+        from .export import chrome_trace
+        chrome_trace.write(a, chrome)
+        written.append(chrome)
+    if plots:
+        from .export.plots import write_plots
+        written += write_plots(a, plots)
+    if written:
+        print("\nwrote:")
+        for path in written:
+            print(f"  {path}")
+
+
+def compare(path_a: str, path_b: str, top: int = 15) -> None:
+    """Print B's deltas against A, per phase, layer and op."""
+    from .analysis import compare as compare_mod
+    from .analysis.analysis import Analysis
+    a, b = Analysis.load(path_a), Analysis.load(path_b)
+    print(f"A: {a.xplane}\nB: {b.xplane}")
+    for t in compare_mod.compare(a, b):
+        print()
+        print(t.render(limit=top))
+
+
+def main(argv=None) -> int:
+    parser, subparsers = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "capture":
+        return capture_cli.run(capture_cli.check_args(args, subparsers["capture"].error))
+    if args.command == "doctor":
+        from . import doctor
+        return doctor.run(args.profiler_port, args.profile_result_dir)
+    if args.command == "service":
+        from .service import output
+        return output.run(args.path, args.output_path)
+    if args.command == "summarize":
+        summarize(args.path, args.csv, args.json, args.chrome_trace, args.plots, args.top, args.detail)
+    else:
+        compare(args.a, args.b, args.top)
+    return 0
+
+
+def cli(argv=None) -> None:
+    """Errors in what the user gave (ValueError) are one line and exit 2."""
+    try:
+        run_cli(lambda: sys.exit(main(argv)))
+    except BrokenPipeError:  # e.g. piped into `head`
+        sys.exit(0)
+
+
+def summarize_cli() -> None:
+    """`tpu-profiling-summarize ...` = `python -m profiling summarize ...`."""
+    cli(["summarize", *sys.argv[1:]])
+
+
+def compare_cli() -> None:
+    """`tpu-profiling-compare A B` = `python -m profiling compare A B`."""
+    cli(["compare", *sys.argv[1:]])

@@ -1,0 +1,56 @@
+"""An analysis as files: CSV tables with the layer-wise example's names
+(`<base>_<phase>_model_table.csv`, `_summary_table.csv`, plus `_top_ops.csv` and
+`<base>_phase_summary.csv`) and one JSON document with the run's context and every table."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from ..analysis import tables
+from ..analysis.analysis import Analysis
+from ..analysis.compiles import compile_report
+from ..analysis.roofline import roofline
+from ..analysis.table import Table
+
+
+def phase_tables(a: Analysis, phase: str) -> dict[str, Table]:
+    return {"model_table": tables.model_table(a, phase), "summary_table": tables.summary_table(a, phase),
+            "top_ops": tables.top_ops(a, phase)}
+
+
+def write_csv(a: Analysis, base: str) -> list[str]:
+    written = []
+    for phase in a.phases:
+        for name, table in phase_tables(a, phase).items():
+            path = f"{base}_{phase}_{name}.csv"
+            table.write_csv(path)
+            written.append(path)
+    path = f"{base}_phase_summary.csv"
+    tables.phase_summary(a).write_csv(path)
+    return written + [path]
+
+
+def context(a: Analysis) -> dict:
+    """The run dir, the capture file and, from the run record, what it ran and with what."""
+    out = dict(run_dir=a.run_dir, xplane=a.xplane.rsplit("/", 1)[-1])
+    if a.record:
+        record = a.record.to_json()
+        out.update({k: record[k] for k in ("command", "args", "env", "versions", "engine", "window",
+                                            "workload", "peaks") if record.get(k) is not None})
+    return out
+
+
+def to_json(a: Analysis) -> dict:
+    roof = roofline(a)
+    return dict(context=context(a), phase_summary=tables.phase_summary(a).to_dict(),
+                request_latency=dataclasses.asdict(tables.request_latency(a)),
+                phases={p: {k: t.to_dict() for k, t in phase_tables(a, p).items()} for p in a.phases},
+                compile_report=dataclasses.asdict(compile_report(a)),
+                roofline=dataclasses.asdict(roof) if roof else None,
+                ops_outside_steps=len(a.outside))
+
+
+def write_json(a: Analysis, path: str) -> str:
+    with open(path, "w") as f:
+        json.dump(to_json(a), f, indent=1, default=str)
+    return path

@@ -1,0 +1,50 @@
+"""The service profiler's batch and KV-cache spans, from the engine's public events: each step's
+begin and end (`engine.events`) becomes a `Schedule/batch` span and each slot taken or freed
+(`engine.slot_events`) a `KVCache/allocate` or `KVCache/free` mark, recorded while collection is
+on. Nothing is patched, so renaming an engine internal cannot break them."""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from tpu_engine.events import PhaseEvent, SlotEvent
+
+from .collector import COLLECTOR, Collector
+
+SCHEDULE, KVCACHE = "Schedule", "KVCache"
+
+
+class EngineSpans:
+    def __init__(self, collector: Collector = COLLECTOR):
+        self.collector = collector
+        self._began = 0
+
+    def on_phase(self, e: PhaseEvent) -> None:
+        if e.kind == "begin":
+            self._began = time.perf_counter_ns()
+            return
+        if not self.collector.wants(SCHEDULE):
+            return
+        r = e.record
+        self.collector.record(SCHEDULE, "batch", self._began or time.perf_counter_ns(), time.perf_counter_ns(),
+                              {"step": r.step, "phase": r.phase, "batch_size": r.batch_size,
+                               "num_tokens": r.num_tokens, "padded_tokens": r.padded_tokens,
+                               "kv_len_max": r.kv_len_max, "request_ids": list(r.request_ids)})
+
+    def on_slot(self, e: SlotEvent) -> None:
+        if not self.collector.wants(KVCACHE):
+            return
+        now = time.perf_counter_ns()
+        attrs = {"request_id": e.request_id, "slot": e.slot, "tokens": e.tokens, "slots_used": e.slots_used}
+        if e.kind == "free":
+            attrs.update(output_tokens=e.output_tokens, finish_reason=e.finish_reason)
+        self.collector.record(KVCACHE, e.kind, now, now, attrs)
+
+    def attach(self, engine) -> Callable[[], None]:
+        """Listen to `engine` (an LLMEngine); returns the function that stops listening."""
+        off = [engine.events.subscribe(self.on_phase), engine.slot_events.subscribe(self.on_slot)]
+
+        def detach() -> None:
+            for unsubscribe in off:
+                unsubscribe()
+        return detach

@@ -1,0 +1,95 @@
+"""`python -m profiling service parse <dir>`: every `events.jsonl` below <dir> (one per server
+process) -> `chrome_tracing.json`, `profiler.db` (SQLite) and the CSV tables of `tables.py`.
+Every output file is written to a temp file first and renamed, so none is ever half written."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sqlite3
+
+from ..analysis.table import Table
+from .events import find_event_files, read_events
+from .tables import COLUMNS, build, summaries
+from .trace import chrome_trace
+
+
+def _atomic(out_dir: str, name: str, write) -> str:
+    tmp = os.path.join(out_dir, f".{name}.{os.getpid()}.tmp")  # same dir: the rename is atomic
+    try:
+        write(tmp)
+        os.replace(tmp, os.path.join(out_dir, name))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return name
+
+
+def _write_json(path: str, data) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f)
+
+
+def _write_db(path: str, tables: dict[str, Table]) -> None:
+    con = sqlite3.connect(path)
+    try:
+        for name, tab in tables.items():
+            con.execute(f"CREATE TABLE {name} ({', '.join(tab.columns)})")
+            con.executemany(f"INSERT INTO {name} VALUES ({', '.join('?' * len(tab.columns))})",
+                            [[r.get(c) for c in tab.columns] for r in tab.rows])
+        con.commit()
+    finally:
+        con.close()
+
+
+@dataclasses.dataclass
+class Parsed:
+    files: list[str]             # the events files read
+    out: str                     # the output dir
+    written: list[str]           # file names written there
+    tables: dict[str, Table]
+    events: int
+
+
+def parse(path: str, output_path: str | None = None) -> Parsed:
+    """Read every events file under `path`, write the outputs into `output_path` (default
+    <path>/output). ValueError (nothing written) for unusable input."""
+    files = find_event_files(path)
+    spans, markers, pids = [], [], {}
+    for src, f in enumerate(files):
+        header, s, m = read_events(f, src)
+        pids[src] = header.get("pid", src) if header else src
+        spans += s
+        markers += m
+    data = build(spans, markers, pids)
+    tables = {k: Table(k, COLUMNS[k], data.rows[k]) for k in COLUMNS}
+    tables.update(summaries(data))
+    out = output_path or os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "output")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"output path {out!r} cannot be created ({e.strerror}).") from None
+    trace = chrome_trace(data)
+    written = [_atomic(out, "chrome_tracing.json", lambda p: _write_json(p, trace))]
+    written.append(_atomic(out, "profiler.db", lambda p: _write_db(p, {k: tables[k] for k in COLUMNS})))
+    for name, tab in tables.items():
+        written.append(_atomic(out, f"{name}.csv", tab.write_csv))
+    return Parsed(files, out, written, tables, len(spans) + len(markers))
+
+
+def run(path: str, output_path: str | None = None) -> int:
+    res = parse(path, output_path)
+    svc = {r["metric"]: r["value"] for r in res.tables["service_summary"].rows}
+    batches = res.tables["batch"].rows
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    print(f"Service profile: {res.events} events from {len(res.files)} file(s) over "
+          f"{svc['duration_s']:.3f} s")
+    print(f"  requests: {svc['requests']} complete, {svc['incomplete']} incomplete, {svc['failed']} failed; "
+          f"steps: {svc['steps']} ({sum(b['phase'] == 'prefill' for b in batches)} prefill, "
+          f"{sum(b['phase'] == 'decode' for b in batches)} decode)")
+    print(f"  throughput: {fmt(svc['request_throughput'], '.2f')} req/s, "
+          f"{fmt(svc['output_token_throughput'], '.1f')} output tok/s; "
+          f"engine busy {fmt(svc['engine_busy_fraction'], '.1%')}")
+    print(f"Wrote {res.out}: {', '.join(res.written)}")
+    return 0
