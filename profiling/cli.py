@@ -47,6 +47,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     return p, {"capture": c}
 
 
+def _check_output(out: str) -> None:
+    """Make the folder an export goes into; ValueError naming it if that cannot be done."""
+    parent = os.path.dirname(os.path.abspath(out))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot write {out}: {parent} cannot be created ({e.strerror}).") from None
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"cannot write {out}: {parent} is not writable.")
+
+
 def summarize(path: str, csv: str | None = None, json_path: str | None = None, chrome: str | None = None,
               plots: str | None = None, top: int = 15, detail: bool = False) -> None:
     """Print the tables of one capture and write the exports asked for."""
@@ -54,9 +65,7 @@ def summarize(path: str, csv: str | None = None, json_path: str | None = None, c
     from .export import files, text
     for out in (csv, json_path, chrome, plots):
         if out:
-            parent = os.path.dirname(os.path.abspath(out))
-            if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-                raise ValueError(f"cannot write {out}: {parent} is not a writable directory.")
+            _check_output(out)
     a = Analysis.load(path)
     print(text.render(a, top, detail))
     written = []

@@ -31,6 +31,16 @@ def run_profiling(*args, env=None, timeout=600, cwd=ROOT) -> subprocess.Complete
                           env=env or profiling_env(), timeout=timeout, cwd=cwd)
 
 
+def profiling_cli(*args, timeout=300) -> subprocess.CompletedProcess:
+    """`python -m profiling ...` as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "profiling", *args], capture_output=True, text=True,
+                          env=profiling_env(), cwd=ROOT, timeout=timeout)
+
+
+def proc_output(proc: subprocess.CompletedProcess) -> str:
+    return f"rc={proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+
+
 class Capture:
     """One finished `profiling.py` run: its output and the run directories it published."""
 

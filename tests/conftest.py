@@ -55,3 +55,11 @@ def all_capture(tmp_path_factory, llama_dir):
                    "--input-len", "12", "--output-len", "6", "--batch-size", "3",
                    "--enforce-eager", "--profile-phase", "all",
                    env=profiling_env(XLA_HLO_DEBUG=1))
+
+
+@pytest.fixture(scope="session")
+def all_analysis(all_capture):
+    """The analysis of `all_capture`, which must have succeeded."""
+    assert all_capture.proc.returncode == 0, all_capture.proc.stderr[-3000:]
+    from profiling.analysis.analysis import Analysis
+    return Analysis.load(all_capture.run)

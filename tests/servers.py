@@ -8,6 +8,7 @@ engine's warm-up) while the server compiles, then call `wait_ready()`.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Callable
 
 import httpx
 
@@ -30,6 +32,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, poll_s: float = 0.1) -> None:
+    """Poll `predicate` until it holds; AssertionError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(poll_s)
 
 
 class ServerError(RuntimeError):
@@ -76,22 +86,25 @@ class Server:
         """Poll GET /health until it answers 200; ServerError (with the log tail) if the server
         exits first or `timeout` seconds pass. The server is stopped before the error is raised."""
         assert self.proc is not None, "call start() first"
-        deadline = time.monotonic() + self.timeout
-        while True:
+
+        def ready() -> bool:
             if self.proc.poll() is not None:
-                self.stop()
-                raise ServerError(f"the server exited with code {self.proc.returncode} before it was "
-                                  f"ready; log tail:\n{self.tail()}")
+                return True
             try:
-                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
-                    return self
+                return httpx.get(f"{self.url}/health", timeout=5).status_code == 200
             except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ServerError(f"the server was not healthy after {self.timeout:.0f} s; "
-                                  f"log tail:\n{self.tail()}")
-            time.sleep(0.5)
+                return False
+        try:
+            wait_until(ready, self.timeout, "the server to become healthy", poll_s=0.5)
+        except AssertionError:
+            self.stop()
+            raise ServerError(f"the server was not healthy after {self.timeout:.0f} s; "
+                              f"log tail:\n{self.tail()}") from None
+        if self.proc.poll() is not None:
+            self.stop()
+            raise ServerError(f"the server exited with code {self.proc.returncode} before it was "
+                              f"ready; log tail:\n{self.tail()}")
+        return self
 
     def stop(self) -> int | None:
         """SIGINT, then SIGKILL after STOP_GRACE_S; returns the exit code (None if never started)."""
@@ -140,3 +153,20 @@ class Server:
         except httpx.HTTPError:
             return False
         return r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+COLLECTING, STOPPED = "Service profiler: collecting into", "Service profiler: collection stopped"
+
+
+def switch_collection(server: Server, config_path, enable: int, timeout: float = 60) -> None:
+    """Set "enable" in the service profiler's config (atomically) and wait until the server has
+    applied it: on disable, everything recorded is on disk once it says so."""
+    said = COLLECTING if enable else STOPPED
+    before = server.log().count(said)
+    with open(config_path) as f:
+        cfg = json.load(f)
+    tmp = f"{config_path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({**cfg, "enable": enable}, f)
+    os.replace(tmp, config_path)
+    wait_until(lambda: server.log().count(said) > before, timeout, f"the server to log {said!r}")

@@ -3,7 +3,8 @@ phase events and request outputs.
 
 One strict engine (any compile after warm-up raises RecompileError) serves the module, so
 every test here also checks that serving never recompiles. max_model_len=256 gives two
-decode attention spans (128 and 256), so decode crosses a span bucket too."""
+decode attention spans (128 and 256), so decode crosses a span bucket too. (One module, over 300
+lines, so that every test shares that engine's warm-up.)"""
 import json
 import os
 import random
@@ -11,7 +12,7 @@ import shutil
 
 import pytest
 
-from tpu_engine import LLM, SamplingParams
+from tpu_engine import LLM, SamplingParams, StepRecord
 
 VOCAB = 512
 MAX_LEN = 256
@@ -193,13 +194,16 @@ def test_phase_events(llm):
     ids = [o.request_id for o in outs]
     assert len(events) % 2 == 0
     begins, ends = events[0::2], events[1::2]
-    for b, e in zip(begins, ends):
-        assert (b.kind, e.kind) == ("begin", "end")
+    for begin, end in zip(begins, ends):
+        assert (begin.kind, end.kind) == ("begin", "end")
+        b, e = begin.record, end.record
         assert (b.phase, b.step, b.bucket, b.request_ids, b.batch_size, b.num_tokens) == \
                (e.phase, e.step, e.bucket, e.request_ids, e.batch_size, e.num_tokens)
         assert b.wall_end is None and b.compiles is None
         assert e.wall_end >= e.wall_start == b.wall_start
         assert e.compiles == 0
+        assert StepRecord.from_json(json.loads(json.dumps(e.to_json()))) == e  # manifest.jsonl round trip
+    begins = [b.record for b in begins]
     steps = [b.step for b in begins]
     assert all(x < y for x, y in zip(steps, steps[1:]))
 
@@ -231,6 +235,29 @@ def test_phase_events(llm):
     assert running == []
     assert generated == budget_of
     assert sum(b.phase == "decode" for b in begins) == max(budgets) - 1
+
+
+def test_slot_events_follow_each_request_from_slot_to_release(llm):
+    engine = llm.llm_engine
+    events = []
+    unsubscribe = engine.slot_events.subscribe(events.append)
+    try:
+        outs = _generate(llm, [_prompt(5, seed=60), _prompt(9, seed=61)], [_greedy(2), _greedy(4)])
+        engine.add_request("gone", _prompt(4, seed=62), _greedy(8))
+        engine.step()                                   # prefilled into a slot, then aborted
+        engine.abort_request("gone")
+    finally:
+        unsubscribe()
+    ids = [o.request_id for o in outs] + ["gone"]
+    allocs = [e for e in events if e.kind == "allocate"]
+    frees = {e.request_id: e for e in events if e.kind == "free"}
+    assert [(e.request_id, e.tokens) for e in allocs] == list(zip(ids, [5, 9, 4]))
+    assert set(frees) == set(ids) and len(events) == 6
+    # tokens held at release: the prompt plus every output token but the last (never written)
+    assert [(frees[i].finish_reason, frees[i].output_tokens, frees[i].tokens) for i in ids] == \
+        [("length", 2, 6), ("length", 4, 12), ("abort", 1, 4)]
+    assert [e.slots_used for e in events if e.kind == "allocate"][:2] == [1, 2]
+    assert events[-1].slots_used == 0 and engine.num_running() == 0
 
 
 # ---- outputs -------------------------------------------------------------------------------
@@ -297,7 +324,7 @@ def test_generate_failing_mid_run_aborts_only_its_own_requests(llm):
         pass
 
     def stop_at_first_decode(event):
-        if event.phase == "decode":
+        if event.record.phase == "decode":
             raise Stop()
 
     unsubscribe = engine.events.subscribe(stop_at_first_decode)

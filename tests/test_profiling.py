@@ -1,14 +1,16 @@
 """Captures made by scripts/profiling.py: windows exact by construction, the env window's delay
 and duration, the manifest and run record, verification, XLA_HLO_DEBUG metadata, Ctrl-C."""
 import glob
+import json
 import os
 import signal
 import subprocess
 import sys
-import time
 
-from profiling import workload, xspace
-from profiling.verify import check_capture
+from profiling.capture import workload
+from profiling.capture.record import read_manifest, read_run_record
+from profiling.capture.verify import check_capture
+from profiling.trace import xspace
 from tests.captures import PROFILING, ROOT, SMALL, free_port, profiling_env
 
 
@@ -62,14 +64,27 @@ def test_schedules_match_the_seed():
 def test_run_info_records_the_run(decode_capture):
     info = decode_capture.run_info()
     assert info["versions"]["torch"] == "2.9.0" and info["versions"]["torch_xla"] == "2.9.0"
-    assert info["engine"]["platform"] == "CPU" and info["engine"]["device_count"] >= 1
+    assert info["engine"]["device"]["platform"] == "CPU" and info["engine"]["device"]["device_count"] >= 1
     assert info["args"]["batch_size"] == 4 and info["args"]["mode"] == "run_to_completion"
     assert info["window"]["kind"] == "phase" and info["window"]["phase"] == "decode"
     assert len(info["latency_s"]["profiled"]) == 1 and info["latency_s"]["warmup_mean"] > 0
     assert info["compiles"]["warmup"]["compiles"] > 0
-    assert info["compiles"]["profiled_passes"]["compiles"] == 0
+    assert info["compiles"]["profiled"]["compiles"] == 0
     assert info["verification"]["steps"] == {"decode": [r["step"] for r in decode_capture.manifest()]}
     assert info["verification"]["bytes"] == os.path.getsize(decode_capture.xplane())
+    assert info["capture"]["window_steps"] == info["verification"]["steps"]["decode"]
+    assert 0 <= info["capture"]["written_after_s"] < 60
+
+
+def test_run_files_read_back_as_typed_records(decode_capture):
+    """run_info.json and manifest.jsonl round-trip through their record types unchanged."""
+    record = read_run_record(decode_capture.run)
+    assert json.loads(json.dumps(record.to_json())) == decode_capture.run_info()
+    assert record.model_config.num_hidden_layers == decode_capture.run_info()["model_config"]["num_hidden_layers"]
+    assert record.engine.device.platform == "CPU" and record.compiles.profiled.compiles == 0
+    steps = read_manifest(decode_capture.run)
+    assert [s.to_json() for s in steps] == decode_capture.manifest()
+    assert [s.batch_size for s in steps] == [4, 3, 2, 1]
 
 
 def test_env_window_honours_delay_and_duration(env_capture):
@@ -94,7 +109,7 @@ def test_env_window_honours_delay_and_duration(env_capture):
 
 def test_verification_reads_the_capture(decode_capture):
     check = check_capture(decode_capture.run)
-    assert check.bytes > 0 and any(t.startswith("trace_viewer") for t in check.tools)
+    assert check.bytes > 0 and any(t.startswith("trace_viewer") for t in check.xprof_tools)
     assert check.steps["decode"] == [r["step"] for r in decode_capture.manifest()]
 
 
@@ -128,17 +143,17 @@ def test_ctrl_c_during_profiled_passes_leaves_a_readable_capture_or_none(tmp_pat
          "--profile-result-dir", str(tmp_path), "--profiler-port", str(free_port())],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=profiling_env())
     seen = []
-    deadline = time.time() + 300
-    for line in proc.stdout:  # wait until the profiled passes are running
+    for line in proc.stdout:  # wait until the first profiled pass is published; later ones run on
         seen.append(line)
-        if "Profiling (results" in line or time.time() > deadline:
+        if line.startswith("Capture: "):
             break
-    time.sleep(1.5)
     proc.send_signal(signal.SIGINT)
     out = "".join(seen) + proc.stdout.read()
     assert proc.wait(timeout=120) == 130, out[-3000:]
     assert "Traceback" not in out
     assert not glob.glob(os.path.join(str(tmp_path), ".staging-*"))
-    for run in glob.glob(os.path.join(str(tmp_path), "plugins", "profile", "*")):
+    runs = glob.glob(os.path.join(str(tmp_path), "plugins", "profile", "*"))
+    assert runs, out[-3000:]
+    for run in runs:
         check = check_capture(run)  # raises if unreadable
-        assert set(check.steps) <= {"decode"}
+        assert set(check.steps) == {"decode"}

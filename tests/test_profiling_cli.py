@@ -209,18 +209,31 @@ def test_doctor_fails_on_a_stray_xplane(tmp_path):
     assert all(checks[name][0] == "ok" for name in ("versions", "profile plugin", "port")), out
 
 
-# ---- the console script --------------------------------------------------------------------
-def test_tpu_profiling_console_script_help():
+# ---- the entry points ----------------------------------------------------------------------
+def test_capture_entry_points_share_one_parser():
+    """`tpu-profiling`, `python -m profiling capture` and the seed's `scripts/profiling.py` are
+    one command: the same flags, each with the same help."""
     script = os.path.join(os.path.dirname(sys.executable), "tpu-profiling")
     assert os.access(script, os.X_OK), f"{script} missing: pip install -e . installs it"
-    proc = subprocess.run([script, "--help"], capture_output=True, text=True, env=profiling_env(),
-                          timeout=120, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
+    helps = {}
+    for name, cmd in (("console", [script]), ("module", [sys.executable, "-m", "profiling", "capture"]),
+                      ("script", [sys.executable, PROFILING])):
+        proc = subprocess.run([*cmd, "--help"], capture_output=True, text=True, env=profiling_env(),
+                              timeout=120, cwd=ROOT)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        options = proc.stdout.split("options:", 1)[1]  # what follows the usage line (which names the program)
+        helps[name] = re.sub(r"\s+", " ", options)
     for text in ("--profile-phase", "run_num_steps", "run_to_completion", "--profiler-port",
-                 "--profile-result-dir"):
-        assert text in proc.stdout, f"{text!r} not in:\n{proc.stdout}"
-    # the same parser as the script itself
-    direct = subprocess.run([sys.executable, PROFILING, "--help"], capture_output=True, text=True,
-                            env=profiling_env(), timeout=120, cwd=ROOT)
-    assert direct.returncode == 0 and direct.stdout == proc.stdout
+                 "--profile-result-dir", "--enforce-eager"):
+        assert text in helps["console"], f"{text!r} not in:\n{helps['console']}"
+    assert helps["console"] == helps["module"] == helps["script"]
+
+
+def test_script_outside_an_install_says_how_to_install(tmp_path):
+    """The scripts hold no code: run with a Python that lacks the package, they say so in one line."""
+    env = {**profiling_env(), "PYTHONNOUSERSITE": "1"}
+    proc = subprocess.run([sys.executable, "-S", PROFILING, "--help"], capture_output=True, text=True,
+                          env=env, timeout=120, cwd=str(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: profiling is not installed; install the project first: pip install -e ."], proc.stderr

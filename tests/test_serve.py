@@ -3,7 +3,9 @@ server process on loopback, the tiny model on CPU, real HTTP clients.
 
 Two servers serve the module: the default model (token-id prompts only) and a tiny HF checkpoint
 with a word-level tokenizer.json (text prompts). Both are launched at once and compile while
-the offline reference engine warms up in the test process.
+the offline reference engine warms up in the test process. (One module, over 300 lines, because
+every test here shares those servers: starting them again for a second module would cost a
+minute of CI.)
 """
 from __future__ import annotations
 
@@ -12,13 +14,12 @@ import json
 import os
 import random
 import shutil
-import time
 import types
 
 import httpx
 import pytest
 
-from tests.servers import SMALL, Server
+from tests.servers import SMALL, Server, wait_until
 from tpu_engine import LLM, SamplingParams
 
 MODEL = "tpu-engine/tiny-llama"
@@ -339,19 +340,20 @@ def test_disconnected_plain_request_is_aborted(server):
                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
             await writer.drain()
             writers.append(writer)
-        for _ in range(200):                  # until all three hold a slot
+
+        def all_admitted():
             m = _metrics(server.url)
-            if m["num_requests_running"] + m["requests_finished_total"] - before["requests_finished_total"] >= 3:
-                break
-            await asyncio.sleep(0.02)
+            return m["num_requests_running"] + m["requests_finished_total"] - before["requests_finished_total"] >= 3
+        wait_until(all_admitted, 60, "all three requests to hold a slot", poll_s=0.02)
         for writer in writers:
             writer.close()                    # the clients go away mid-generation
     asyncio.run(scenario())
-    for _ in range(300):
-        after = _metrics(server.url)
-        if after["num_requests_running"] == 0 and after["num_requests_waiting"] == 0:
-            break
-        time.sleep(0.1)
+
+    def idle():
+        m = _metrics(server.url)
+        return m["num_requests_running"] == 0 and m["num_requests_waiting"] == 0
+    wait_until(idle, 60, "the engine to drop the three requests")
+    after = _metrics(server.url)
     assert after["requests_aborted_total"] - before["requests_aborted_total"] == 3, (before, after)
     assert after["requests_finished_total"] == before["requests_finished_total"], (before, after)
     assert after["generation_tokens_total"] - before["generation_tokens_total"] < 3 * long

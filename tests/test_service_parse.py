@@ -1,5 +1,7 @@
 """`python -m profiling service parse` on events recorded by a real `python -m tpu_engine.serve`
-(service profiler switched on and off through its config file, an XLA capture of the same window)."""
+(service profiler switched on and off through its config file, an XLA capture of the same window).
+One module, over 300 lines, because every test reads the one served and parsed run (`served`).
+Synthetic inputs, where every figure is known by hand: tests/test_service_tables.py."""
 import collections
 import concurrent.futures
 import csv
@@ -10,36 +12,17 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
-from tests.servers import ROOT, SMALL, Server
+from tests.servers import ROOT, SMALL, Server, switch_collection
 
 ENV = {**os.environ, "PJRT_DEVICE": "CPU"}
 # (prompt length, max_tokens): mixed, with a one-token request (no decode, no TPOT).
 WORKLOAD = [(5, 1), (9, 2), (3, 7), (12, 4), (6, 9), (4, 3), (10, 6), (7, 5), (8, 8), (11, 2)]
 OUTPUTS = ["chrome_tracing.json", "profiler.db", "request.csv", "batch.csv", "forward.csv", "kvcache.csv",
            "request_summary.csv", "batch_summary.csv", "service_summary.csv"]
-
-
-def set_enable(cfg_path: str, enable: int) -> None:
-    with open(cfg_path) as f:
-        cfg = json.load(f)
-    cfg["enable"] = enable
-    tmp = cfg_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(cfg, f)
-    os.replace(tmp, cfg_path)
-
-
-def wait_for_log(srv: Server, text: str, count: int, timeout: float = 60) -> None:
-    """The server has printed `text` `count` times (its config watcher polls every 0.5 s)."""
-    deadline = time.monotonic() + timeout
-    while srv.log().count(text) < count:
-        assert time.monotonic() < deadline, f"{text!r} not logged {count} times:\n{srv.tail()}"
-        time.sleep(0.2)
 
 
 def complete(url: str, i: int, prompt_len: int, max_tokens: int) -> dict:
@@ -87,16 +70,14 @@ def served(tmp_path_factory):
         with open(cfg) as f:
             assert json.load(f)["enable"] == 0
         before = send(srv.url, [(4, 3), (6, 2)], offset=100)
-        set_enable(cfg, 1)
-        wait_for_log(srv, "Service profiler: collecting into", 1)
+        switch_collection(srv, cfg, 1)
         r = httpx.post(f"{srv.url}/start_profile", timeout=60)
         assert r.status_code == 200, r.text
         sent = send(srv.url, WORKLOAD)
         r = httpx.post(f"{srv.url}/stop_profile", timeout=300)
         assert r.status_code == 200, r.text
         run = os.path.join(ROOT, r.json()["run"])
-        set_enable(cfg, 0)
-        wait_for_log(srv, "Service profiler: collection stopped", 1)
+        switch_collection(srv, cfg, 0)
         after = send(srv.url, [(5, 2), (3, 4)], offset=200)
     events = glob.glob(os.path.join(tmp, "service_profile", "*", "events.jsonl"))
     assert len(events) == 1, events

@@ -9,13 +9,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
-from profiling.manifest import read_manifest
-from tests.servers import ROOT, SMALL, Server
+from profiling.capture.record import read_manifest
+from tests.servers import ROOT, SMALL, Server, switch_collection
+from tpu_engine.config import DEFAULT_MODEL, REGISTRY
 
 CUSTOM_YAML = """
 - symbol: tpu_engine.engine:LLMEngine.validate
@@ -51,17 +51,6 @@ def _complete(url, prompt, max_tokens):
     return r.json()
 
 
-def _set_enable(path, value):
-    with open(path) as f:
-        cfg = json.load(f)
-    cfg["enable"] = value
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(cfg, f)
-    os.replace(tmp, path)
-    time.sleep(1.5)  # the server polls the file every 0.5 s
-
-
 def _spans(root):
     out = []
     for path in glob.glob(os.path.join(root, "**", "events.jsonl"), recursive=True):
@@ -88,11 +77,11 @@ def test_custom_symbols_record_their_attributes_and_problems_are_reported(custom
     assert "LLMEngine.no_such_method: 'LLMEngine' has no attribute 'no_such_method'; skipped." in log
     assert "attribute 'bad': expression 'return || len' is not valid" in log
     assert "handler 'tests.no_such_module:handler' cannot be imported" in log and "using the timer" in log
-    _set_enable(tmp / "config.json", 1)
+    switch_collection(srv, tmp / "config.json", 1)
     prompts = [[1, 2, 3], list(range(1, 12))]
     for p in prompts:
         _complete(srv.url, p, 4)
-    _set_enable(tmp / "config.json", 0)
+    switch_collection(srv, tmp / "config.json", 0)
     spans = _spans(tmp)
     validate = [s for s in spans if s["name"] == "validate"]
     assert {s["attrs"]["prompt_len"] for s in validate} == {3, 11}
@@ -110,13 +99,14 @@ def test_enable_switch_starts_and_stops_collection_at_run_time(custom_server):
     srv, cfg = custom_server, custom_server.tmp / "config.json"
     before = len(_spans(srv.tmp))
     _complete(srv.url, [5, 6], 2)                                 # disabled: nothing recorded
-    time.sleep(0.5)
-    assert len(_spans(srv.tmp)) == before
-    _set_enable(cfg, 1)
-    _complete(srv.url, [5, 6], 2)
-    _set_enable(cfg, 0)
-    after = _spans(srv.tmp)
-    assert len(after) > before and any(s["name"] == "usage" and s["attrs"]["total"] == 4 for s in after[before:])
+    switch_collection(srv, cfg, 1)
+    _complete(srv.url, [5, 6, 7], 2)
+    switch_collection(srv, cfg, 0)                                # all recorded is on disk now
+    _complete(srv.url, [5, 6, 7, 8], 2)                           # disabled again
+    switch_collection(srv, cfg, 1)                                # (a round trip flushes anything held)
+    switch_collection(srv, cfg, 0)
+    new = [s["attrs"]["total"] for s in _spans(srv.tmp)[before:] if s["name"] == "usage"]
+    assert new == [5]
 
 
 def test_start_and_stop_profile_capture_prefill_and_decode_of_live_traffic(custom_server):
@@ -134,15 +124,23 @@ def test_start_and_stop_profile_capture_prefill_and_decode_of_live_traffic(custo
     assert glob.glob(os.path.join(run, "*.xplane.pb")) and not glob.glob(str(srv.tmp / "xla" / ".staging-*"))
     assert len(result["steps"]["prefill"]) == 1 and len(result["steps"]["decode"]) == 4
     rows = read_manifest(run)
-    assert sorted(r["step"] for r in rows) == sorted(result["steps"]["prefill"] + result["steps"]["decode"])
+    assert sorted(r.step for r in rows) == sorted(result["steps"]["prefill"] + result["steps"]["decode"])
     info = json.load(open(os.path.join(run, "run_info.json")))
     assert info["verification"]["steps"] == result["steps"] and "trace_viewer@" in info["verification"]["xprof_tools"]
+    # the same run record as an offline capture: compiles, and peaks said to be unmeasured on CPU
+    assert info["window"]["kind"] == "server" and info["engine"]["model"] == DEFAULT_MODEL
+    assert info["model_config"]["num_hidden_layers"] == REGISTRY[DEFAULT_MODEL]["num_hidden_layers"]
+    assert info["compiles"]["warmup"]["compiles"] > 0 and info["compiles"]["profiled"]["compiles"] == 0
+    assert info["peaks"]["flops_per_s"] is None and info["peaks"]["source"].startswith("not measured")
+    assert result["problems"] == []
     summary = subprocess.run([sys.executable, "-m", "profiling", "summarize", run], capture_output=True,
                              text=True, cwd=ROOT, timeout=300)
     assert summary.returncode == 0, summary.stderr
     phases = {line.split()[0]: int(line.split()[1]) for line in summary.stdout.splitlines()
               if line.split()[:1] in (["prefill"], ["decode"]) and line.split()[1].isdigit()}
     assert phases == {"prefill": 1, "decode": 4}, summary.stdout
+    assert "profiled passes: 0 compilation(s)" in summary.stdout and "no captured step compiled." in summary.stdout
+    assert "peaks: not measured" in summary.stdout and "0.0 GFLOP/s" not in summary.stdout
     stop = httpx.post(f"{srv.url}/stop_profile", timeout=60)
     assert stop.status_code == 409 and "no profile capture is running" in stop.json()["error"]["message"]
 
@@ -164,7 +162,7 @@ def test_malformed_symbols_yaml_is_reported_and_the_server_serves(tmp_path):
     assert len(runs) == 1 and not glob.glob(str(tmp_path / "xla" / ".staging-*"))
     info = json.load(open(os.path.join(runs[0], "run_info.json")))
     assert info["verification"]["steps"] == {"prefill": [3], "decode": [4, 5]}   # the second request
-    assert [r["step"] for r in read_manifest(runs[0])] == [3, 4, 5]
+    assert [r.step for r in read_manifest(runs[0])] == [3, 4, 5]
 
 
 def _serve(*args, env=None):

@@ -15,7 +15,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -23,6 +22,7 @@ import urllib.request
 import pytest
 
 from tests.captures import free_port, profiling_env
+from tests.servers import wait_until
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 START_TIMEOUT_S = 90
@@ -62,20 +62,14 @@ class TensorBoard:
             return f.read()[-n:]
 
     def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        last = None
-        while time.monotonic() < deadline:
+        def serving() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"tensorboard exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                status, _ = _get(self.base + "/data/plugins_listing", timeout=5)
-                if status == 200:
-                    return
-            except (urllib.error.URLError, ConnectionError, OSError) as e:
-                last = e
-            time.sleep(0.5)
-        raise AssertionError(f"tensorboard did not serve {self.base} within {timeout_s}s ({last}):\n"
-                             f"{self.log_tail()}")
+                return _get(self.base + "/data/plugins_listing", timeout=5)[0] == 200
+            except (urllib.error.URLError, ConnectionError, OSError):
+                return False
+        wait_until(serving, timeout_s, f"tensorboard to serve {self.base}", poll_s=0.5)
 
     def json(self, path: str, **params):
         url = f"{self.base}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")

@@ -132,46 +132,10 @@ def load_config(model_dir: str) -> ModelConfig:
     return config_from_hf(raw)
 
 
-_LLAMA31_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                 "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
-
-# Architectures of well-known checkpoints, so `load_format="dummy"` needs no network.
-# Values are the fields of each model's published config.json.
-REGISTRY: dict[str, dict[str, Any]] = {
-    # The built-in default: a small Llama that runs end to end on a 2-core CPU in about a minute.
-    "tpu-engine/tiny-llama": dict(
-        architectures=["LlamaForCausalLM"], vocab_size=32000, hidden_size=512,
-        intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
-        num_key_value_heads=4, max_position_embeddings=2048, rms_norm_eps=1e-5,
-        rope_theta=10000.0, tie_word_embeddings=False, eos_token_id=2),
-    "Qwen/Qwen2.5-0.5B-Instruct": dict(
-        architectures=["Qwen2ForCausalLM"], vocab_size=151936, hidden_size=896,
-        intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-        num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6,
-        rope_theta=1000000.0, tie_word_embeddings=True, eos_token_id=151645),
-    "Qwen/Qwen2.5-7B-Instruct": dict(
-        architectures=["Qwen2ForCausalLM"], vocab_size=152064, hidden_size=3584,
-        intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-        num_key_value_heads=4, max_position_embeddings=32768, rms_norm_eps=1e-6,
-        rope_theta=1000000.0, tie_word_embeddings=False, eos_token_id=151645),
-    "meta-llama/Llama-3.2-1B-Instruct": dict(
-        architectures=["LlamaForCausalLM"], vocab_size=128256, hidden_size=2048,
-        intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-        num_key_value_heads=8, head_dim=64, max_position_embeddings=131072, rms_norm_eps=1e-5,
-        rope_theta=500000.0, rope_scaling={**_LLAMA31_ROPE, "factor": 32.0},
-        tie_word_embeddings=True, eos_token_id=[128001, 128008, 128009]),
-    "meta-llama/Llama-3.1-8B-Instruct": dict(
-        architectures=["LlamaForCausalLM"], vocab_size=128256, hidden_size=4096,
-        intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=8, max_position_embeddings=131072, rms_norm_eps=1e-5,
-        rope_theta=500000.0, rope_scaling=_LLAMA31_ROPE, tie_word_embeddings=False,
-        eos_token_id=[128001, 128008, 128009]),
-    "meta-llama/Llama-3.1-70B-Instruct": dict(
-        architectures=["LlamaForCausalLM"], vocab_size=128256, hidden_size=8192,
-        intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
-        num_key_value_heads=8, max_position_embeddings=131072, rms_norm_eps=1e-5,
-        rope_theta=500000.0, rope_scaling=_LLAMA31_ROPE, tie_word_embeddings=False,
-        eos_token_id=[128001, 128008, 128009]),
-}
+# Architectures of well-known checkpoints, so `load_format="dummy"` needs no network: the fields
+# of each model's published config.json, by model id. The first, tpu-engine/tiny-llama, is the
+# built-in default: a small Llama that runs end to end on a 2-core CPU in about a minute.
+with open(os.path.join(os.path.dirname(__file__), "models.json")) as _f:
+    REGISTRY: dict[str, dict[str, Any]] = json.load(_f)
 
 DEFAULT_MODEL = "tpu-engine/tiny-llama"

@@ -38,6 +38,10 @@ def _run(args: list[str]) -> tuple[float, int]:
     return wall, rss
 
 
+def cli() -> None:
+    run_cli(main)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("capture", help="run dir, profile dir or .xplane.pb")
@@ -58,10 +62,6 @@ def main(argv=None) -> None:
     print(f"summarize: median {statistics.median(walls):.2f}s, best {min(walls):.2f}s over {args.repeat} run(s)")
     print(f"peak RSS {max(rss) / 1e6:.0f} MB; the analysis adds {added / 1e6:.0f} MB over the bare process "
           f"({base_rss / 1e6:.0f} MB) = {added / size:.2f}x the capture size")
-
-
-def cli() -> None:
-    run_cli(main)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ class Op:
         return m.group(1) if m else self.scope
 
 
-def _set_self_times(line_ops: list[Op]) -> None:
+def set_self_times(line_ops: list[Op]) -> None:
     """Ops on one timeline may nest (a `call` around the ops it runs): give each op its self
     time, so that sums over ops count every nanosecond once."""
     stack: list[Op] = []
@@ -81,9 +81,7 @@ def _host_ops(space, programs) -> list[Op]:
     """CPU: op events on the host's `tf_XLA…` threads."""
     out = []
     origin_ps = xspace.origin_ps(space)
-    for plane in space.planes:
-        if not plane.name.startswith("/host:CPU"):
-            continue
+    for plane in space.planes_named("/host:CPU"):
         smeta, emeta = plane.stat_metadata, plane.event_metadata
         ids = {m.name: k for k, m in smeta.items()}
         k_op, k_mod, k_prog = ids.get("hlo_op"), ids.get("hlo_module"), ids.get("program_id")
@@ -119,7 +117,7 @@ def _host_ops(space, programs) -> list[Op]:
                 line_ops.append(Op(module, name, (base_ps + ev.offset_ps) / 1000, ev.duration_ps / 1000,
                                    scope, category, opcode, fw, plane_name, timeline=lname))
         for line_ops in by_line.values():
-            _set_self_times(line_ops)
+            set_self_times(line_ops)
             out += line_ops
     return out
 
@@ -140,9 +138,7 @@ def _device_ops(space, programs) -> list[Op]:
     (each kernel names its HLO op in an `hlo_op` stat)."""
     out = []
     origin_ps = xspace.origin_ps(space)
-    for plane in space.planes:
-        if not plane.name.startswith("/device:"):
-            continue
+    for plane in space.planes_named("/device:"):
         smeta, emeta = plane.stat_metadata, plane.event_metadata
         md_stats = _metadata_stats(plane)
         for line in plane.lines:
@@ -174,7 +170,7 @@ def _device_ops(space, programs) -> list[Op]:
                                    opcode, fw, plane.name, float(stats.get("flops", 0) or 0),
                                    float(stats.get("bytes_accessed", 0) or 0),
                                    timeline=f"{plane.name} {lname}"))
-            _set_self_times(line_ops)
+            set_self_times(line_ops)
             out += line_ops
     return out
 

@@ -189,6 +189,10 @@ class Space:
             elif field == 4:
                 self.hostnames.append(bytes(self._data[pstart:fend]).decode())
 
+    def planes_named(self, prefix: str) -> Iterator[Plane]:
+        """The planes whose name starts with `prefix` (`/host:`, `/device:`, ...)."""
+        return (p for p in self.planes if p.name.startswith(prefix))
+
 
 def load(path: str) -> Space:
     """Read an `.xplane.pb`; ValueError if it is empty or not an XSpace."""
@@ -249,9 +253,7 @@ def step_scopes(space) -> list[StepScope]:
     Only events whose metadata names a phase are decoded, which keeps this fast on big captures."""
     origin = origin_ps(space)
     out = []
-    for plane in space.planes:
-        if not plane.name.startswith("/host:"):
-            continue
+    for plane in space.planes_named("/host:"):
         phase_of = {k: m.name for k, m in plane.event_metadata.items() if m.name in PHASES}
         step_stat = [k for k, m in plane.stat_metadata.items() if m.name == "step_num"]
         if not phase_of or not step_stat:
