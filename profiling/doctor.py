@@ -8,18 +8,12 @@ import glob
 import importlib.metadata
 import os
 
+from .capture.record import version_of
 from .capture.xla_profiler import DEFAULT_PORT, check_port_free
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def check_versions() -> tuple[bool, str]:
-    torch, xla = _version("torch"), _version("torch_xla")
+    torch, xla = version_of("torch"), version_of("torch_xla")
     if torch is None or xla is None:
         return False, f"torch {torch or 'missing'}, torch_xla {xla or 'missing'}: install both (pip install -e .)."
     if torch.split("+")[0].rsplit(".", 1)[0] != xla.split("+")[0].rsplit(".", 1)[0]:
@@ -36,7 +30,7 @@ def check_profile_plugin() -> tuple[bool, str]:
         return False, "tensorboard-plugin-profile is not installed: pip install tensorboard-plugin-profile."
     if len(found) > 1:
         return False, f"tensorboard-plugin-profile is installed {len(found)} times ({', '.join(found)}); uninstall all but one."
-    tb = _version("tensorboard")
+    tb = version_of("tensorboard")
     if tb is None:
         return False, "tensorboard is not installed: pip install tensorboard."
     return True, f"tensorboard {tb} with tensorboard-plugin-profile {found[0]}, installed once."

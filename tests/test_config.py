@@ -1,11 +1,12 @@
 """Model configs: HF config.json in both transformers dialects, the registry, RoPE scaling,
 and model resolution through the local HF cache."""
+import json
 import shutil
 
 import pytest
 import torch
 
-from tpu_engine.config import REGISTRY, config_from_hf
+from tpu_engine.config import REGISTRY, ModelConfig, config_from_hf
 from tpu_engine.model import rope_inv_freq
 from tpu_engine.weights import find_in_hf_cache, resolve_model
 
@@ -17,6 +18,20 @@ def test_transformers_5_rope_parameters_equal_4x_rope_scaling():
     v5["rope_parameters"] = {**LLAMA31_4X["rope_scaling"], "rope_theta": LLAMA31_4X["rope_theta"]}
     assert config_from_hf(v5) == config_from_hf(LLAMA31_4X)
     assert config_from_hf(v5).rope_scaling.factor == 8.0
+
+
+@pytest.mark.parametrize("model_id", sorted(REGISTRY))
+def test_model_config_round_trips_through_json(model_id):
+    """What a run record keeps of the model reads back as the same config (llama3 rope too)."""
+    cfg = config_from_hf(REGISTRY[model_id])
+    assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_model_config_from_dict_names_a_missing_field():
+    data = config_from_hf(REGISTRY["tpu-engine/tiny-llama"]).to_dict()
+    del data["hidden_size"]
+    with pytest.raises(ValueError, match="model config lacks hidden_size"):
+        ModelConfig.from_dict(data)
 
 
 def test_default_rope_in_5x_dialect():

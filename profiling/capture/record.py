@@ -210,7 +210,8 @@ def _parse(path: str, line: int | None, text: str, build: Callable[[Any], T]) ->
 
 
 # ---- this process ------------------------------------------------------------------------------
-def _version(dist: str) -> str | None:
+def version_of(dist: str) -> str | None:
+    """The installed version of a distribution, None if it is not installed."""
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
@@ -218,9 +219,9 @@ def _version(dist: str) -> str | None:
 
 
 def versions() -> dict[str, str | None]:
-    return {"python": platform.python_version(), "torch": _version("torch"),
-            "torch_xla": _version("torch_xla"), "libtpu": _version("libtpu") or _version("libtpu-nightly"),
-            "xprof": _version("xprof"), "tpu_inference_profiler": _version("tpu-inference-profiler"),
+    return {"python": platform.python_version(), "torch": version_of("torch"),
+            "torch_xla": version_of("torch_xla"), "libtpu": version_of("libtpu") or version_of("libtpu-nightly"),
+            "xprof": version_of("xprof"), "tpu_inference_profiler": version_of("tpu-inference-profiler"),
             "platform": platform.platform()}
 
 
