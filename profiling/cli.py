@@ -12,6 +12,7 @@ import os
 import sys
 
 from tpu_engine.cli import run_cli
+from tpu_engine.paths import writable_dir
 
 from .capture import cli as capture_cli
 from .capture.xla_profiler import DEFAULT_PORT
@@ -49,13 +50,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
 def _check_output(out: str) -> None:
     """Make the folder an export goes into; ValueError naming it if that cannot be done."""
-    parent = os.path.dirname(os.path.abspath(out))
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"cannot write {out}: {parent} cannot be created ({e.strerror}).") from None
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"cannot write {out}: {parent} is not writable.")
+    writable_dir(os.path.dirname(os.path.abspath(out)), f"cannot write {out}: folder")
 
 
 def summarize(path: str, csv: str | None = None, json_path: str | None = None, chrome: str | None = None,

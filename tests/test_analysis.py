@@ -151,6 +151,16 @@ def test_summarize_bad_capture_is_one_error_line(tmp_path, kind):
     assert str(run) in errors[0], errors[0]
 
 
+def test_summarize_export_under_a_file_is_one_error_line_before_any_work(all_capture, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    out = blocker / "run.json"
+    proc = profiling_cli("summarize", all_capture.run, "--json", str(out))
+    assert proc.returncode == 2, proc_output(proc)
+    assert proc.stderr.strip() == f"error: cannot write {out}: folder {str(blocker)!r} exists and is not a directory."
+    assert proc.stdout == ""  # checked before the capture is read
+
+
 # ---- real TPU and GPU captures -------------------------------------------------------------------------
 @pytest.mark.skipif(not os.path.isfile(TPU_XPLANE), reason=f"real TPU capture not available ({TPU_XPLANE})")
 def test_tpu_capture_device_ops(tmp_path):

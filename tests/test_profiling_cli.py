@@ -91,7 +91,7 @@ def test_unwritable_profile_dir_exits_2(tmp_path, llama_dir):
     blocker.write_text("a file\n")
     profile_dir = str(blocker / "profiles")
     proc, _ = _run(tmp_path, llama_dir, *GOOD, profile_dir=profile_dir)
-    _assert_clean_failure(proc, profile_dir, f"profile dir {profile_dir!r} is not writable")
+    _assert_clean_failure(proc, profile_dir, f"profile dir {profile_dir!r} cannot be created (Not a directory)")
     assert blocker.read_text() == "a file\n"
     assert sorted(os.listdir(tmp_path)) == ["not-a-dir"]
 

@@ -10,6 +10,8 @@ import dataclasses
 import logging
 import os
 
+from .paths import writable_dir
+
 log = logging.getLogger(__name__)
 _cache_dir: str | None = None
 
@@ -33,15 +35,10 @@ def init_persistent_cache(path: str) -> str | None:
         if os.path.abspath(path) != _cache_dir:
             log.warning("compilation cache already set to %s for this process; ignoring %s", _cache_dir, path)
         return _cache_dir
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"compilation cache dir {path!r} cannot be created ({e.strerror}).") from None
-    if not os.access(path, os.W_OK):
-        raise ValueError(f"compilation cache dir {path!r} is not writable.")
+    path = writable_dir(path, "compilation cache dir")
     import torch_xla.runtime as xr
     xr.initialize_cache(path, readonly=False)
-    _cache_dir = os.path.abspath(path)
+    _cache_dir = path
     return _cache_dir
 
 

@@ -12,21 +12,12 @@ import os
 import shutil
 import time
 
+from tpu_engine.paths import writable_dir
+
 
 def check_writable_dir(path: str) -> str:
-    """Create `path` if needed and prove it writable; ValueError naming it otherwise."""
-    path = os.path.abspath(path)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"profile dir {path!r} exists and is not a directory.")
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".write-test-{os.getpid()}")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        raise ValueError(f"profile dir {path!r} is not writable ({e.strerror}).") from None
-    return path
+    """The profile dir, created if needed and proven writable; ValueError naming it otherwise."""
+    return writable_dir(path, "profile dir")
 
 
 def runs_in(logdir: str) -> list[str]:
