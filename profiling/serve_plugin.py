@@ -50,13 +50,16 @@ def setup(server, args):
             if error:
                 return error
             try:
-                result = await asyncio.to_thread(live.finish, stopped)
+                done = await asyncio.to_thread(live.finish, stopped)
             except ValueError as e:
                 return error_response(f"the capture could not be saved: {e}", 500)
-        print(f"Capture: {result['summary']}", file=sys.stderr, flush=True)
-        for problem in result["problems"]:
+        v = done.verification
+        print(f"Capture: {done.run_dir}: {v.describe()}", file=sys.stderr, flush=True)
+        for problem in done.problems:
             print(f"warning: {problem}", file=sys.stderr, flush=True)
-        return result
+        return {"status": "saved", "run": done.run_dir, "bytes": v.bytes, "steps": v.steps,
+                "num_steps": v.num_steps, "duration_s": stopped.closed_at - stopped.opened_at,
+                "problems": done.problems}
 
     server.app.add_api_route("/start_profile", start_profile, methods=["POST"])
     server.app.add_api_route("/stop_profile", stop_profile, methods=["POST"])

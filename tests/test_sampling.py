@@ -55,6 +55,15 @@ def test_greedy_token_is_rank_one_of_top_logprobs(llm):
     assert n == 32
 
 
+def test_top_k_of_the_vocabulary_or_more_is_off(llm):
+    """top_k >= vocab keeps every token (the same draws as top_k=-1), however large it is."""
+    prompts = _prompts(2, seed=5)
+    outs = [_generate(llm, prompts, SamplingParams(temperature=1.0, top_k=k, seed=7, max_tokens=6, ignore_eos=True))
+            for k in (-1, VOCAB, 2**63, 10**30)]
+    tokens = [[o.outputs[0].token_ids for o in run] for run in outs]
+    assert tokens[1] == tokens[2] == tokens[3] == tokens[0]
+
+
 def test_top_k_samples_only_from_the_k_most_likely(llm):
     prompts = _prompts(8, seed=2)
     ks = [1, 2, 3, 5, 8, 10, 16, 20]

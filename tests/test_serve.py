@@ -324,6 +324,16 @@ def _metrics(url) -> dict:
             for line in text.splitlines() if line and not line.startswith("#")}
 
 
+def test_a_top_k_beyond_int64_is_served_and_the_engine_lives_on(server):
+    """top_k 2**63 once overflowed on the engine thread and killed the server for good."""
+    for top_k in (2**63, 10**30):
+        r = httpx.post(f"{server.url}/v1/completions", timeout=CLIENT_TIMEOUT,
+                       json={**_greedy_body([1, 2, 3], 3), "temperature": 1.0, "top_k": top_k, "seed": 3})
+        assert r.status_code == 200, r.text
+        assert len(r.json()["choices"][0]["token_ids"]) == 3
+    assert _health_ok(server.url)
+
+
 def test_disconnected_plain_request_is_aborted(server):
     """Three clients send a long non-streamed request and hang up once it runs: the server
     aborts all three (its /metrics counts them) instead of decoding them to the end."""

@@ -232,7 +232,10 @@ class LLMEngine:
 
     def _row(self, req: _Request) -> SamplingRow:
         p = req.params
-        return SamplingRow(float(p.temperature), p.top_k, float(p.top_p), req.seed, p.logprobs or 0)
+        # A k of the whole vocabulary or more keeps every token: that is "off", and a k that large
+        # (2**63, say) must never reach a device tensor.
+        top_k = p.top_k if 0 < p.top_k < self.model_config.vocab_size else 0
+        return SamplingRow(float(p.temperature), top_k, float(p.top_p), req.seed, p.logprobs or 0)
 
     def _append(self, req: _Request, result, i: int, now: float) -> RequestOutput:
         token, lp = result.tokens[i], result.logprobs[i]

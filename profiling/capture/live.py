@@ -16,7 +16,7 @@ import time
 from tpu_engine.compile import CompileStats
 
 from . import peaks, store, xla_profiler
-from .publish import publish
+from .publish import Published, publish
 from .record import CaptureTiming, Compiles, RunRecord, StepLog
 from .windows import Window
 
@@ -80,7 +80,7 @@ class LiveCapture:
             return Stopped(o.session, xspace, o.steps, o.opened_at, time.time(),
                            self.engine.compile_stats() - o.compiles_before)
 
-    def finish(self, stopped: Stopped) -> dict:
+    def finish(self, stopped: Stopped) -> Published:
         """Export, verify and publish a stopped capture (slow: run it off the engine thread)."""
         staging = store.Staging(self.root)
         try:
@@ -93,10 +93,6 @@ class LiveCapture:
                 self.engine, peaks=peaks.machine_peaks(info.device, measure=False), window=Window("server"),
                 compiles=Compiles(self.engine.warmup_stats, stopped.compiles),
                 capture=CaptureTiming(opened_at=stopped.opened_at, closed_at=stopped.closed_at))
-            done = publish(staging, runs[-1], stopped.steps, record, prefix="serve-", window_end=stopped.closed_at)
+            return publish(staging, runs[-1], stopped.steps, record, prefix="serve-", window_end=stopped.closed_at)
         finally:
             staging.discard()
-        v = done.verification
-        return {"status": "saved", "run": done.run_dir, "bytes": v.bytes, "steps": v.steps,
-                "num_steps": v.num_steps, "duration_s": stopped.closed_at - stopped.opened_at,
-                "problems": done.problems, "summary": f"{done.run_dir}: {v.describe()}"}

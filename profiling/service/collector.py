@@ -80,10 +80,9 @@ class Collector:
         os.makedirs(run_dir, exist_ok=True)
         self.path = os.path.join(run_dir, EVENTS_FILE)
         self._file = open(self.path, "a", buffering=1 << 16)
-        from ..capture import record as manifest
+        from ..capture.record import versions
         header = {"type": "header", "pid": os.getpid(), "host": socket.gethostname(),
-                  "wall_ns": time.time_ns(), "perf_ns": time.perf_counter_ns(),
-                  "version": manifest.versions()}
+                  "wall_ns": time.time_ns(), "perf_ns": time.perf_counter_ns(), "version": versions()}
         self._file.write(json.dumps(header) + "\n")
         self._file.flush()
 
