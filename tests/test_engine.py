@@ -132,7 +132,7 @@ def test_request_added_mid_decode_joins_and_matches_running_alone(llm):
     engine.add_request("join-a", prompts["join-a"], _greedy(budgets["join-a"]))
     engine.add_request("join-b", prompts["join-b"], _greedy(budgets["join-b"]))
     progress = {}
-    for _ in range(4):  # prefill a, prefill b, then two decode steps of both
+    for _ in range(3):  # one prefill of a and b packed together, then two decode steps of both
         for out in engine.step():
             progress[out.request_id] = out
     assert {rid: len(o.outputs[0].token_ids) for rid, o in progress.items()} == {"join-a": 3, "join-b": 3}
@@ -156,7 +156,7 @@ def test_abort_removes_request_and_engine_drains(llm):
     prompts = {rid: _prompt(8 + i, seed=40 + i) for i, rid in enumerate(["ab-a", "ab-b", "ab-c"])}
     for rid, p in prompts.items():
         engine.add_request(rid, p, _greedy(8))
-    for _ in range(4):  # three prefills and one decode
+    for _ in range(2):  # one prefill of all three, packed, and one decode
         engine.step()
     assert engine.num_running() == 3
     engine.abort_request("ab-b")              # running, mid-decode
@@ -178,6 +178,31 @@ def test_abort_removes_request_and_engine_drains(llm):
     for rid in ("ab-a", "ab-c"):
         alone = _generate(llm, [prompts[rid]], _greedy(8))[0].outputs[0].token_ids
         assert finished[rid].outputs[0].token_ids == alone
+
+
+def test_packed_prefill_queues_what_does_not_fit_and_matches_running_alone(llm):
+    """Six prompts, four slots, 256 tokens per prefill step: the first step packs the prompts
+    that fit in arrival order, the rest wait for tokens or slots; every output is the one the
+    prompt gets alone."""
+    engine = llm.llm_engine
+    lens = [100, 100, 100, 3, 7, 9]
+    prompts = {f"pk-{i}": _prompt(n, seed=60 + i) for i, n in enumerate(lens)}
+    budgets = {rid: 3 + i for i, rid in enumerate(prompts)}
+    begins = []
+    off = engine.events.subscribe(lambda e: begins.append(e.record) if e.kind == "begin" else None)
+    try:
+        for rid, p in prompts.items():
+            engine.add_request(rid, p, _greedy(budgets[rid]))
+        finished = _drain(engine)
+    finally:
+        off()
+    prefills = [b.request_ids for b in begins if b.phase == "prefill"]
+    assert prefills[:2] == [("pk-0", "pk-1"), ("pk-2", "pk-3")]  # 200 tokens, then 103 + a 4th slot
+    assert sorted(r for ids in prefills for r in ids) == sorted(prompts)
+    assert all(len(ids) <= MAX_SEQS for ids in prefills)
+    for rid, prompt in prompts.items():
+        alone = _generate(llm, [prompt], _greedy(budgets[rid]))[0].outputs[0].token_ids
+        assert finished[rid][1].outputs[0].token_ids == alone, rid
 
 
 # ---- phase events --------------------------------------------------------------------------
@@ -209,19 +234,20 @@ def test_phase_events(llm):
 
     # Replay the schedule: who is running, with how many tokens, at each step.
     prefills = [b for b in begins if b.phase == "prefill"]
-    assert [p.request_ids for p in prefills] == [(rid,) for rid in ids]
-    for p, prompt in zip(prefills, prompts):
-        assert (p.batch_size, p.num_tokens, p.bucket) == (1, len(prompt), _bucket(len(prompt)))
-        assert p.padded_tokens == p.kv_bucket == p.bucket
-        assert p.kv_len_min == p.kv_len_max == len(prompt)
+    assert len(prefills) == 1 and begins[0] == prefills[0]  # all three packed into the first step
+    p, total = prefills[0], sum(map(len, prompts))
+    assert p.request_ids == tuple(ids)
+    assert (p.batch_size, p.num_tokens, p.bucket) == (3, total, _bucket(total))
+    assert p.padded_tokens == p.kv_bucket == p.bucket
+    assert (p.kv_len_min, p.kv_len_max) == (5, 40)
     generated, running = {}, []
     prompt_of = dict(zip(ids, prompts))
     budget_of = dict(zip(ids, budgets))
     for b in begins:
         if b.phase == "prefill":
-            rid = b.request_ids[0]
-            running.append(rid)
-            generated[rid] = 1
+            for rid in b.request_ids:
+                running.append(rid)
+                generated[rid] = 1
         else:
             assert b.phase == "decode"
             assert sorted(b.request_ids) == sorted(running)

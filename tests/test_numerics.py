@@ -18,9 +18,15 @@ def test_greedy_logprobs_match_hf(arch, eager, request):
     rng = random.Random(7)
     prompts = [[rng.randrange(512) for _ in range(n)] for n in PROMPT_LENS]
     llm = LLM(path, max_model_len=128, max_num_seqs=4, enforce_eager=eager)
+    steps = []
+    off = llm.llm_engine.events.subscribe(lambda e: steps.append(e.record) if e.kind == "end" else None)
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
                         SamplingParams(temperature=0, max_tokens=STEPS, ignore_eos=True, logprobs=0),
                         use_tqdm=False)
+    off()
+    # The uneven prompts were packed into one prefill step.
+    assert [(r.phase, r.batch_size, r.num_tokens) for r in steps[:2]] == \
+        [("prefill", 4, sum(PROMPT_LENS)), ("decode", 4, 4)]
     worst = 0.0
     for prompt, out in zip(prompts, outs):
         gen = out.outputs[0].token_ids

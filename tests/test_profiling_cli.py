@@ -108,11 +108,12 @@ def test_profile_dir_that_is_a_file_exits_2(tmp_path, llama_dir):
 @pytest.mark.parametrize("args, fragments", [
     (["--input-len", "40", "--output-len", "30", "--batch-size", "1"],
      ["input length 40 + output length 30", "max_model_len 64"]),
-    (["--input-len", "8", "--output-len", "4", "--batch-size", "5"],
-     ["batch size 5", "max_num_seqs 4", "--max-num-seqs"]),
-    (["--input-len", "8", "--output-len", "4", "--batch-size", "4", "--max-num-batched-tokens", "16"],
-     ["= 32 tokens", "max_num_batched_tokens 16", "--max-num-batched-tokens"]),
-], ids=["over-max-model-len", "over-max-num-seqs", "over-max-num-batched-tokens"])
+    # Over both limits: the overall one is named (a 4000-token input once blamed the batch limit).
+    (["--input-len", "100", "--output-len", "1", "--batch-size", "1", "--max-num-batched-tokens", "32"],
+     ["input length 100 + output length 1", "max_model_len 64", "--max-model-len"]),
+    (["--input-len", "20", "--output-len", "4", "--batch-size", "1", "--max-num-batched-tokens", "16"],
+     ["input length 20", "max_num_batched_tokens 16", "--max-num-batched-tokens"]),
+], ids=["over-max-model-len", "over-both", "over-max-num-batched-tokens"])
 def test_batch_over_engine_limits_exits_2(tmp_path, llama_dir, args, fragments):
     proc, profile_dir = _run(tmp_path, llama_dir, *args)
     _assert_clean_failure(proc, profile_dir, *fragments)

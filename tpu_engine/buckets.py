@@ -14,7 +14,8 @@ def powers_of_two(start: int, limit: int) -> list[int]:
 
 
 class Buckets:
-    """prefill: padded prompt lengths; batch: decode slot counts; kv: decode attention spans."""
+    """prefill: packed prompt-token counts; batch: request counts (decode slots, and prompts per
+    prefill); kv: decode attention spans."""
 
     def __init__(self, max_model_len: int, max_num_seqs: int, max_prefill: int | None = None,
                  min_prefill: int = 16, min_kv: int = 128):
@@ -30,6 +31,16 @@ class Buckets:
 
     def prefill_shape(self, prompt_len: int) -> int:
         return self.fit(self.prefill, prompt_len)
+
+    def prefill_batch_shape(self, prompt_lens) -> tuple[int, int]:
+        """(token bucket, request bucket) of one packed prefill of these prompts."""
+        return self.fit(self.prefill, sum(prompt_lens)), self.fit(self.batch, len(prompt_lens))
+
+    def prefill_batch_shapes(self) -> list[tuple[int, int]]:
+        """Every (token bucket, request bucket) a packed prefill can use: a request bucket is
+        possible when its smallest count of one-token prompts fits the token bucket."""
+        return [(T, b) for T in self.prefill for i, b in enumerate(self.batch)
+                if (self.batch[i - 1] if i else 0) + 1 <= T]
 
     def decode_shape(self, slots, positions) -> tuple[int, int]:
         """(slot count B, KV span) for a decode over `slots` whose new tokens go to `positions`."""

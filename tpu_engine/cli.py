@@ -21,7 +21,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "(slower host side; module names in the HLO metadata)")
     g.add_argument("--load-format", default="auto", choices=["auto", "safetensors", "dummy"])
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--max-num-seqs", type=int, default=None, help="decode slots (default 8)")
+    g.add_argument("--max-num-seqs", type=int, default=None, help="decode slots (default 8; profiling.py: the batch size); more requests wait in the queue")
     g.add_argument("--max-num-batched-tokens", type=int, default=None)
     g.add_argument("--compilation-cache-dir", default=None,
                    help="persistent XLA compilation cache (default on TPU: ~/.cache/tpu_engine/xla_cache)")

@@ -1,15 +1,15 @@
 """The step-level engine: requests, decode slots, continuous batching, phase events.
 
-Contract (one call of `step()` is one model step):
-  add_request() queues a prompt  ->  a step prefills it into a free slot and samples its first
-  token  ->  later steps decode every occupied slot together, one token each  ->  a request
-  that hits max_tokens (or EOS) frees its slot at once, and a waiting request may take it.
+Contract (one call of `step()` is one model step; the policy is scheduler.py's):
+  add_request() queues a prompt  ->  a step prefills every waiting prompt that fits (free
+  slots, max_num_batched_tokens), packed together, and samples each one's first token  ->
+  later steps decode every occupied slot together, one token each  ->  a request that hits
+  max_tokens (or EOS) frees its slot at once, and waiting requests may take it.
 Prefill goes first whenever a slot is free, so waiting requests join the running batch early.
 Nothing here imports torch_xla: the backend (`runner.py`) owns devices and graphs.
 """
 from __future__ import annotations
 
-import collections
 import hashlib
 import operator
 import dataclasses
@@ -22,6 +22,7 @@ from .compile import CompileStats
 from .events import EventBus, PhaseEvent, SlotEvent, StepRecord
 from .info import EngineInfo
 from .sampler import SamplingRow
+from .scheduler import Decode, ExpectedRequests, Prefill, Scheduler, ShapePlan, plan_shapes
 from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, SamplingParams
 
 
@@ -38,6 +39,8 @@ class EngineConfig:
     max_num_batched_tokens: int | None = None  # longest prefill; default max_model_len
     compilation_cache_dir: str | None = None   # default: on TPU ~/.cache/tpu_engine/xla_cache
     strict_compiles: bool = False           # raise RecompileError on a compile after warm-up
+    expected: ExpectedRequests | None = None   # warm up only these requests' shapes (default: all)
+    progress: bool = True                   # a progress bar on stderr while warm-up compiles
 
 
 @dataclasses.dataclass
@@ -67,12 +70,26 @@ class LLMEngine:
         self.events: EventBus[PhaseEvent] = EventBus()     # each step's begin and end
         self.slot_events: EventBus[SlotEvent] = EventBus()  # decode slots taken and freed
         self.step_count = 0
-        self.warmup_stats = self.runner.warmup()
+        self.scheduler: Scheduler[_Request] = Scheduler(config.max_num_seqs, self.max_prefill)
+        self.warmup_plan = self._shape_plan(config.expected)
+        self.warmup_stats = self.runner.warmup(self.warmup_plan, self._variants(config.expected),
+                                               config.progress)
         self._rng = random.Random(config.seed)
-        self._waiting: collections.deque[_Request] = collections.deque()
-        self._slots: list[_Request | None] = [None] * config.max_num_seqs
         self._requests: dict[str, _Request] = {}
         self._eos = set(self.model_config.eos_token_ids)
+
+    def _shape_plan(self, expected: ExpectedRequests | None) -> ShapePlan:
+        b = self.runner.buckets
+        if expected is None:  # a server: every shape any request can use
+            return ShapePlan(tuple(b.prefill_batch_shapes()), tuple(b.decode_shapes()))
+        return plan_shapes(b, self.config.max_num_seqs, self.max_prefill, expected.lengths)
+
+    @staticmethod
+    def _variants(expected: ExpectedRequests | None) -> list[SamplingRow]:
+        """The sampler variants to compile: all four, or the one the expected requests use."""
+        if expected is None:
+            return [SamplingRow(t, 0, 1.0, 0, lp) for t in (0.0, 1.0) for lp in (0, 1)]
+        return [SamplingRow(1.0 if expected.random else 0.0, 0, 1.0, 0, int(expected.logprobs))]
 
     def describe(self) -> EngineInfo:
         """The settings in force and the devices (for run records)."""
@@ -115,9 +132,10 @@ class LLMEngine:
         bad = next((t for t in ids if not 0 <= t < vocab), None)
         if bad is not None:
             raise ValueError(f"token id {bad!r} is outside the vocabulary [0, {vocab}).")
+        if len(ids) > self.max_model_len:  # the overall limit first, then the per-step one
+            raise ValueError(f"prompt of {len(ids)} tokens exceeds max_model_len {self.max_model_len}.")
         if len(ids) > self.max_prefill:
-            limit = "max_model_len" if self.max_prefill == self.max_model_len else "max_num_batched_tokens"
-            raise ValueError(f"prompt of {len(ids)} tokens exceeds {limit} {self.max_prefill}.")
+            raise ValueError(f"prompt of {len(ids)} tokens exceeds max_num_batched_tokens {self.max_prefill}.")
         if len(ids) + params.max_tokens > self.max_model_len:
             raise ValueError(f"prompt of {len(ids)} tokens plus max_tokens {params.max_tokens} exceeds "
                              f"max_model_len {self.max_model_len}.")
@@ -131,7 +149,7 @@ class LLMEngine:
         req = _Request(request_id, ids, params, self._seed32(params.seed),
                        RequestMetrics(arrival_time if arrival_time is not None else time.time()))
         self._requests[request_id] = req
-        self._waiting.append(req)
+        self.scheduler.waiting.append(req)
 
     def _seed32(self, seed: int | None) -> int:
         """The sampler's 32-bit seed: a hash of the user's seed (any size), else a draw from the
@@ -147,8 +165,8 @@ class LLMEngine:
                 continue
             if req.slot >= 0:
                 self._free_slot(req, "abort")
-            elif req in self._waiting:
-                self._waiting.remove(req)
+            elif req in self.scheduler.waiting:
+                self.scheduler.waiting.remove(req)
 
     def has_request(self, request_id: str) -> bool:
         return request_id in self._requests
@@ -157,34 +175,34 @@ class LLMEngine:
         return bool(self._requests)
 
     def num_running(self) -> int:
-        return sum(r is not None for r in self._slots)
+        return self.scheduler.num_running()
 
     def num_waiting(self) -> int:
-        return len(self._waiting)
+        return len(self.scheduler.waiting)
 
     # ---- KV-cache slots: each decode slot owns max_model_len positions of the static cache ----
     def _allocate_slot(self, req: _Request, slot: int) -> None:
         req.slot = slot
-        self._slots[slot] = req
+        self.scheduler.slots[slot] = req
         if self.slot_events:
             self.slot_events.publish(SlotEvent("allocate", req.request_id, slot, len(req.prompt),
                                                self.num_running()))
 
     def _free_slot(self, req: _Request, reason: str) -> None:
         slot, req.slot = req.slot, -1
-        self._slots[slot] = None
+        self.scheduler.slots[slot] = None
         if self.slot_events:
             self.slot_events.publish(SlotEvent("free", req.request_id, slot, max(0, req.kv_len),
                                                self.num_running(), len(req.output), reason))
 
     # ---- stepping -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """One prefill (if a request waits and a slot is free) or one decode over all slots."""
-        free = next((i for i, r in enumerate(self._slots) if r is None), None)
-        if self._waiting and free is not None:
-            outputs = self._prefill(self._waiting.popleft(), free)
-        elif any(self._slots):
-            outputs = self._decode()
+        """One prefill (of every waiting request that fits) or one decode over all slots."""
+        step = self.scheduler.next_step()
+        if isinstance(step, Prefill):
+            outputs = self._prefill(step.requests, step.slots)
+        elif isinstance(step, Decode):
+            outputs = self._decode(step.requests)
         else:
             return []
         self.step_count += 1
@@ -209,18 +227,21 @@ class LLMEngine:
                 compile_time_s=result.compiles.compile_time_s)))
         return result, end
 
-    def _prefill(self, req: _Request, slot: int) -> list[RequestOutput]:
-        n = len(req.prompt)
-        bucket = self.runner.buckets.prefill_shape(n)
-        self._allocate_slot(req, slot)
-        req.metrics.first_scheduled_time = time.time()
-        result, now = self._run("prefill", [req], bucket, n, bucket, [n], bucket,
-                                lambda: self.runner.prefill(slot, req.prompt, self._row(req)))
-        req.metrics.first_token_time = now
-        return [self._append(req, result, 0, now)]
+    def _prefill(self, reqs: list[_Request], slots: list[int]) -> list[RequestOutput]:
+        lens = [len(r.prompt) for r in reqs]
+        T, _ = self.runner.buckets.prefill_batch_shape(lens)
+        now = time.time()
+        for req, slot in zip(reqs, slots):
+            self._allocate_slot(req, slot)
+            req.metrics.first_scheduled_time = now
+        result, now = self._run("prefill", reqs, T, sum(lens), T, lens, T,
+                                lambda: self.runner.prefill(slots, [r.prompt for r in reqs],
+                                                            [self._row(r) for r in reqs]))
+        for req in reqs:
+            req.metrics.first_token_time = now
+        return [self._append(r, result, i, now) for i, r in enumerate(reqs)]
 
-    def _decode(self) -> list[RequestOutput]:
-        reqs = [r for r in self._slots if r is not None]
+    def _decode(self, reqs: list[_Request]) -> list[RequestOutput]:
         slots = [r.slot for r in reqs]
         positions = [r.kv_len for r in reqs]
         B, span = self.runner.buckets.decode_shape(slots, positions)

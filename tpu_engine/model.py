@@ -86,7 +86,7 @@ class Attention(nn.Module):
         self.o_proj = Linear(self.n_heads * self.head_dim, h, bias=False)
 
     def forward(self, x, cos, sin, k_cache, v_cache, write_index, key_mask, cache_len, kv_len):
-        """x: (B, T, hidden). Caches are (S*cache_len, KV, D); the new k/v of token (b, t) go
+        """x: (B, T, hidden). Caches are (S*cache_len + 1, KV, D); the new k/v of token (b, t) go
         to row write_index[b*T + t], in place. With `kv_len` None (prefill) attention runs
         over the fresh k/v; otherwise over the first `kv_len` cache positions of slots [0, B).
         key_mask: (B, T, Tk) bool, True where a query may attend to a key."""
@@ -98,9 +98,9 @@ class Attention(nn.Module):
         # Row-indexed in-place update: XLA aliases the cache buffer instead of copying it.
         k_cache.index_copy_(0, write_index, k.reshape(B * T, self.n_kv, D))
         v_cache.index_copy_(0, write_index, v.reshape(B * T, self.n_kv, D))
-        if kv_len is not None:
-            k = k_cache.view(-1, cache_len, self.n_kv, D)[:B, :kv_len]
-            v = v_cache.view(-1, cache_len, self.n_kv, D)[:B, :kv_len]
+        if kv_len is not None:  # slots [0, B) of the cache (its last row is the padding's scratch row)
+            k = k_cache[:B * cache_len].view(B, cache_len, self.n_kv, D)[:, :kv_len]
+            v = v_cache[:B * cache_len].view(B, cache_len, self.n_kv, D)[:, :kv_len]
         k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, KV, Tk, D)
         G = self.n_heads // self.n_kv
         # Grouped-query attention without repeating k/v: each KV head's G query heads are
@@ -144,7 +144,8 @@ class Transformer(nn.Module):
 
 
 class CausalLM(nn.Module):
-    """Decoder-only LM. `forward` returns logits for one chosen position per sequence."""
+    """Decoder-only LM in two parts: `hidden` (embeddings and decoder layers, the per-shape
+    graph) and `logits` (final norm and LM head, for the few rows that sample a token)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -153,11 +154,11 @@ class CausalLM(nn.Module):
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.scope: Scope = _no_scope
 
-    def forward(self, tokens, positions, kv_caches, write_index, key_mask, last_index,
-                cache_len: int, kv_len: int | None, inv_freq):
-        """tokens, positions: (B, T) int; kv_caches: [(k, v)] per layer, each (S*L, KV, D);
-        last_index: (B,) position in T whose logits are returned. Returns (B, vocab) float32."""
-        scope = self.scope
+    def hidden(self, tokens, positions, kv_caches, write_index, key_mask, cache_len: int,
+               kv_len: int | None, inv_freq, scope: Scope | None = None):
+        """tokens, positions: (B, T) int; kv_caches: [(k, v)] per layer, each (S*L + 1, KV, D).
+        Returns the last layer's output (B, T, hidden), before the final norm."""
+        scope = scope or self.scope
         with scope("model.embed_tokens"):
             x = self.model.embed_tokens(tokens)
         with scope("model.rotary_emb"):
@@ -175,9 +176,11 @@ class CausalLM(nn.Module):
                 h = layer.post_attention_layernorm(x)
             with scope(f"model.layers.{i}.mlp"):
                 x = x + layer.mlp(h)
-        # Only the last real position of each sequence needs logits.
-        B = x.shape[0]
-        x = x[torch.arange(B, device=x.device), last_index]  # (B, hidden)
+        return x
+
+    def logits(self, x: torch.Tensor, scope: Scope | None = None) -> torch.Tensor:
+        """x: (N, hidden) rows that sample a token -> (N, vocab) float32."""
+        scope = scope or self.scope
         with scope("model.norm"):
             x = self.model.norm(x)
         with scope("lm_head"):

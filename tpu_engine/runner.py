@@ -8,9 +8,10 @@ Rules that keep the set of compiled graphs finite and fixed after warm-up:
   * inputs are built on the host and copied over, in warm-up exactly as in serving;
   * no `.item()` or data-dependent Python branch inside a step: results are read once, at
     the end of the step, and padding is stripped on the host.
-Each step runs two graphs: the model forward (per bucket; captured once with dynamo unless
-`enforce_eager`), then the sampler (per batch size and variant: greedy or random, with or
-without top-logprobs), whose outputs are the only values read back to the host.
+Each step runs the model forward (per shape; captured once with dynamo unless `enforce_eager`;
+see graphs.py), a prefill also the gather of each prompt's last token, then the head and
+sampler (per request bucket and variant: greedy or random, with or without top-logprobs),
+whose outputs are the only values read back to the host.
 """
 from __future__ import annotations
 
@@ -27,49 +28,17 @@ from .buckets import Buckets
 from .compile import CompileGuard, CompileStats, compile_stats, init_persistent_cache
 from .config import ModelConfig
 from .info import DeviceInfo
+from .graphs import decode_forward, gather_rows, pack_prompts, prefill_forward
 from .model import CausalLM, rope_inv_freq
 from .platform import select_device
+from .scheduler import ShapePlan
 from .sampler import MAX_LOGPROBS, SamplingRow, sample
+from .warmup import run_warmup
 from .weights import ModelSource, checkpoint_tensors, dummy_tensors, load_weights
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def donate_kv_cache(kv_caches) -> None:
-    """Let XLA reuse the cache buffers for the updated cache. The lazy path aliases in-place
-    updates by itself; a dynamo-captured graph needs the donation marked, or every step copies
-    the whole cache (the call is part of the captured graph, so it holds on every replay)."""
-    for k, v in kv_caches:
-        torch.ops.xla.dynamo_set_buffer_donor_(k, True)
-        torch.ops.xla.dynamo_set_buffer_donor_(v, True)
-
-
-def prefill_forward(model: CausalLM, ints, kv_caches, inv_freq, T: int, cache_len: int):
-    """ints: (T + 2,) = padded prompt, slot, real length. Writes the prompt's K/V into the slot;
-    returns (logits of the last real token (1, V), index of the token to generate (1,))."""
-    donate_kv_cache(kv_caches)
-    tokens, slot, length = ints[:T].unsqueeze(0), ints[T:T + 1], ints[T + 1:T + 2]
-    pos = torch.arange(T, device=ints.device)
-    write_index = slot * cache_len + pos
-    key_mask = (pos.unsqueeze(0) <= pos.unsqueeze(1)) & (pos.unsqueeze(0) < length)  # causal, unpadded
-    logits = model(tokens, pos.unsqueeze(0), kv_caches, write_index, key_mask.unsqueeze(0),
-                   length - 1, cache_len, None, inv_freq)
-    return logits, length
-
-
-def decode_forward(model: CausalLM, ints, kv_caches, inv_freq, B: int, span: int, cache_len: int):
-    """ints: (2, B) = last token and its position, per slot [0, B). Attends over `span`
-    positions; returns (logits (B, V), index of the token to generate (B,))."""
-    donate_kv_cache(kv_caches)
-    tokens, position = ints[0].unsqueeze(1), ints[1]
-    write_index = torch.arange(B, device=ints.device) * cache_len + position
-    key_mask = torch.arange(span, device=ints.device).unsqueeze(0) <= position.unsqueeze(1)
-    zero = torch.zeros(B, dtype=torch.int64, device=ints.device)
-    logits = model(tokens, position.unsqueeze(1), kv_caches, write_index, key_mask.unsqueeze(1),
-                   zero, cache_len, span, inv_freq)
-    return logits, position + 1
 
 
 def release_freed_memory() -> None:
@@ -98,6 +67,14 @@ class StepResult:
     logprobs: list[float]
     top: list[tuple[int, list[tuple[int, float]]]] | None  # per row: chosen token's rank, (token, logprob) best first
     compiles: CompileStats
+
+    def select(self, rows: Sequence[int]) -> "StepResult":
+        """These rows only (the real sequences of a padded batch)."""
+        return StepResult([self.tokens[r] for r in rows], [self.logprobs[r] for r in rows],
+                          [self.top[r] for r in rows] if self.top else None, self.compiles)
+
+    def first(self, n: int) -> "StepResult":
+        return self.select(range(n))
 
 
 class XlaRunner:
@@ -129,9 +106,10 @@ class XlaRunner:
         self.model = self._load_model(source, seed)
         if enforce_eager:  # lazy tracing every step; module scopes reach the HLO metadata
             self.model.scope = self._scope
-            self._prefill_fn, self._decode_fn = prefill_forward, decode_forward
+            self._prefill_fn, self._gather_fn, self._decode_fn = prefill_forward, gather_rows, decode_forward
         else:
-            self._prefill_fn, self._decode_fn = _compiled(prefill_forward), _compiled(decode_forward)
+            self._prefill_fn, self._gather_fn, self._decode_fn = (
+                _compiled(prefill_forward), _compiled(gather_rows), _compiled(decode_forward))
         self.inv_freq = rope_inv_freq(self.cfg.head_dim, self.cfg.rope_theta, self.cfg.rope_scaling).to(self.device)
         self.kv_caches = self._allocate_kv_cache()
         release_freed_memory()
@@ -154,7 +132,9 @@ class XlaRunner:
 
     def _allocate_kv_cache(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         cfg = self.cfg
-        shape = (self.max_num_seqs * self.max_model_len, cfg.num_key_value_heads, cfg.head_dim)
+        # One row past the slots: the scratch row that a packed prefill's padding writes to.
+        self.scratch_row = self.max_num_seqs * self.max_model_len
+        shape = (self.scratch_row + 1, cfg.num_key_value_heads, cfg.head_dim)
         caches = []
         for _ in range(cfg.num_hidden_layers):
             pair = tuple(torch.zeros(shape, dtype=self.dtype).to(self.device) for _ in range(2))
@@ -216,15 +196,25 @@ class XlaRunner:
         return hit
 
     # ---- steps ----------------------------------------------------------------------------
-    def prefill(self, slot: int, prompt: Sequence[int], sampling: SamplingRow) -> StepResult:
-        """Run one prompt through the model into `slot` and sample its first token."""
-        n = len(prompt)
-        T = self.buckets.prefill_shape(n)
+    def prefill(self, slots: Sequence[int], prompts: Sequence[Sequence[int]],
+                sampling: Sequence[SamplingRow]) -> StepResult:
+        """Run the prompts, packed, into their slots and sample each one's first token."""
+        lens = [len(p) for p in prompts]
+        T, N = self.buckets.prefill_batch_shape(lens)
         before = compile_stats()
-        ints = self._to_device(list(prompt) + [0] * (T - n) + [slot, n])  # one host->device copy
-        logits, counters = self._prefill_fn(self.model, ints, self.kv_caches, self.inv_freq, T, self.max_model_len)
+        ints = self._to_device(pack_prompts(slots, [list(p) for p in prompts], T, self.max_model_len,
+                                            self.scratch_row))    # one host->device copy
+        hidden = self._prefill_fn(self.model, ints, self.kv_caches, self.inv_freq, T, self.max_model_len)
         self._xla.sync()
-        return self._sample(logits, [sampling], 1, counters, before, f"prefill of {n} tokens")
+        ends = [sum(lens[:i + 1]) for i in range(len(lens))] + [1] * (N - len(lens))
+        hidden = self._gather_fn(hidden, self._to_device([e - 1 for e in ends]))  # last tokens
+        self._xla.sync()  # a graph of its own: the head and sampler below are shared with decode
+        pad = [SamplingRow(0.0, 0, 1.0, 0, 0)] * (N - len(lens))
+        # The sampler's counter is the prompt length, as for a prompt prefilled alone, so a
+        # seeded request samples the same tokens whatever it was packed with.
+        out = self._sample(hidden, list(sampling) + pad, lens + [1] * (N - len(lens)), before,
+                           f"prefill of {len(lens)} prompt(s), {sum(lens)} tokens")
+        return out.first(len(lens))
 
     def decode(self, slots: Sequence[int], last_tokens: Sequence[int], positions: Sequence[int],
                sampling: Sequence[SamplingRow]) -> StepResult:
@@ -235,21 +225,24 @@ class XlaRunner:
         for s, t, p in zip(slots, last_tokens, positions):
             tok[s], pos[s] = t, p
         ints = self._to_device([tok, pos])                   # (2, B)
-        logits, counters = self._decode_fn(self.model, ints, self.kv_caches, self.inv_freq, B, span,
-                                           self.max_model_len)
+        hidden = self._decode_fn(self.model, ints, self.kv_caches, self.inv_freq, B, span,
+                                 self.max_model_len)
         self._xla.sync()
         rows = [SamplingRow(0.0, 0, 1.0, 0, 0)] * B
         for s, r in zip(slots, sampling):
             rows[s] = r
-        out = self._sample(logits, rows, B, counters, before, f"decode of batch {len(slots)}")
-        keep = list(slots)
-        return StepResult([out.tokens[s] for s in keep], [out.logprobs[s] for s in keep],
-                          [out.top[s] for s in keep] if out.top else None, out.compiles)
+        out = self._sample(hidden, rows, [p + 1 for p in pos], before, f"decode of batch {len(slots)}")
+        return out.select(slots)
 
-    def _sample(self, logits, rows: Sequence[SamplingRow], n: int, counters, before, what) -> StepResult:
+    def _sample(self, hidden, rows: Sequence[SamplingRow], counters: list[int], before, what) -> StepResult:
+        """Head and sampler over `hidden` (n, hidden_size): one lazily traced graph per (n,
+        variant), the same for prefill and decode (every input is a device tensor of its own)."""
+        n = len(counters)
         floats, ints = self._sampling_tensors(rows, n)
+        counters = self._to_device(counters)
         random = any(r.temperature > 0 for r in rows)
         want = max(r.num_logprobs for r in rows)
+        logits = self.model.logits(hidden, self._scope)
         with self._scope("sampler"):  # names the sampler's ops in the HLO metadata (lazy graph)
             tokens, lps, top = sample(
                 logits, floats[:, 0], ints[:, 0], floats[:, 1], ints[:, 1], counters,
@@ -270,24 +263,10 @@ class XlaRunner:
         return [t.cpu() for t in tensors]
 
     # ---- warm-up --------------------------------------------------------------------------
-    def warmup(self) -> CompileStats:
-        """Compile every graph serving can need, using inputs built as real ones are."""
+    def warmup(self, plan: ShapePlan, variants: Sequence[SamplingRow], progress=None) -> CompileStats:
+        """Compile the plan's shapes, with inputs built as real ones are; then arm the guard."""
         t0 = time.perf_counter()
-        greedy = SamplingRow(0.0, 0, 1.0, 0, 0)
-        variants = [greedy, SamplingRow(0.0, 0, 1.0, 0, 1),
-                    SamplingRow(1.0, 0, 1.0, 0, 0), SamplingRow(1.0, 0, 1.0, 0, 1)]
-        for T in self.buckets.prefill:
-            self.prefill(0, [0] * T, greedy)
-            release_freed_memory()
-        for B, span in self.buckets.decode_shapes():
-            slots = list(range(B))
-            for row in variants if span == self.buckets.kv[0] else [greedy]:
-                self.decode(slots, [0] * B, [span - 1] * B, [row] * B)
-            gc.collect()
-            release_freed_memory()
-        for row in variants[1:]:
-            self.prefill(0, [0], row)
-        release_freed_memory()
+        run_warmup(self, plan, variants, progress)
         self.guard.arm()
         log.info("warm-up compiled %d graphs in %.1fs", self.guard.warmup.compiles, time.perf_counter() - t0)
         return self.guard.warmup

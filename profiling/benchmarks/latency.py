@@ -130,7 +130,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     from tpu_engine import LLM, SamplingParams
     kw = engine_kwargs(args)
-    kw.setdefault("max_num_seqs", max(8, args.batch_size))
+    kw.setdefault("max_num_seqs", args.batch_size)
+    from tpu_engine.scheduler import ExpectedRequests
+    kw["expected"] = ExpectedRequests(((args.input_len, args.output_len),) * args.batch_size)
     if kw.get("max_model_len") is None:
         kw["max_model_len"] = args.input_len + args.output_len
     from tpu_engine.engine import EngineConfig

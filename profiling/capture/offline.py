@@ -20,18 +20,27 @@ from .record import CaptureTiming, Compiles, Latencies, RunRecord, StepLog
 from .windows import DELAY_ENV, DetachedTrace, PhaseWindow, plan_window
 
 
-def check_limits(args, lengths: list[int], max_model_len: int, max_batched: int, max_num_seqs: int) -> None:
-    """vLLM's checks on the batch against the engine's limits."""
-    if args.batch_size * args.input_len > max_batched:
-        raise ValueError(f"batch size {args.batch_size} x input length {args.input_len} = "
-                         f"{args.batch_size * args.input_len} tokens exceeds max_num_batched_tokens "
-                         f"{max_batched}; raise --max-num-batched-tokens or shrink the batch.")
-    if args.batch_size > max_num_seqs:
-        raise ValueError(f"batch size {args.batch_size} exceeds max_num_seqs {max_num_seqs}; "
-                         f"raise --max-num-seqs.")
+def check_limits(args, lengths: list[int], max_model_len: int, max_batched: int) -> None:
+    """vLLM's checks on each request against the engine's limits, the overall limit first. A
+    batch larger than the decode slots, or than one prefill step holds, waits in the queue."""
     if args.input_len + max(lengths) > max_model_len:
         raise ValueError(f"input length {args.input_len} + output length {max(lengths)} exceeds "
-                         f"max_model_len {max_model_len}.")
+                         f"max_model_len {max_model_len}; raise --max-model-len or shorten the request.")
+    if args.input_len > max_batched:
+        raise ValueError(f"input length {args.input_len} exceeds max_num_batched_tokens {max_batched}; "
+                         f"raise --max-num-batched-tokens.")
+
+
+def queue_note(batch_size: int, input_len: int, max_num_seqs: int, max_batched: int) -> str | None:
+    """One line when the batch cannot all run at once (vLLM queues the rest, and so do we)."""
+    per_prefill = min(max_num_seqs, max_batched // input_len)
+    if batch_size <= per_prefill:
+        return None
+    if batch_size > max_num_seqs:
+        return (f"batch size {batch_size} exceeds max_num_seqs {max_num_seqs}: {max_num_seqs} requests run "
+                f"at a time, the other {batch_size - max_num_seqs} wait in the queue (as in vLLM).")
+    return (f"batch size {batch_size} x input length {input_len} exceeds max_num_batched_tokens "
+            f"{max_batched}: each prefill step holds {per_prefill} prompts, the rest wait (as in vLLM).")
 
 
 def _mean(xs):
@@ -45,15 +54,21 @@ class Profiler:
     def __init__(self, args):
         from tpu_engine.cli import engine_kwargs
         from tpu_engine.engine import EngineConfig
+        from tpu_engine.scheduler import ExpectedRequests
         from tpu_engine.setup import resolve_limits
         self.args = args
         self.window = plan_window(args)
         self.workload = workload.Workload.plan(args.mode, args.batch_size, args.output_len, args.n)
         self.engine_kwargs = engine_kwargs(args)
+        if args.max_num_seqs is None:  # one decode slot per request of the batch
+            self.engine_kwargs["max_num_seqs"] = args.batch_size
         config = EngineConfig(model=args.model, **self.engine_kwargs)
-        _, max_len, _ = resolve_limits(config)
-        max_batched = args.max_num_batched_tokens or max_len
-        check_limits(args, self.workload.output_lengths, max_len, max_batched, config.max_num_seqs)
+        _, max_len, max_batched = resolve_limits(config)
+        check_limits(args, self.workload.output_lengths, max_len, max_batched)
+        self.queue_note = queue_note(args.batch_size, args.input_len, config.max_num_seqs, max_batched)
+        # The run knows its requests: warm-up compiles only the shapes they use.
+        self.engine_kwargs["expected"] = ExpectedRequests(
+            tuple((args.input_len, n) for n in self.workload.output_lengths))
         self.root = store.check_writable_dir(args.profile_result_dir)
         xla_profiler.check_port_free(args.profiler_port)
         self.problems: list[str] = []
@@ -103,6 +118,8 @@ class Profiler:
                        for n in self.workload.output_lengths]
         print(f"Profiling {args.model}: batch {args.batch_size}, input {args.input_len} tokens, "
               f"{args.mode} ({self.workload.describe()}), capture: {self.window.describe()}")
+        if self.queue_note:
+            print(f"note: {self.queue_note}")
 
     def _one_pass(self) -> float:
         t = time.perf_counter()

@@ -6,7 +6,8 @@ Three schedules, as in vLLM's profiling examples:
                       so every decode step carries the full batch;
   run_to_completion K K requests finish per decode step: with a batch of 128 and K=32 the
                       decode steps carry 128, 96, 64, 32, 1 sequences.
-One engine prefill step handles one request, so a batch of B starts with B prefill steps.
+As in vLLM, one engine prefill step takes every waiting request that fits (the decode slots,
+max_num_batched_tokens), so a batch that fits starts with one prefill step.
 """
 from __future__ import annotations
 
@@ -71,5 +72,5 @@ def steps_per_request(mode: str, batch_size: int, output_len: int, n: int | None
 
 
 def decode_batch_sizes(lengths: list[int]) -> list[int]:
-    """Sequences in each decode step when all requests prefill first."""
+    """Sequences in each decode step when every request prefills in the first step."""
     return [sum(1 for n in lengths if n > step) for step in range(1, max(lengths))]

@@ -1,0 +1,68 @@
+"""The functions each step compiles, one XLA graph per static shape.
+
+  prefill_forward  per token bucket T: every waiting prompt packed into one (1, T) buffer, each
+                   token with its own position and KV-cache row; attention is causal within a
+                   prompt and never crosses prompts. Returns the hidden states (T, hidden).
+  gather_rows      per (T, request bucket): each prompt's last token's hidden state.
+  decode_forward   per (slot bucket B, KV span): one token for each slot [0, B).
+  head + sampler   per request bucket (the runner runs these lazily): final norm, LM head and
+                   sampling of the gathered rows, shared by prefill and decode.
+Padding tokens of a packed prefill form their own sequence (index -1) so that no real token
+attends to them, and write their K/V into the cache's last row, which no slot owns.
+"""
+from __future__ import annotations
+
+import torch
+
+from .model import CausalLM
+
+
+def donate_kv_cache(kv_caches) -> None:
+    """Let XLA reuse the cache buffers for the updated cache. The lazy path aliases in-place
+    updates by itself; a dynamo-captured graph needs the donation marked, or every step copies
+    the whole cache (the call is part of the captured graph, so it holds on every replay)."""
+    for k, v in kv_caches:
+        torch.ops.xla.dynamo_set_buffer_donor_(k, True)
+        torch.ops.xla.dynamo_set_buffer_donor_(v, True)
+
+
+def prefill_forward(model: CausalLM, ints, kv_caches, inv_freq, T: int, cache_len: int):
+    """ints: (4, T) = token, position, sequence index (-1: padding), KV-cache row, per packed
+    token. Writes each prompt's K/V into its slot; returns the hidden states (T, hidden)."""
+    donate_kv_cache(kv_caches)
+    tokens, pos, seq, rows = ints[0], ints[1], ints[2], ints[3]
+    same_seq = seq.unsqueeze(0) == seq.unsqueeze(1)          # (Tq, Tk)
+    causal = pos.unsqueeze(0) <= pos.unsqueeze(1)            # key position <= query position
+    hidden = model.hidden(tokens.unsqueeze(0), pos.unsqueeze(0), kv_caches, rows,
+                          (same_seq & causal).unsqueeze(0), cache_len, None, inv_freq)
+    return hidden[0]
+
+
+def gather_rows(hidden: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """hidden (T, hidden), last (N,) indices -> (N, hidden)."""
+    return hidden.index_select(0, last)
+
+
+def decode_forward(model: CausalLM, ints, kv_caches, inv_freq, B: int, span: int, cache_len: int):
+    """ints: (2, B) = last token and its position, per slot [0, B). Attends over `span`
+    positions; returns the hidden state of each slot's new token (B, hidden)."""
+    donate_kv_cache(kv_caches)
+    tokens, position = ints[0].unsqueeze(1), ints[1]
+    write_index = torch.arange(B, device=ints.device) * cache_len + position
+    key_mask = torch.arange(span, device=ints.device).unsqueeze(0) <= position.unsqueeze(1)
+    hidden = model.hidden(tokens, position.unsqueeze(1), kv_caches, write_index, key_mask.unsqueeze(1),
+                          cache_len, span, inv_freq)
+    return hidden[:, 0]
+
+
+def pack_prompts(slots, prompts, T: int, cache_len: int, scratch_row: int) -> list[list[int]]:
+    """The (4, T) rows prefill_forward reads, built on the host."""
+    tokens, pos, seq, rows = [], [], [], []
+    for i, (slot, prompt) in enumerate(zip(slots, prompts)):
+        n = len(prompt)
+        tokens += prompt
+        pos += range(n)
+        seq += [i] * n
+        rows += range(slot * cache_len, slot * cache_len + n)
+    pad = T - len(tokens)
+    return [tokens + [0] * pad, pos + [0] * pad, seq + [-1] * pad, rows + [scratch_row] * pad]
