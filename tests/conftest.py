@@ -20,10 +20,11 @@ def qwen2_dir(tmp_path_factory):
 # ---- real captures made once per session by scripts/profiling.py (tests/captures.py) ----
 @pytest.fixture(scope="session")
 def prefill_capture(tmp_path_factory, llama_dir):
-    """Exact prefill window, lazy mode with XLA_HLO_DEBUG=1 (module names in the HLO)."""
+    """Exact prefill window, lazy mode with XLA_HLO_DEBUG=1 (module names in the HLO). A batch
+    of 6 in 4 slots of 64 tokens: packed prefills of 3 and 1 prompts, the other 2 queued."""
     from tests.captures import capture, profiling_env
     return capture(str(tmp_path_factory.mktemp("prefill")), llama_dir,
-                   "--input-len", "20", "--output-len", "4", "--batch-size", "2",
+                   "--input-len", "20", "--output-len", "4", "--batch-size", "6",
                    "--enforce-eager", "--profile-phase", "prefill",
                    env=profiling_env(XLA_HLO_DEBUG=1))
 

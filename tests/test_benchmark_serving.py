@@ -2,11 +2,13 @@
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
+from profiling.analysis.table import number_ranges
 from tests.servers import SMALL, Server
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,16 +92,27 @@ def test_service_profiler_ab_mode(served, tmp_path):
     assert len(arrivals) == 2  # the "on" round's two requests; the warm-up and "off" rounds none
 
 
+def test_step_numbers_read_as_ranges():
+    assert number_ranges([12, 3, 1, 2, 7, 9, 10]) == "1-3, 7, 9-10, 12"
+    assert number_ranges([5]) == "5" and number_ranges([]) == ""
+
+
 def test_profile_flag(served):
     r = bench("--base-url", served.url, "--num-prompts", "2", "--random-input-len", "4", "--random-output-len", "2",
               "--profile")
     assert r.returncode == 0, r.stderr
-    assert "profile:" in r.stdout
-    runs = glob.glob(str(served.tmp / "xla" / "plugins" / "profile" / "serve-prefill-decode_*"))
+    runs = glob.glob(str(served.tmp / "xla" / "plugins" / "profile" / "*_serve-prefill-decode"))
     assert len(runs) == 1
     with open(os.path.join(runs[0], "manifest.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     assert sorted(r["phase"] for r in rows).count("prefill") == 2  # both requests' prefills
+    # The steps are summed up as ranges in two lines, not printed one number per line.
+    lines = r.stdout.splitlines()
+    at = lines.index(f"profile: {runs[0]}")
+    ranges = ", ".join(f"{phase} {number_ranges(sorted(x['step'] for x in rows if x['phase'] == phase))}"
+                       for phase in ("prefill", "decode"))
+    assert re.fullmatch(rf"  captured {len(rows)} steps in \d+\.\d\d s: {ranges}", lines[at + 1]), lines[at:]
+    assert not [line for line in lines if line.strip().rstrip(",").isdigit()], r.stdout
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -1,15 +1,20 @@
 """Captures made by scripts/profiling.py: windows exact by construction, the env window's delay
-and duration, the manifest and run record, verification, XLA_HLO_DEBUG metadata, Ctrl-C."""
+and duration, the manifest and run record, verification, run and file names, what each capture
+holds of the profiled passes, XLA_HLO_DEBUG metadata, Ctrl-C."""
 import glob
 import json
+import math
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
+import time
 
-from profiling.capture import workload
+from profiling.capture import store, workload
 from profiling.capture.record import read_manifest, read_run_record
-from profiling.capture.verify import check_capture
+from profiling.capture.verify import check_capture, coverage
 from profiling.trace import xspace
 from tests.captures import PROFILING, ROOT, SMALL, free_port, profiling_env
 
@@ -21,19 +26,43 @@ def _phases(cap):
 def test_prefill_capture_holds_prefill_and_no_decode(prefill_capture):
     cap = prefill_capture
     assert cap.proc.returncode == 0, cap.proc.stderr[-3000:]
-    assert os.path.basename(cap.run).startswith("prefill_")
+    assert re.fullmatch(r"\d{4}(_\d\d){5}_prefill", os.path.basename(cap.run)), cap.run
     phases = _phases(cap)
-    assert phases == ["prefill", "prefill"]  # batch of 2: one prefill step each, nothing else
+    assert phases == ["prefill", "prefill"]  # the first two steps, then decode closes the window
     rows = cap.manifest()
     assert [r["phase"] for r in rows] == ["prefill", "prefill"]
-    assert all(r["num_tokens"] == 20 and r["padded_tokens"] == 32 for r in rows)
+    # 64 tokens per step: three 20-token prompts packed, then one into the 4th slot.
+    assert [(r["batch_size"], r["num_tokens"], r["padded_tokens"]) for r in rows] == [(3, 60, 64), (1, 20, 32)]
+    assert len(rows[0]["request_ids"]) == 3
     assert "Capture:" in cap.proc.stdout and "tensorboard --logdir" in cap.proc.stdout
+
+
+def test_batch_over_the_slots_is_queued_and_only_its_shapes_compile(prefill_capture):
+    """The seed's batch of 32 once exited 2 against 8 slots; now the rest waits, said in one
+    line, and warm-up compiles the shapes this batch uses (shown as it goes), not every shape."""
+    from tpu_engine.buckets import Buckets
+    from tpu_engine.scheduler import plan_shapes
+    out, err = prefill_capture.proc.stdout, prefill_capture.proc.stderr
+    assert "note: batch size 6 exceeds max_num_seqs 4: 4 requests run at a time, the other 2 wait " \
+           "in the queue (as in vLLM)." in out, out
+    plan = plan_shapes(Buckets(64, 4, 64), 4, 64, [(20, 4)] * 6)
+    assert plan.prefill == ((32, 1), (64, 2), (64, 4)) and plan.decode == ((2, 64), (4, 64))
+    n = len(plan.prefill) + len(plan.decode)
+    shown = re.findall(r"^Compiling (\d+)/(\d+): (.+) \(\d+ graphs so far\)$", err, re.M)
+    assert [(int(i), int(total)) for i, total, _ in shown] == [(i, n) for i in range(1, n + 1)], err[-3000:]
+    assert re.search(rf"^Compiled \d+ graphs for {n} shapes\.$", err, re.M), err[-3000:]
+    assert cap_compiles(prefill_capture) == 0
+
+
+def cap_compiles(cap) -> int:
+    """Compilations during the profiled passes, from the run record."""
+    return cap.run_info()["compiles"]["profiled"]["compiles"]
 
 
 def test_decode_capture_holds_decode_steps_and_no_prefill(decode_capture):
     cap = decode_capture
     assert cap.proc.returncode == 0, cap.proc.stderr[-3000:]
-    assert os.path.basename(cap.run).startswith("decode_")
+    assert re.fullmatch(r"\d{4}(_\d\d){5}_decode", os.path.basename(cap.run)), cap.run
     phases = _phases(cap)
     assert len(phases) >= 1 and set(phases) == {"decode"}
 
@@ -105,6 +134,84 @@ def test_env_window_honours_delay_and_duration(env_capture):
     rows = {r["step"]: r for r in cap.manifest()}
     assert sorted(rows) == sorted(s.step for s in scopes)
     assert min(r["wall_start"] for r in rows.values()) >= requested + delay - 0.05
+
+
+# ---- names -------------------------------------------------------------------------------------
+def test_run_names_sort_in_time_order(tmp_path):
+    """XProf lists runs by name: later runs, of any kind and in the same second too, sort later."""
+    t = 1_790_000_000.0
+    assert store.run_name("decode", t) == f"{time.strftime('%Y_%m_%d_%H_%M_%S', time.localtime(t))}_decode"
+    names = []
+    for when, kind in [(t, "prefill"), (t + 0.5, "decode"), (t + 0.9, "decode"), (t + 1.2, "prefill-decode"),
+                       (t + 59, "serve-decode"), (t + 3600 * 30, "all")] + [(t + 3600 * 30, "decode")] * 10:
+        names.append(store.free_run_name(str(tmp_path), kind, when))
+        (tmp_path / names[-1]).mkdir()
+    assert len(set(names)) == len(names) and sorted(names) == names, names
+    assert sorted(os.listdir(tmp_path)) == names
+
+
+def test_capture_files_are_named_after_the_host(env_capture, decode_capture, prefill_capture):
+    """The detached trace (env window: the profiler client names it localhost_<port>) and the
+    in-process one (phase windows) both publish `<hostname>.xplane.pb`."""
+    for cap in (env_capture, decode_capture, prefill_capture):
+        assert cap.proc.returncode == 0, cap.proc.stderr[-3000:]
+        for run in cap.runs:
+            assert [f for f in os.listdir(run) if f.endswith(".xplane.pb")] == [f"{socket.gethostname()}.xplane.pb"]
+            assert cap.run_info(run)["verification"]["xplane"] == f"{socket.gethostname()}.xplane.pb"
+
+
+# ---- what a capture holds of the passes ---------------------------------------------------------
+def _notes(cap) -> dict[str, str]:
+    notes = [line[len("note: "):] for line in cap.proc.stdout.splitlines() if line.startswith("note: ")]
+    return {n.split(":")[0]: n for n in notes if n.split(":")[0] in ("prefill", "decode")}
+
+
+def test_env_window_says_how_much_of_the_passes_it_holds_and_how_to_widen_it(env_capture):
+    """100 passes against a 1.5 s window: fewer steps than ran, with the env values that would
+    cover the passes, computed from their measured wall time."""
+    info, notes, rows = env_capture.run_info(), _notes(env_capture), env_capture.manifest()
+    start, end = info["capture"]["passes_wall"]
+    duration_ms = 1000 * math.ceil(1.25 * (end - start) + 1)
+    # Every pass runs the same steps; one the window held whole (neither its first nor last) counts them.
+    passes = sorted({r["pass"] for r in rows})
+    assert len(passes) >= 3, passes
+    whole = [r for r in rows if r["pass"] == passes[1]]
+    for phase, held in info["verification"]["steps"].items():
+        ran = 100 * sum(r["phase"] == phase for r in whole)
+        assert notes[phase].startswith(f"{phase}: the 100 profiled passes ran {ran} {phase} step(s); "
+                                       f"the capture holds {len(held)} ("), notes
+        assert notes[phase].endswith(f"; to capture all 100 passes, set VLLM_TPU_PROFILE_DELAY_MS=0 "
+                                     f"VLLM_TPU_PROFILE_DURATION_MS={duration_ms} "
+                                     f"(the passes took {end - start:.1f} s)."), notes
+    assert duration_ms > 1000 * (end - start)
+
+
+def test_phase_window_says_what_it_holds_of_the_pass(decode_capture):
+    notes, out = _notes(decode_capture), decode_capture.proc.stdout[-3000:]
+    assert re.fullmatch(r"prefill: the profiled pass ran [1-4] prefill step\(s\); the capture holds none "
+                        r"\(the window takes decode steps\)\.", notes["prefill"]), out
+    assert notes["decode"] == "decode: the profiled pass ran 4 decode step(s); the capture holds all of them.", out
+
+
+def test_coverage_counts_whole_passes(env_capture):
+    """On the env capture's own step records of two passes it holds whole: a trace holding one
+    of them and the other's first decode step."""
+    rows = read_manifest(env_capture.run)
+    passes = sorted({r.pass_index for r in rows})
+    assert len(passes) >= 4, passes  # the first and last may be cut by the window; those between are whole
+    ran = [r for r in rows if r.pass_index in passes[1:3]]
+    assert {r.phase for r in ran} == {"prefill", "decode"}
+    first = [r for r in ran if r.pass_index == passes[1]]
+    second_decode = [r.step for r in ran if r.pass_index == passes[2] and r.phase == "decode"]
+    found = {"prefill": [r.step for r in first if r.phase == "prefill"],
+             "decode": [r.step for r in first if r.phase == "decode"] + second_decode[:1]}
+    prefill, decode = coverage(ran, found)
+    n_prefill = sum(r.phase == "prefill" for r in ran)
+    assert (prefill.phase, prefill.ran, prefill.captured, prefill.passes, prefill.whole_passes) == \
+        ("prefill", n_prefill, len(found["prefill"]), 2, 1)
+    assert (decode.phase, decode.ran, decode.captured, decode.whole_passes) == \
+        ("decode", len(ran) - n_prefill, len(found["decode"]), 1)
+    assert not decode.complete and coverage(ran, {"prefill": [r.step for r in ran]})[0].complete
 
 
 def test_verification_reads_the_capture(decode_capture):

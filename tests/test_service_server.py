@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -121,7 +122,9 @@ def test_start_and_stop_profile_capture_prefill_and_decode_of_live_traffic(custo
     result = r.json()
     run = result["run"]
     assert os.path.dirname(run) == str(srv.tmp / "xla" / "plugins" / "profile")
-    assert glob.glob(os.path.join(run, "*.xplane.pb")) and not glob.glob(str(srv.tmp / "xla" / ".staging-*"))
+    assert re.fullmatch(r"\d{4}(_\d\d){5}_serve-prefill-decode", os.path.basename(run)), run
+    assert [f for f in os.listdir(run) if f.endswith(".xplane.pb")] == [f"{socket.gethostname()}.xplane.pb"]
+    assert not glob.glob(str(srv.tmp / "xla" / ".staging-*"))
     assert len(result["steps"]["prefill"]) == 1 and len(result["steps"]["decode"]) == 4
     rows = read_manifest(run)
     assert sorted(r.step for r in rows) == sorted(result["steps"]["prefill"] + result["steps"]["decode"])
@@ -158,7 +161,7 @@ def test_malformed_symbols_yaml_is_reported_and_the_server_serves(tmp_path):
         assert httpx.post(f"{srv.url}/start_profile", timeout=30).status_code == 200
         _complete(srv.url, [4, 5, 6], 3)
         assert srv.stop() == 0                                   # SIGINT with the capture open
-    runs = glob.glob(str(tmp_path / "xla" / "plugins" / "profile" / "serve-*"))
+    runs = glob.glob(str(tmp_path / "xla" / "plugins" / "profile" / "*_serve-*"))
     assert len(runs) == 1 and not glob.glob(str(tmp_path / "xla" / ".staging-*"))
     info = json.load(open(os.path.join(runs[0], "run_info.json")))
     assert info["verification"]["steps"] == {"prefill": [3], "decode": [4, 5]}   # the second request

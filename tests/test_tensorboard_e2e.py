@@ -1,6 +1,11 @@
 """End to end as a user: a real capture from `scripts/profiling.py` (the `decode_capture`
 session fixture), opened in a real `tensorboard --logdir` server, read through TensorBoard's
-HTTP API (XProf's profile plugin, xprof 2.24.2) and shown in headless Chromium.
+HTTP API (XProf's profile plugin, xprof 2.24.2) and shown in headless Chromium: the run, its
+tools, and the trace viewer holding the run's decode steps.
+
+The browser test needs Chromium, chromedriver and selenium (Debian's `chromium` and
+`chromium-driver`, and the `dev` extra); without one it is skipped with one line naming it,
+except where REQUIRE_BROWSER_E2E is set (`.ci/run` sets it), where that is a failure.
 
 TensorBoard writes its converters' caches (hlo protos, sstables, cache_version.txt) into the
 run directory it serves, so the server gets a byte-for-byte copy of the capture's logdir:
@@ -11,6 +16,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -24,7 +30,8 @@ import pytest
 from tests.captures import free_port, profiling_env
 from tests.servers import wait_until
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 START_TIMEOUT_S = 90
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -146,8 +153,29 @@ def test_trace_viewer_data_holds_the_engine_decode_steps(served):
 
 
 # ---- (b) the profile page in headless Chromium --------------------------------------------
+def _missing_browser_piece() -> str | None:
+    """What this machine lacks to drive a headless browser, in a few words; None if nothing."""
+    if not os.access(CHROMIUM, os.X_OK):
+        return "chromium not installed (apt-get install chromium)"
+    if not os.access(CHROMEDRIVER, os.X_OK):
+        return "chromedriver not installed (apt-get install chromium-driver)"
+    if importlib.util.find_spec("selenium") is None:
+        return "selenium not installed (pip install -e '.[dev]')"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser_pieces():
+    """Skip (fail where REQUIRE_BROWSER_E2E is set) before the capture and TensorBoard start."""
+    missing = _missing_browser_piece()
+    if missing and os.environ.get("REQUIRE_BROWSER_E2E"):
+        pytest.fail(f"{missing}, and REQUIRE_BROWSER_E2E is set", pytrace=False)
+    if missing:
+        pytest.skip(missing)
+
+
 @pytest.fixture
-def browser(tmp_path):
+def browser(browser_pieces, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     opts = webdriver.ChromeOptions()
@@ -175,13 +203,41 @@ def _page_evidence(driver, tmp_path, name: str) -> str:
     return f"page text ({driver.current_url}), screenshot and source in {tmp_path}:\n{text[:4000]}"
 
 
-def test_profile_page_shows_the_run_and_trace_viewer(served, browser, tmp_path):
+# The catapult trace viewer's model (in its own iframe): the titles of the engine's step slices.
+STEP_SLICES_JS = """
+const viewer = document.querySelector('tf-trace-viewer');
+const model = viewer && viewer._traceViewer && viewer._traceViewer.model;
+if (!model) return null;
+const titles = [];
+for (const thread of model.getAllThreads())
+  for (const slice of thread.sliceGroup.slices)
+    if (/^(prefill|decode) \\d+$/.test(slice.title)) titles.push(slice.title);
+return titles;
+"""
+TRACE_VIEWER_FRAME = "//iframe[contains(@src, 'trace_viewer_index.html')]"
+
+
+def _trace_viewer_steps(driver) -> list[str] | None:
+    """The step slices the trace viewer shows, None until it has loaded some. Entered afresh on
+    every poll: XProf may replace the viewer's iframe while it loads."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.by import By
+    try:
+        driver.switch_to.default_content()
+        driver.switch_to.frame(driver.find_element(By.TAG_NAME, "iframe"))
+        driver.switch_to.frame(driver.find_element(By.XPATH, TRACE_VIEWER_FRAME))
+        return driver.execute_script(STEP_SLICES_JS) or None
+    except WebDriverException:
+        return None
+
+
+def test_profile_page_opens_the_run_in_the_trace_viewer(browser_pieces, served, browser, tmp_path):
     from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
-    tb, run_name, _ = served
+    tb, run_name, run_info = served
     wait = WebDriverWait(browser, START_TIMEOUT_S)
     browser.get(f"{tb.base}/#profile")
     step = "TensorBoard's profile dashboard frame"
@@ -198,6 +254,12 @@ def test_profile_page_shows_the_run_and_trace_viewer(served, browser, tmp_path):
         step = "the Trace Viewer tool in the Tools list"
         option = wait.until(EC.visibility_of_element_located((
             By.XPATH, "//mat-option[normalize-space(.)='Trace Viewer']")))
-        assert option.is_displayed()
+        option.click()
+        step = "the trace viewer to show the run's decode steps"
+        shown = wait.until(_trace_viewer_steps)
     except WebDriverException as e:
         pytest.fail(f"waiting for {step}: {type(e).__name__}; {_page_evidence(browser, tmp_path, 'profile-page')}")
+    src = browser.execute_script("return window.location.href")
+    assert urllib.parse.quote(f"run={run_name}", safe="") in src, src  # this run's trace, not another's
+    published = run_info["verification"]["steps"]["decode"]
+    assert sorted(shown) == sorted(f"decode {n}" for n in published), (shown, published)

@@ -1,5 +1,7 @@
 """Compare two captures: per phase, per layer and per op, deltas and ratios sorted by impact
-(the absolute change in time, largest first)."""
+(the absolute change in time, largest first). What one run lacks (a phase, a layer, an op) has
+no value there (None: "absent" in text, empty in CSV, null in JSON), not a time of 0; a ratio
+over a time of 0 is None too."""
 from __future__ import annotations
 
 import collections
@@ -9,18 +11,27 @@ from .table import Table
 from .tables import phase_summary
 
 
-def _delta_row(key: str, a: float, b: float, **extra) -> dict:
-    return dict(name=key, a_ms=a, b_ms=b, delta_ms=b - a, ratio=(b / a) if a else None, **extra)
+def _delta_row(key: str, a: float | None, b: float | None, **extra) -> dict:
+    both = a is not None and b is not None
+    return dict(name=key, a_ms=a, b_ms=b, delta_ms=b - a if both else None,
+                ratio=b / a if both and a else None, **extra)
+
+
+def _impact(r: dict) -> float:
+    """The change in time; for a row one run lacks, the time the other run has."""
+    if r["delta_ms"] is not None:
+        return abs(r["delta_ms"])
+    return abs(r["a_ms"] if r["a_ms"] is not None else r["b_ms"] or 0.0)
 
 
 def _sorted(rows):
-    return sorted(rows, key=lambda r: -abs(r["delta_ms"]))
+    return sorted(rows, key=lambda r: -_impact(r))
 
 
 def phases(a: Analysis, b: Analysis) -> Table:
     ta = {r["phase"]: r for r in phase_summary(a).rows}
     tb = {r["phase"]: r for r in phase_summary(b).rows}
-    rows = [_delta_row(p, ta.get(p, {}).get("mean_ms", 0.0), tb.get(p, {}).get("mean_ms", 0.0),
+    rows = [_delta_row(p, ta.get(p, {}).get("mean_ms"), tb.get(p, {}).get("mean_ms"),
                        a_steps=ta.get(p, {}).get("steps", 0), b_steps=tb.get(p, {}).get("steps", 0))
             for p in list(dict.fromkeys(list(ta) + list(tb)))]
     return Table("phases: mean step time (ms), B vs A", ["name", "a_ms", "b_ms", "delta_ms", "ratio",
@@ -37,8 +48,9 @@ def _per_step(analysis: Analysis, phase: str, key) -> dict[str, float]:
 
 def _table(a: Analysis, b: Analysis, phase: str, key, title: str) -> Table:
     ca, cb = _per_step(a, phase, key), _per_step(b, phase, key)
-    rows = [_delta_row(k, ca.get(k, 0.0), cb.get(k, 0.0)) for k in dict.fromkeys(list(ca) + list(cb))]
-    return Table(f"{phase}: {title} per step (ms), B vs A", ["name", "a_ms", "b_ms", "delta_ms", "ratio"], _sorted(rows))
+    rows = [_delta_row(k, ca.get(k), cb.get(k)) for k in dict.fromkeys(list(ca) + list(cb))]
+    return Table(f"{phase}: {title} per step (ms), B vs A", ["name", "a_ms", "b_ms", "delta_ms", "ratio"],
+                 _sorted(rows))
 
 
 def layers(a: Analysis, b: Analysis, phase: str) -> Table:

@@ -72,3 +72,14 @@ def percentile(values: list[float], q: float) -> float | None:
     k = (len(v) - 1) * q / 100
     lo, hi = math.floor(k), math.ceil(k)
     return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+def number_ranges(nums) -> str:
+    """`1-12, 14, 20-22`: sorted integers as runs of consecutive values."""
+    runs: list[list[int]] = []
+    for n in sorted(set(nums)):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)

@@ -32,6 +32,7 @@ import httpx
 
 from tpu_engine.cli import run_cli
 
+from ..analysis.table import number_ranges
 from .load import Record, Request, error_text, make_workload, print_table, run_workload, summarize
 
 PERCENTILES = (50, 90, 99)           # always shown
@@ -176,6 +177,22 @@ def records_json(records: list[Record]) -> list[dict]:
     return [dataclasses.asdict(r) for r in records]
 
 
+def profile_lines(profile: dict) -> list[str]:
+    """/stop_profile's answer in a few lines: the run, then its steps as ranges per phase (the
+    step lists, one number per line as JSON, stay in --result-json)."""
+    steps = profile.get("steps")
+    if not isinstance(steps, dict):
+        return ["profile: " + json.dumps(profile)]
+    phases = ", ".join(f"{phase} {number_ranges(nums)}" for phase, nums in steps.items() if nums)
+    total = sum(len(nums) for nums in steps.values())
+    took = profile.get("duration_s")
+    took = f" in {took:.2f} s" if isinstance(took, (int, float)) else ""
+    lines = [f"profile: {profile.get('run')}",
+             f"  captured {total} step{'s' if total != 1 else ''}{took}" + (f": {phases}" if phases else "")]
+    lines += [f"  problem: {p}" for p in profile.get("problems") or []]
+    return lines
+
+
 def single_run(args, workload) -> dict:
     profile = None
     if args.profile:
@@ -188,7 +205,7 @@ def single_run(args, workload) -> dict:
     fig = summarize(records, duration, args.percentiles)
     print_table(fig, args.percentiles, args.max_concurrency)
     if profile is not None:
-        print("profile:", json.dumps(profile, indent=2))
+        print("\n".join(profile_lines(profile)))
     return {**fig, "profile": profile, "requests": records_json(records)}
 
 

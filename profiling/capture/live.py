@@ -3,7 +3,7 @@
 
 The trace opens and closes between two engine steps (the calls run in the engine's thread),
 so a capture holds whole steps. Each capture is published exactly as offline ones are
-(`publish.py`): `<dir>/plugins/profile/serve-<phases>_<time>/` with the `.xplane.pb`,
+(`publish.py`): `<dir>/plugins/profile/<time>_serve-<phases>/` with `<host>.xplane.pb`,
 `manifest.jsonl` (one line per captured step) and `run_info.json` (with the compiles during
 the window and the device's peaks).
 """

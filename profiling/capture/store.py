@@ -2,7 +2,9 @@
 a private staging dir where captures are written until they are complete, and finding runs.
 
 A run is moved into `plugins/profile/` with one rename, once verified and recorded, so
-TensorBoard (and `summarize`) never see half a run.
+TensorBoard (and `summarize`) never see half a run. Run names begin with the time
+(`2026_11_30_09_50_12_decode`, torch_xla's and vLLM's stamp), because XProf lists runs by name:
+the last one listed is then the newest. The capture file is always `<hostname>.xplane.pb`.
 """
 from __future__ import annotations
 
@@ -10,9 +12,14 @@ import datetime
 import glob
 import os
 import shutil
+import socket
 import time
 
 from tpu_engine.paths import writable_dir
+
+DEFAULT_PROFILE_DIR = "profiles"   # the capture command's --profile-result-dir default
+STAMP = "%Y_%m_%d_%H_%M_%S"
+STAMP_LEN = len("2026_11_30_09_50_12")
 
 
 def check_writable_dir(path: str) -> str:
@@ -26,6 +33,23 @@ def runs_in(logdir: str) -> list[str]:
                    glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb"))})
 
 
+def capture_file_name() -> str:
+    """`<hostname>.xplane.pb`, what an in-process trace is exported as; a detached trace
+    (which the profiler client names `localhost_<port>.xplane.pb`) is renamed to match."""
+    return f"{socket.gethostname()}.xplane.pb"
+
+
+def name_capture(run_dir: str) -> str:
+    """Rename the run's one `.xplane.pb` to `capture_file_name()`; its path. Several (one per
+    host of a multi-host trace) are already named by host and stay as they are."""
+    found = glob.glob(os.path.join(run_dir, "*.xplane.pb"))
+    want = os.path.join(run_dir, capture_file_name())
+    if len(found) == 1 and found[0] != want:
+        os.rename(found[0], want)
+        return want
+    return find_xplane(run_dir)
+
+
 def find_xplane(run_dir: str) -> str:
     found = sorted(glob.glob(os.path.join(run_dir, "*.xplane.pb")))
     if not found:
@@ -34,30 +58,53 @@ def find_xplane(run_dir: str) -> str:
 
 
 def resolve_run(path: str) -> tuple[str, str]:
-    """(run dir, xplane path) for a run dir, an .xplane.pb file, or a profile dir (its newest
-    run). ValueError when nothing readable is there."""
+    """(run dir, xplane path) for a run dir, an .xplane.pb file, a profile dir (its newest run),
+    or a run's name as `summarize` lists it (`<profile dir>/<name>`, or a bare name in
+    ./profiles). ValueError when nothing readable is there."""
     if os.path.isfile(path):
         if not path.endswith(".xplane.pb"):
             raise ValueError(f"{path} is not an .xplane.pb capture.")
         return os.path.dirname(os.path.abspath(path)), path
     if not os.path.isdir(path):
-        raise ValueError(f"{path} does not exist.")
+        return _run_by_name(path)
     if glob.glob(os.path.join(path, "*.xplane.pb")):
         return path, find_xplane(path)
     runs = runs_in(path)
     if runs:
         run = max(runs, key=os.path.getmtime)
         if len(runs) > 1:
-            print(f"{path} holds {len(runs)} runs; reading the newest, {os.path.basename(run)} "
-                  f"(pass a run dir to choose another).")
+            names = ", ".join(os.path.basename(r) for r in runs[-6:])
+            print(f"{path} holds {len(runs)} runs ({'..., ' if len(runs) > 6 else ''}{names}); reading the "
+                  f"newest, {os.path.basename(run)} (pass a run's name or dir to choose another).")
         return run, find_xplane(run)
     raise ValueError(f"no .xplane.pb capture in {path} (nor in {path}/plugins/profile/<run>/).")
 
 
+def _run_by_name(path: str) -> tuple[str, str]:
+    """`profiles/<run name>` or a bare `<run name>` (looked up in ./profiles), as listed by
+    `summarize`: the run `<profile dir>/plugins/profile/<run name>`."""
+    parent, name = os.path.split(os.path.normpath(path))
+    where = os.path.join(parent or DEFAULT_PROFILE_DIR, "plugins", "profile", name)
+    if name and os.path.isdir(where):
+        return where, find_xplane(where)
+    raise ValueError(f"{path} does not exist (as a path, nor as a run named {name!r} in {where}).")
+
+
 def run_name(kind: str, when: float | None = None) -> str:
-    """`<kind>_<local timestamp>`: TensorBoard lists runs by directory name."""
-    stamp = datetime.datetime.fromtimestamp(when or time.time()).strftime("%Y_%m_%d_%H_%M_%S")
-    return f"{kind}_{stamp}"
+    """`<local time>_<kind>`: XProf lists runs by name, so names must sort in time order."""
+    stamp = datetime.datetime.fromtimestamp(time.time() if when is None else when).strftime(STAMP)
+    return f"{stamp}_{kind}"
+
+
+def free_run_name(dest_root: str, kind: str, when: float | None = None) -> str:
+    """`run_name` at the first second from `when` on that no run in `dest_root` has taken: a
+    counter suffix would sort `_10` before `_2`, and a second run in the same second would sort
+    by kind rather than time."""
+    taken = {n[:STAMP_LEN] for n in os.listdir(dest_root)} if os.path.isdir(dest_root) else set()
+    t = int(time.time() if when is None else when)
+    while run_name(kind, t)[:STAMP_LEN] in taken:
+        t += 1
+    return run_name(kind, t)
 
 
 class Staging:
@@ -73,14 +120,10 @@ class Staging:
         return runs_in(self.path)
 
     def publish(self, run_dir: str, kind: str) -> str:
-        """Move `run_dir` to `plugins/profile/<kind>_<time>` (a suffix if that exists)."""
+        """Move `run_dir` to `plugins/profile/<time>_<kind>` (`free_run_name`)."""
         dest_root = os.path.join(self.root, "plugins", "profile")
         os.makedirs(dest_root, exist_ok=True)
-        name = run_name(kind)
-        dest, n = os.path.join(dest_root, name), 1
-        while os.path.exists(dest):
-            n += 1
-            dest = os.path.join(dest_root, f"{name}_{n}")
+        dest = os.path.join(dest_root, free_run_name(dest_root, kind))
         os.rename(run_dir, dest)
         return dest
 

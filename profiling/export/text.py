@@ -1,5 +1,6 @@
 """`summarize` in the terminal: phases, then per phase the layer table, the category table and
-the top ops, then compilations and the roofline; every line fits 100 columns."""
+the top ops, then compilations and the roofline; every line fits 100 columns. And `compare`'s
+tables, where what one run lacks reads "absent"."""
 from __future__ import annotations
 
 import textwrap
@@ -11,6 +12,7 @@ from ..analysis.roofline import Roofline, roofline
 from ..analysis.table import Table
 from ..trace.categories import UNSCOPED
 
+ABSENT = "absent"
 TOP_OPS_COLUMNS = ["op", "category", "count", "total_ms", "avg_ms", "max_ms", "pct", "scope"]
 WIDTH = 100
 
@@ -102,3 +104,12 @@ def roofline_text(roof: Roofline) -> str:
         lines.append(f"decode: {d.work / 1e6:.0f} MB read in {d.seconds * 1e3:.1f} ms = "
                      f"{d.per_s / 1e9:.2f} GB/s{pct}")
     return "\n".join(lines)
+
+
+def compare_text(t: Table, limit: int | None = None) -> str:
+    """A `compare` table: in a row one run lacks (no a_ms or no b_ms), every empty cell reads
+    "absent"; elsewhere an empty cell (a ratio over a time of 0) stays "-". The rows keep None,
+    so CSV and JSON say nothing rather than 0."""
+    rows = [{k: ABSENT if v is None else v for k, v in r.items()} if r["a_ms"] is None or r["b_ms"] is None
+            else r for r in t.rows]
+    return Table(t.title, t.columns, rows).render(limit=limit)
