@@ -31,16 +31,19 @@ def prefill_capture(tmp_path_factory, llama_dir):
 
 @pytest.fixture(scope="session")
 def decode_capture(tmp_path_factory, llama_dir):
-    """Exact decode window over a run_to_completion batch (4 requests, 1 finishing per step)."""
-    from tests.captures import capture
+    """Exact decode window over a run_to_completion batch (4 requests, 1 finishing per step),
+    with module names turned off (XLA_HLO_DEBUG=0)."""
+    from tests.captures import capture, profiling_env
     return capture(str(tmp_path_factory.mktemp("decode")), llama_dir,
                    "--input-len", "8", "--batch-size", "4", "--enforce-eager",
-                   "--profile-phase", "decode", "run_to_completion", "-n", "1")
+                   "--profile-phase", "decode", "run_to_completion", "-n", "1",
+                   env=profiling_env(XLA_HLO_DEBUG=0))
 
 
 @pytest.fixture(scope="session")
 def env_capture(tmp_path_factory, llama_dir):
-    """The seed's env window: a detached trace with a delay and a duration."""
+    """The seed's env window: a detached trace with a delay and a duration; compiled (dynamo)
+    steps, with XLA_HLO_DEBUG left for profiling.py to set."""
     from tests.captures import capture, profiling_env
     return capture(str(tmp_path_factory.mktemp("env")), llama_dir,
                    "--input-len", "8", "--output-len", "24", "--batch-size", "4", "--num-iters", "100",

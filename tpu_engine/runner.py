@@ -27,6 +27,7 @@ import torch
 from .buckets import Buckets
 from .compile import CompileGuard, CompileStats, compile_stats, init_persistent_cache
 from .config import ModelConfig
+from .dynamo_scopes import compile_with_scopes
 from .info import DeviceInfo
 from .graphs import decode_forward, gather_rows, pack_prompts, prefill_forward
 from .model import CausalLM, rope_inv_freq
@@ -48,17 +49,6 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
-
-
-def _compiled(fn):
-    """Capture `fn` once per shape with dynamo; later calls replay the XLA executable without
-    re-tracing the model in Python (the lazy-tensor path traces every step)."""
-    import torch._dynamo as dynamo
-    for name in ("recompile_limit", "cache_size_limit"):  # one entry per bucket shape
-        if hasattr(dynamo.config, name):
-            setattr(dynamo.config, name, 4096)
-    dynamo.config.accumulated_cache_size_limit = 1 << 16
-    return torch.compile(fn, backend="openxla", fullgraph=True, dynamic=False)
 
 
 @dataclasses.dataclass
@@ -104,12 +94,15 @@ class XlaRunner:
         self.guard = CompileGuard(strict=strict_compiles)
         self.enforce_eager = enforce_eager
         self.model = self._load_model(source, seed)
-        if enforce_eager:  # lazy tracing every step; module scopes reach the HLO metadata
+        if enforce_eager:  # lazy tracing every step, each module inside its profiler scope
             self.model.scope = self._scope
             self._prefill_fn, self._gather_fn, self._decode_fn = prefill_forward, gather_rows, decode_forward
         else:
+            # Captured once per shape with dynamo; the backend keeps module names in the HLO
+            # metadata (dynamo_scopes.py), so compiled captures have layer tables too.
             self._prefill_fn, self._gather_fn, self._decode_fn = (
-                _compiled(prefill_forward), _compiled(gather_rows), _compiled(decode_forward))
+                compile_with_scopes(prefill_forward), compile_with_scopes(gather_rows),
+                compile_with_scopes(decode_forward))
         self.inv_freq = rope_inv_freq(self.cfg.head_dim, self.cfg.rope_theta, self.cfg.rope_scaling).to(self.device)
         self.kv_caches = self._allocate_kv_cache()
         release_freed_memory()

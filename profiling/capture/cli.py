@@ -12,6 +12,7 @@ The layer-wise example's schedules are subcommands: `run_num_steps -n N`, `run_t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from tpu_engine.cli import add_engine_args, run_cli
@@ -69,6 +70,12 @@ def check_args(args: argparse.Namespace, error) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> int:
     """One profiling run; returns the exit status."""
+    if "XLA_HLO_DEBUG" not in os.environ:
+        # Module names reach the HLO op metadata (and so the layer tables) only with this set
+        # before torch_xla starts. The compiled path pays for it once, at compile time.
+        os.environ["XLA_HLO_DEBUG"] = "1"
+        print("note: XLA_HLO_DEBUG=1 set for this run, so module names reach the capture "
+              "(XLA_HLO_DEBUG=0 turns it off).")
     from .offline import Profiler
     return Profiler(args).run()
 

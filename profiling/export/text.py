@@ -62,8 +62,8 @@ def _phase_text(a: Analysis, phase: str, top: int, detail: bool) -> list[str]:
         model = Table(model.title, model.columns, [r for r in model.rows if r["depth"] == 0])
     out = [_heading(phase), model.render()]
     if all(r["name"] == UNSCOPED for r in model.rows if r["depth"] == 0):
-        out.append(_note("no module names in this capture's HLO metadata; capture with XLA_HLO_DEBUG=1 "
-                         "and --enforce-eager for a per-layer table."))
+        out.append(_note("no module names in this capture's HLO metadata; it was made with "
+                         "XLA_HLO_DEBUG unset or 0 (profiling.py sets it to 1 unless told otherwise)."))
     return out + ["", tables.summary_table(a, phase).render(), "",
                   tables.top_ops(a, phase, top).render(columns=TOP_OPS_COLUMNS)]
 
