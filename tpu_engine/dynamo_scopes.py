@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import os
 import re
 
 import torch
@@ -31,6 +32,16 @@ def module_scope(path: str) -> str:
     return ".".join(parts[:numbered[-1] + 2] if numbered else parts[:2])
 
 
+# Code outside any module that eager mode still scopes by name: named after the file it runs in.
+_FILE_SCOPES = {"sampler.py": "sampler"}
+_FRAME = re.compile(r'File "([^"]+)"')
+
+
+def _file_scope(node: torch.fx.Node) -> str:
+    frames = _FRAME.findall(node.meta.get("stack_trace") or "")
+    return _FILE_SCOPES.get(os.path.basename(frames[-1]), "") if frames else ""
+
+
 def _node_scopes(graph: torch.fx.Graph) -> dict[torch.fx.Node, str]:
     """Scope per call node. An op outside every submodule whose computed inputs are all scoped
     (the residual `x + self_attn(h)`, the functionalised KV-cache copy_) takes the scope of its
@@ -42,7 +53,7 @@ def _node_scopes(graph: torch.fx.Graph) -> dict[torch.fx.Node, str]:
         if node.op != "call_function":
             continue
         stack = node.meta.get("nn_module_stack") or {}
-        name = module_scope(list(stack.values())[-1][0]) if stack else ""
+        name = module_scope(list(stack.values())[-1][0]) if stack else _file_scope(node)
         if not name:
             computed = [a for a in node.all_input_nodes if a.op == "call_function"]
             if computed and all(a in scopes for a in computed):

@@ -5,8 +5,8 @@
                    prompt and never crosses prompts. Returns the hidden states (T, hidden).
   gather_rows      per (T, request bucket): each prompt's last token's hidden state.
   decode_forward   per (slot bucket B, KV span): one token for each slot [0, B).
-  head + sampler   per request bucket (the runner runs these lazily): final norm, LM head and
-                   sampling of the gathered rows, shared by prefill and decode.
+  head_and_sample  per (request bucket, sampler variant): final norm, LM head and sampling of
+                   the gathered rows, shared by prefill and decode.
 Padding tokens of a packed prefill form their own sequence (index -1) so that no real token
 attends to them, and write their K/V into the cache's last row, which no slot owns.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from .model import CausalLM
+from .sampler import sample
 
 
 def donate_kv_cache(kv_caches) -> None:
@@ -53,6 +54,15 @@ def decode_forward(model: CausalLM, ints, kv_caches, inv_freq, B: int, span: int
     hidden = model.hidden(tokens, position.unsqueeze(1), kv_caches, write_index, key_mask.unsqueeze(1),
                           cache_len, span, inv_freq)
     return hidden[:, 0]
+
+
+def head_and_sample(model: CausalLM, hidden, floats, ints, counters, random: bool, num_logprobs: int):
+    """hidden (N, hidden); floats (N, 2) [temperature, top_p]; ints (N, 2) [top_k, seed];
+    counters (N,). `random` and `num_logprobs` pick the variant (one graph each)."""
+    logits = model.logits(hidden)
+    with model.scope("sampler"):
+        return sample(logits, floats[:, 0], ints[:, 0], floats[:, 1], ints[:, 1], counters,
+                      random=random, num_logprobs=num_logprobs)
 
 
 def pack_prompts(slots, prompts, T: int, cache_len: int, scratch_row: int) -> list[list[int]]:

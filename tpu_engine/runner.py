@@ -29,11 +29,11 @@ from .compile import CompileGuard, CompileStats, compile_stats, init_persistent_
 from .config import ModelConfig
 from .dynamo_scopes import compile_with_scopes
 from .info import DeviceInfo
-from .graphs import decode_forward, gather_rows, pack_prompts, prefill_forward
+from .graphs import decode_forward, gather_rows, head_and_sample, pack_prompts, prefill_forward
 from .model import CausalLM, rope_inv_freq
 from .platform import select_device
 from .scheduler import ShapePlan
-from .sampler import MAX_LOGPROBS, SamplingRow, sample
+from .sampler import MAX_LOGPROBS, SamplingRow
 from .warmup import run_warmup
 from .weights import ModelSource, checkpoint_tensors, dummy_tensors, load_weights
 
@@ -96,13 +96,14 @@ class XlaRunner:
         self.model = self._load_model(source, seed)
         if enforce_eager:  # lazy tracing every step, each module inside its profiler scope
             self.model.scope = self._scope
-            self._prefill_fn, self._gather_fn, self._decode_fn = prefill_forward, gather_rows, decode_forward
+            self._prefill_fn, self._gather_fn, self._decode_fn, self._head_fn = (
+                prefill_forward, gather_rows, decode_forward, head_and_sample)
         else:
             # Captured once per shape with dynamo; the backend keeps module names in the HLO
             # metadata (dynamo_scopes.py), so compiled captures have layer tables too.
-            self._prefill_fn, self._gather_fn, self._decode_fn = (
+            self._prefill_fn, self._gather_fn, self._decode_fn, self._head_fn = (
                 compile_with_scopes(prefill_forward), compile_with_scopes(gather_rows),
-                compile_with_scopes(decode_forward))
+                compile_with_scopes(decode_forward), compile_with_scopes(head_and_sample))
         self.inv_freq = rope_inv_freq(self.cfg.head_dim, self.cfg.rope_theta, self.cfg.rope_scaling).to(self.device)
         self.kv_caches = self._allocate_kv_cache()
         release_freed_memory()
@@ -228,18 +229,15 @@ class XlaRunner:
         return out.select(slots)
 
     def _sample(self, hidden, rows: Sequence[SamplingRow], counters: list[int], before, what) -> StepResult:
-        """Head and sampler over `hidden` (n, hidden_size): one lazily traced graph per (n,
-        variant), the same for prefill and decode (every input is a device tensor of its own)."""
+        """Head and sampler over `hidden` (n, hidden_size): one graph per (n, variant), the same
+        for prefill and decode (every input is a device tensor of its own)."""
         n = len(counters)
         floats, ints = self._sampling_tensors(rows, n)
         counters = self._to_device(counters)
         random = any(r.temperature > 0 for r in rows)
         want = max(r.num_logprobs for r in rows)
-        logits = self.model.logits(hidden, self._scope)
-        with self._scope("sampler"):  # names the sampler's ops in the HLO metadata (lazy graph)
-            tokens, lps, top = sample(
-                logits, floats[:, 0], ints[:, 0], floats[:, 1], ints[:, 1], counters,
-                random=random, num_logprobs=MAX_LOGPROBS if want else 0)
+        tokens, lps, top = self._head_fn(self.model, hidden, floats, ints, counters, random,
+                                         MAX_LOGPROBS if want else 0)
         if top is not None:
             t_cpu, lp_cpu, ti, tl, rank = self._xla_fetch(tokens, lps, *top)
             top = [(int(rank[r]), list(zip(ti[r, :rows[r].num_logprobs].tolist(),
