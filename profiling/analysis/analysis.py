@@ -63,6 +63,7 @@ class Analysis:
     outside: list[Op]                    # ops that started outside every step scope
     record: RunRecord | None             # run_info.json, if the capture has one
     space: xspace.Space | None = None    # the capture itself (None when built from parts)
+    derived: dict = dataclasses.field(default_factory=dict, repr=False)  # tables computed once, by name
 
     @classmethod
     def load(cls, path: str) -> "Analysis":
@@ -72,8 +73,8 @@ class Analysis:
         space = xspace.load(xplane)
         by_step = {r.step: r for r in read_manifest(run_dir)}
         steps = [Step(s.phase, s.step, s.start_ns, s.end_ns, by_step.get(s.step)) for s in xspace.step_scopes(space)]
-        a = cls.from_parts(steps, ops_mod.ops(space), ops_mod.program_spans(space), read_run_record(run_dir),
-                           run_dir, xplane)
+        found, programs = ops_mod.ops_and_programs(space)
+        a = cls.from_parts(steps, found, programs, read_run_record(run_dir), run_dir, xplane)
         a.space = space
         return a
 

@@ -89,10 +89,14 @@ def _grouped(a: Analysis, phase: str, key: str):
 
 
 def _time_row(label_column, label, key, depth, ops, total, nsteps) -> dict:
-    """One table row: `label` as shown (indented for sub-modules), `key` the full name."""
+    """One table row: `label` as shown (indented for sub-modules), `key` the full name;
+    `cpu_ms` the ops' CPU time (on CPU captures, with their thread-pool work), `inh_ms` the
+    time of ops whose scope was inherited from the HLO graph."""
     t = sum(o.self_ns for o in ops) / 1e6
     return {label_column: label, "name": key, "depth": depth, "total_ms": t, "pct": 100 * t * 1e6 / total,
-            "per_step_ms": t / max(1, nsteps), "ops": len(ops)}
+            "per_step_ms": t / max(1, nsteps), "ops": len(ops),
+            "cpu_ms": sum(o.cpu_time_ns for o in ops) / 1e6,
+            "inh_ms": sum(o.self_ns for o in ops if o.inherited) / 1e6}
 
 
 def model_table(a: Analysis, phase: str) -> Table:
@@ -109,8 +113,9 @@ def model_table(a: Analysis, phase: str) -> Table:
             for scope in sorted(by_layer[layer], key=scope_order):
                 rows.append(_time_row("module", "  " + scope[len(layer) + 1:], scope, 1, by_scope[scope],
                                       total, len(steps)))
-    return Table(f"{phase}: op time by module (self time, summed over {len(steps)} step(s))",
-                 ["module", "total_ms", "pct", "per_step_ms", "ops"], rows)
+    return Table(f"{phase}: op time by module (self time, summed over {len(steps)} step(s); on CPU with the "
+                 f"thread pool's work)",
+                 ["module", "total_ms", "pct", "per_step_ms", "ops", "cpu_ms", "inh_ms"], rows)
 
 
 def summary_table(a: Analysis, phase: str) -> Table:
@@ -118,7 +123,8 @@ def summary_table(a: Analysis, phase: str) -> Table:
     steps, total, by_cat = _grouped(a, phase, "category")
     rows = [_time_row("category", c, c, 0, by_cat[c], total, len(steps)) for c in CATEGORIES if c in by_cat]
     rows.sort(key=lambda r: -r["total_ms"])
-    return Table(f"{phase}: op time by category", ["category", "total_ms", "pct", "per_step_ms", "ops"], rows)
+    return Table(f"{phase}: op time by category", ["category", "total_ms", "pct", "per_step_ms", "ops", "cpu_ms"],
+                 rows)
 
 
 def top_ops(a: Analysis, phase: str, limit: int | None = None) -> Table:
@@ -130,13 +136,15 @@ def top_ops(a: Analysis, phase: str, limit: int | None = None) -> Table:
     rows = []
     for (module, name), g in groups.items():
         t = [o.self_ns / 1e6 for o in g]
-        rows.append(dict(op=name, module=module, scope=g[0].scope, category=g[0].category,
+        rows.append(dict(op=name, module=module, scope=g[0].scope, inherited=g[0].inherited, category=g[0].category,
                          framework_op=g[0].framework_op, count=len(g), total_ms=sum(t),
+                         cpu_ms=sum(o.cpu_time_ns for o in g) / 1e6,
                          avg_ms=statistics.fmean(t), min_ms=min(t), max_ms=max(t),
                          pct=100 * sum(t) * 1e6 / total))
     rows.sort(key=lambda r: -r["total_ms"])
-    return Table(f"{phase}: top ops", ["op", "category", "count", "total_ms", "avg_ms", "min_ms", "max_ms", "pct",
-                                       "scope", "framework_op", "module"], rows[:limit] if limit else rows)
+    return Table(f"{phase}: top ops", ["op", "category", "count", "total_ms", "cpu_ms", "avg_ms", "min_ms", "max_ms",
+                                       "pct", "scope", "inherited", "framework_op", "module"],
+                 rows[:limit] if limit else rows)
 
 
 def scope_order(scope: str):

@@ -8,6 +8,7 @@ import json
 
 from ..analysis import tables
 from ..analysis.analysis import Analysis
+from ..analysis.breakdown import breakdown_table
 from ..analysis.compiles import compile_report
 from ..analysis.roofline import roofline
 from ..analysis.table import Table
@@ -15,7 +16,7 @@ from ..analysis.table import Table
 
 def phase_tables(a: Analysis, phase: str) -> dict[str, Table]:
     return {"model_table": tables.model_table(a, phase), "summary_table": tables.summary_table(a, phase),
-            "top_ops": tables.top_ops(a, phase)}
+            "top_ops": tables.top_ops(a, phase), "breakdown": breakdown_table(a, phase)}
 
 
 def write_csv(a: Analysis, base: str) -> list[str]:

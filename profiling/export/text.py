@@ -7,13 +7,15 @@ import textwrap
 
 from ..analysis import tables
 from ..analysis.analysis import Analysis
+from ..analysis.breakdown import breakdown_table
 from ..analysis.compiles import CompileReport, compile_report
+from ..analysis.fidelity import coverage, layer_outliers
 from ..analysis.roofline import Roofline, roofline
 from ..analysis.table import Table
 from ..trace.categories import UNSCOPED
 
 ABSENT = "absent"
-TOP_OPS_COLUMNS = ["op", "category", "count", "total_ms", "avg_ms", "max_ms", "pct", "scope"]
+TOP_OPS_COLUMNS = ["op", "category", "count", "total_ms", "cpu_ms", "max_ms", "pct", "scope"]  # avg: CSV, JSON
 WIDTH = 100
 
 
@@ -35,11 +37,8 @@ def render(a: Analysis, top: int = 15, detail: bool = False) -> str:
     out.append(_heading("phases"))
     phases = tables.phase_summary(a)
     out.append(phases.render())
-    for r in phases.rows:
-        if r["busy_ms"] and r["ops_ms"] < 0.8 * r["busy_ms"]:
-            out.append(_note(f"{r['phase']} op events cover {100 * r['ops_ms'] / r['busy_ms']:.0f}% of the time XLA "
-                             f"programs ran; on CPU, ops that XLA splits over its thread pool are timed only on "
-                             f"the thread that started them."))
+    for phase in a.phases:
+        out.append(coverage_text(coverage(a, phase)))
     latency = tables.request_latency(a).items()
     if latency:
         out.append("  ".join(f"{k} {v:.2f}" for k, v in latency))
@@ -64,8 +63,33 @@ def _phase_text(a: Analysis, phase: str, top: int, detail: bool) -> list[str]:
     if all(r["name"] == UNSCOPED for r in model.rows if r["depth"] == 0):
         out.append(_note("no module names in this capture's HLO metadata; it was made with "
                          "XLA_HLO_DEBUG unset or 0 (profiling.py sets it to 1 unless told otherwise)."))
-    return out + ["", tables.summary_table(a, phase).render(), "",
-                  tables.top_ops(a, phase, top).render(columns=TOP_OPS_COLUMNS)]
+    out += [_note(f"{o.layer} takes {o.layer_ms:.1f} ms, the layers' median {o.median_ms:.1f} ms: {o.op} "
+                  f"{o.op_ms:.1f} ms against {o.sibling_op_ms:.1f} ms in the others; {o.reason}.")
+            for o in layer_outliers(a, phase)]
+    top_ops = tables.top_ops(a, phase, top)
+    rows = [dict(r, scope=r["scope"] + "*") if r["inherited"] else r for r in top_ops.rows]
+    out += ["", tables.summary_table(a, phase).render(), "",
+            Table(top_ops.title, top_ops.columns, rows).render(columns=TOP_OPS_COLUMNS)]
+    if any(r["inherited"] for r in rows):
+        out.append("* scope inherited from the HLO graph: the op has no metadata of its own")
+    waits = [r for r in tables.top_ops(a, phase).rows if r["op"].split(".")[0].endswith("-done")]
+    if sum(r["pct"] for r in waits) >= 50:
+        out.append(_note(f"{sum(r['pct'] for r in waits):.0f}% of op time is `-done` ops, the end of an async copy "
+                         f"or collective: time the device waited, not work (see the breakdown)."))
+    return out + ["", breakdown_table(a, phase).render()]
+
+
+def coverage_text(c) -> str:
+    if c.pct is None:
+        return f"{c.phase}: no XLA program runs in this capture to measure coverage against."
+    pool = f", {c.pool_ms:,.1f} ms of it on XLA:CPU's thread pool" if c.pool_ms else ""
+    cpu = f" (ops' CPU time {c.cpu_ms:,.1f} ms{pool})" if abs(c.cpu_ms - c.op_ms) > 1e-6 else ""
+    stalls = (f"; {c.stall_ms:,.1f} ms of it are stalls of 1 ms or more with no op running on any thread "
+              f"(the OS running other work: a busy machine), and of the rest they cover "
+              f"{c.pct_less_stalls:.1f}%") if c.stall_ms else ""
+    return _note(f"{c.phase} op tables cover {c.pct:.1f}% of the {c.program_ms:,.1f} ms XLA programs ran{stalls}"
+                 f"{cpu}; unscoped {c.unscoped_ms:,.1f} ms, scope inherited from the HLO graph "
+                 f"{c.inherited_ms:,.1f} ms.")
 
 
 def compile_text(rep: CompileReport) -> str:

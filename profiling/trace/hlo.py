@@ -9,6 +9,8 @@ import dataclasses
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from .categories import UNSCOPED, scope_of
+
 _F = descriptor_pb2.FieldDescriptorProto
 _PACKAGE = "tpu_profiling.hlo"
 # message -> [(field, number, type, repeated, message type)]
@@ -25,6 +27,7 @@ _FIELDS = {
                             ("fusion_kind", 11, _F.TYPE_STRING, False, None),
                             ("custom_call_target", 28, _F.TYPE_STRING, False, None),
                             ("id", 35, _F.TYPE_INT64, False, None),
+                            ("operand_ids", 36, _F.TYPE_INT64, True, None),
                             ("called_computation_ids", 38, _F.TYPE_INT64, True, None)],
     "OpMetadata": [("op_type", 1, _F.TYPE_STRING, False, None), ("op_name", 2, _F.TYPE_STRING, False, None),
                    ("source_file", 3, _F.TYPE_STRING, False, None), ("source_line", 4, _F.TYPE_INT32, False, None)],
@@ -53,32 +56,110 @@ class Instruction:
     name: str
     opcode: str
     op_type: str        # framework op (e.g. aten__mm) when recorded
-    op_name: str        # scope path when recorded
+    op_name: str        # scope path when recorded (or inherited: see inherited_from)
     fusion_kind: str
     fused_opcodes: tuple[str, ...]   # for fusions: opcodes inside the fused computation
     custom_call_target: str
+    inherited_from: str = ""  # the instruction whose metadata this one took (it had none)
+
+
+# Instructions whose metadata says nothing about the work around them.
+_PLUMBING = ("parameter", "constant", "tuple", "get-tuple-element", "bitcast")
+_MAX_HOPS = 6
+
+
+def _scoped(op_name: str) -> bool:
+    return scope_of(op_name) != UNSCOPED
+
+
+def _body_metadata(ins, by_comp) -> tuple[str, str]:
+    """A fusion's or call's (op_type, op_name): its own, else its body's last instruction with a
+    scope. An op_name without a module scope (`aten__add.3/aten__add`: engine code outside
+    every module) counts as none, so that such ops inherit one too."""
+    md = ins.metadata
+    if _scoped(md.op_name) or ins.opcode not in ("fusion", "call"):
+        return md.op_type, md.op_name if _scoped(md.op_name) else ""
+    inner = [i for cid in ins.called_computation_ids if cid in by_comp for i in by_comp[cid].instructions]
+    named = [i for i in reversed(inner) if _scoped(i.metadata.op_name)]
+    return (named[0].metadata.op_type, named[0].metadata.op_name) if named else (md.op_type, "")
+
+
+def _common_scope(op_names: list[str]) -> str:
+    """The longest dotted prefix the scopes share (`model.layers` for ops of several layers)."""
+    parts = [scope_of(n).split(".") for n in op_names]
+    common = []
+    for level in zip(*parts):
+        if len(set(level)) > 1:
+            break
+        common.append(level[0])
+    return ".".join(common)
+
+
+def _inherit(start, named, users, by_id) -> tuple[str, str] | None:
+    """(source, op_name) from the nearest instructions with a scope in the graph from `start`:
+    breadth first over the instructions it feeds (whose work asked for it), then over those it
+    reads; plumbing and constants (shared by every layer after CSE) are walked through, never
+    taken. Found at one distance in several modules (an input every layer reads), it takes the
+    scope they share, e.g. `model.layers`."""
+    for edges in (lambda i: users.get(i.id, ()), lambda i: [by_id[o] for o in i.operand_ids if o in by_id]):
+        seen, frontier = {start.id}, [start]
+        for _ in range(_MAX_HOPS):
+            nxt, hits = [], []
+            for ins in frontier:
+                for n in edges(ins):
+                    if n.id in seen:
+                        continue
+                    seen.add(n.id)
+                    (hits if named.get(n.id) and n.opcode not in _PLUMBING else nxt).append(n)
+            if hits:
+                names = [named[h.id] for h in hits]
+                if len({scope_of(n) for n in names}) == 1:
+                    return hits[0].name, names[0]
+                common = _common_scope(names)
+                if common:
+                    return ",".join(h.name for h in hits[:3]), f"{common}/shared"
+                break  # modules with nothing in common: try the other direction
+            frontier = nxt
+    return None
 
 
 def instructions(hlo_proto: bytes) -> tuple[str, dict[str, Instruction]]:
     """(module name, instruction name -> Instruction) over every computation of the module.
-    A fusion inherits the metadata of its fused root when it has none of its own."""
+    A fusion or call without metadata of its own takes its body's; an instruction inside a
+    called computation takes its caller's; one still without a scope (made by an XLA pass
+    that dropped the metadata, e.g. the reduce-window a large reduction is rewritten into)
+    inherits it from its neighbours in the graph (`_inherit`), marked by `inherited_from`."""
     proto = HloProto()
     proto.ParseFromString(hlo_proto)
     module = proto.hlo_module
-    by_id = {c.id: c for c in module.computations}
-    out: dict[str, Instruction] = {}
+    by_comp = {c.id: c for c in module.computations}
+    by_id, caller, users = {}, {}, {}
     for comp in module.computations:
         for ins in comp.instructions:
-            md = ins.metadata
-            op_type, op_name, fused = md.op_type, md.op_name, ()
-            if ins.opcode == "fusion":
-                inner = [i for cid in ins.called_computation_ids if cid in by_id
-                         for i in by_id[cid].instructions]
-                fused = tuple(i.opcode for i in inner if i.opcode not in ("parameter", "constant"))
-                if not op_name:
-                    named = [i for i in reversed(inner) if i.metadata.op_name]
-                    if named:
-                        op_type, op_name = named[0].metadata.op_type, named[0].metadata.op_name
-            out[ins.name] = Instruction(ins.name, ins.opcode, op_type, op_name, ins.fusion_kind,
-                                        fused, ins.custom_call_target)
+            by_id[ins.id] = ins
+            for cid in ins.called_computation_ids:
+                for inner in by_comp[cid].instructions if cid in by_comp else ():
+                    caller.setdefault(inner.id, ins)
+            for o in ins.operand_ids:
+                users.setdefault(o, []).append(ins)
+    meta = {i: _body_metadata(ins, by_comp) for i, ins in by_id.items()}
+    named = {i: m[1] for i, m in meta.items() if m[1]}
+    out: dict[str, Instruction] = {}
+    for ins in by_id.values():
+        op_type, op_name = meta[ins.id]
+        source, outer = "", ins
+        while not op_name and outer.id in caller:   # up through the calls that run it
+            outer = caller[outer.id]
+            op_type, op_name = op_type or meta[outer.id][0], meta[outer.id][1]
+        if not op_name and ins.opcode not in _PLUMBING:
+            found = _inherit(outer, named, users, by_id)
+            if found is not None:
+                source, op_name = found
+        op_name = op_name or ins.metadata.op_name  # nothing to inherit: keep what it had
+        fused = ()
+        if ins.opcode == "fusion":
+            fused = tuple(i.opcode for cid in ins.called_computation_ids if cid in by_comp
+                          for i in by_comp[cid].instructions if i.opcode not in ("parameter", "constant"))
+        out[ins.name] = Instruction(ins.name, ins.opcode, op_type, op_name, ins.fusion_kind, fused,
+                                    ins.custom_call_target, source)
     return module.name, out

@@ -9,11 +9,12 @@ Where ops are recorded:
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import re
 
-from . import hlo, xspace
-from .categories import categorize, scope_of
+from . import hlo, host, threadpool, xspace
+from .categories import UNSCOPED, categorize, scope_of
 
 _LAYER = re.compile(r"^(model\.layers\.\d+)(?:\.|$)")
 
@@ -31,12 +32,21 @@ class Op:
     device: str          # plane name
     flops: float = 0.0   # from device captures that carry them
     bytes_accessed: float = 0.0
-    self_ns: float = -1.0  # duration minus nested op events on the same timeline
+    self_ns: float = -1.0  # the op's time in the tables: duration minus nested op events on the
+    #                        same timeline; on CPU, its wall time with its thread-pool work (threadpool.py)
     timeline: str = ""     # the thread (host) or device line the op ran on
+    cpu_ns: float = -1.0   # CPU time on every thread (CPU captures); -1: same as self_ns
+    pool_ns: float = 0.0   # of which on XLA:CPU's thread pool
+    inherited: bool = False  # scope inherited from neighbours in the HLO graph (no metadata of its own)
+    pool_spans: list | None = None  # (start, end) of its thread-pool work on other threads (CPU)
 
     def __post_init__(self):
         if self.self_ns < 0:
             self.self_ns = self.duration_ns
+
+    @property
+    def cpu_time_ns(self) -> float:
+        return self.self_ns if self.cpu_ns < 0 else self.cpu_ns
 
     @property
     def end_ns(self) -> float:
@@ -77,48 +87,37 @@ def _metadata_stats(plane) -> dict[int, dict]:
     return out
 
 
-def _host_ops(space, programs) -> list[Op]:
-    """CPU: op events on the host's `tf_XLA…` threads."""
+def _host_ops(space, programs) -> tuple[list[Op], list[tuple[float, float]]]:
+    """CPU: op events on the host's threads, with the thread pool's work attributed to them
+    (threadpool.py), and the program runs."""
+    names = {n for instrs in programs.values() for n in instrs}
+    trace = host.read(space, names)
+    plane = next((p.name for p in space.planes_named("/host:CPU")), "/host:CPU")
+    known: dict[tuple, tuple] = {}  # (module, program, op) -> shared strings and category
     out = []
-    origin_ps = xspace.origin_ps(space)
-    for plane in space.planes_named("/host:CPU"):
-        smeta, emeta = plane.stat_metadata, plane.event_metadata
-        ids = {m.name: k for k, m in smeta.items()}
-        k_op, k_mod, k_prog = ids.get("hlo_op"), ids.get("hlo_module"), ids.get("program_id")
-        if k_op is None or k_mod is None:
-            continue
-        # Op events are named after their HLO instruction: read only those.
-        names = {n for instrs in programs.values() for n in instrs}
-        keep = ({k for k, m in emeta.items() if m.name in names} if names  # no HLO: all but noise
-                else {k for k, m in emeta.items() if not m.name.startswith("ThreadpoolListener::")})
-        known: dict[tuple, tuple] = {}  # (module, program, op) -> shared strings and category
-        plane_name, by_line = plane.name, {}
-        for index, line in plane.iter_line_chunks(keep=keep, chunk=20000):
-            lname = line.name
-            if not lname.startswith("tf_XLA"):
-                continue
-            base_ps = origin_ps + line.timestamp_ns * 1000
-            line_ops = by_line.setdefault(index, [])
-            for ev in line.events:
-                op = mod = prog = None
-                for st in ev.stats:
-                    if st.metadata_id == k_op:
-                        op = xspace.stat_value(st, smeta)
-                    elif st.metadata_id == k_mod:
-                        mod = xspace.stat_value(st, smeta)
-                    elif st.metadata_id == k_prog:
-                        prog = xspace.stat_value(st, smeta)
-                if op is None:
-                    continue
-                desc = known.get((mod, prog, op))
-                if desc is None:
-                    desc = known[(mod, prog, op)] = _describe_host_op(programs, str(mod), prog, str(op))
-                name, module, scope, category, opcode, fw = desc
-                line_ops.append(Op(module, name, (base_ps + ev.offset_ps) / 1000, ev.duration_ps / 1000,
-                                   scope, category, opcode, fw, plane_name, timeline=lname))
-        for line_ops in by_line.values():
-            set_self_times(line_ops)
-            out += line_ops
+    for ev in trace.ops:
+        desc = known.get((ev.module, ev.program, ev.name))
+        if desc is None:
+            desc = known[(ev.module, ev.program, ev.name)] = _describe_host_op(programs, ev.module, ev.program,
+                                                                               ev.name)
+        name, module, scope, category, opcode, fw, inherited = desc
+        out.append(Op(module, name, ev.start_ns, ev.duration_ns, scope, category, opcode, fw, plane,
+                      timeline=ev.timeline, inherited=inherited))
+    threadpool.attribute(out, trace.tasks)
+    return out, _until_last_op(trace.programs, out)
+
+
+def _until_last_op(spans, found: list[Op]) -> list[tuple[float, float]]:
+    """A CPU program run ends with its last op (or that op's pool work); what follows, until
+    the caller's wait returns, is the runtime waking the caller: host time, which on a busy
+    machine can last longer than a small program."""
+    found = sorted(found, key=lambda o: o.start_ns)
+    starts = [o.start_ns for o in found]
+    out = []
+    for a, b in spans:
+        inside = found[bisect.bisect_left(starts, a):bisect.bisect_left(starts, b)]
+        last = max((max([o.end_ns] + [e for _, e in o.pool_spans or ()]) for o in inside), default=b)
+        out.append((a, min(b, max(a, last))))
     return out
 
 
@@ -130,7 +129,7 @@ def _describe_host_op(programs, mod: str, prog, op: str) -> tuple:
     scope = scope_of(ins.op_name)
     return (op, mod, scope, categorize(ins.opcode, ins.fused_opcodes, ins.op_type, scope,
                                        custom_call_target=ins.custom_call_target),
-            ins.opcode, ins.op_type)
+            ins.opcode, ins.op_type, bool(ins.inherited_from) and scope != UNSCOPED)
 
 
 def _device_ops(space, programs) -> list[Op]:
@@ -169,41 +168,30 @@ def _device_ops(space, programs) -> list[Op]:
                                               ins.custom_call_target if ins else ""),
                                    opcode, fw, plane.name, float(stats.get("flops", 0) or 0),
                                    float(stats.get("bytes_accessed", 0) or 0),
-                                   timeline=f"{plane.name} {lname}"))
+                                   timeline=f"{plane.name} {lname}",
+                                   inherited=bool(ins and ins.inherited_from) and scope != UNSCOPED))
             set_self_times(line_ops)
             out += line_ops
     return out
 
 
-# Events that span one whole execution of an XLA program.
-_HOST_PROGRAM_EVENTS = ("ThunkExecutor::Execute (wait for completion)",)
-
-
-def program_spans(space) -> list[tuple[float, float]]:
-    """(start, end) in absolute ns of every XLA program execution: the `XLA Modules` lines of
-    device planes, else the CPU runtime's whole-program execute events on host threads. The
-    time a step spends outside these is host time (tracing, dispatch, transfers)."""
+def device_program_runs(space) -> dict[str, list[tuple[float, float]]]:
+    """Device plane -> (start, end) in absolute ns of every program execution on its
+    `XLA Modules` line (empty for CPU captures)."""
     origin_ps = xspace.origin_ps(space)
-    spans = []
-    for device in (True, False):
-        for plane in space.planes:
-            if plane.name.startswith("/device:") != device:
-                continue
-            if device:
-                keep = None
-            else:
-                keep = {k for k, m in plane.event_metadata.items() if m.name in _HOST_PROGRAM_EVENTS}
-                if not keep:
-                    continue
-            for line in plane.iter_lines(keep=keep):
-                if device and line.name != "XLA Modules":
-                    continue
+    out = {}
+    for plane in space.planes_named("/device:"):
+        for line in plane.lines:
+            if line.name == "XLA Modules":
                 base_ps = origin_ps + line.timestamp_ns * 1000
-                spans += [((base_ps + e.offset_ps) / 1000, (base_ps + e.offset_ps + e.duration_ps) / 1000)
-                          for e in line.events]
-        if spans:
-            break
-    return sorted(spans)
+                out.setdefault(plane.name, []).extend(
+                    ((base_ps + e.offset_ps) / 1000, (base_ps + e.offset_ps + e.duration_ps) / 1000)
+                    for e in line.events)
+    return out
+
+
+def _device_program_spans(space) -> list[tuple[float, float]]:
+    return sorted(s for spans in device_program_runs(space).values() for s in spans)
 
 
 def programs_of(space) -> dict[str, dict[str, hlo.Instruction]]:
@@ -218,11 +206,23 @@ def programs_of(space) -> dict[str, dict[str, hlo.Instruction]]:
     return out
 
 
-def ops(space) -> list[Op]:
-    """Every op execution in the capture, sorted by start time. Device planes win when present
-    (they time the ops on the accelerator); otherwise the host's XLA threads are read."""
+def ops_and_programs(space) -> tuple[list[Op], list[tuple[float, float]]]:
+    """Every op execution in the capture, sorted by start time, and every XLA program run
+    ((start, end) in absolute ns). Device planes win when present (they time the ops on the
+    accelerator: the `XLA Modules` lines are the runs); otherwise the host's XLA threads are
+    read, and a run is the executor's work from its first thunk to the end of its last op
+    (bounded by the caller's `ThunkExecutor::Execute (wait for completion)`). A step's time
+    outside the runs is host time (tracing, dispatch, transfers, waking the caller)."""
     programs = programs_of(space)
-    found = _device_ops(space, programs)
+    found, spans = _device_ops(space, programs), _device_program_spans(space)
     if not found:
-        found = _host_ops(space, programs)
-    return sorted(found, key=lambda o: o.start_ns)
+        found, spans = _host_ops(space, programs)
+    return sorted(found, key=lambda o: o.start_ns), spans
+
+
+def ops(space) -> list[Op]:
+    return ops_and_programs(space)[0]
+
+
+def program_spans(space) -> list[tuple[float, float]]:
+    return ops_and_programs(space)[1]
