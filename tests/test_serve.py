@@ -1,8 +1,9 @@
 """The OpenAI-compatible server (`python -m tpu_engine.serve`), run as a user runs it: a real
 server process on loopback, the tiny model on CPU, real HTTP clients.
 
-Two servers serve the module: the default model (token-id prompts only) and a tiny HF checkpoint
-with a word-level tokenizer.json (text prompts). Both are launched at once and compile while
+Two servers serve the module: the default model (its shipped tokenizer; the tests here send token
+ids) and a tiny HF checkpoint with a word-level tokenizer.json and a chat template in its
+tokenizer_config.json (text prompts, chat). Both are launched at once and compile while
 the offline reference engine warms up in the test process. (One module, over 300 lines, because
 every test here shares those servers: starting them again for a second module would cost a
 minute of CI.)
@@ -28,6 +29,11 @@ MAX_LEN = 64            # --max-model-len in SMALL
 WORDS_MODEL = "tiny-words"
 WORDS_VOCAB = 512       # tests/models.py SMALL
 CLIENT_TIMEOUT = httpx.Timeout(600.0)  # a guard against hangs, not a performance bound
+# The word model's chat template (HF's Jinja dialect): user and assistant turns only.
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}"
+                 "{{ raise_exception('System messages are not supported by this template.') }}{% endif %}"
+                 "{{ 'w10' if m['role'] == 'user' else 'w11' }} {{ m['content'] }} {% endfor %}"
+                 "{% if add_generation_prompt %}w11{% endif %}")
 
 
 # ---- fixtures -------------------------------------------------------------------------------
@@ -49,6 +55,8 @@ def launched(llama_dir, tmp_path_factory):
     words_dir = str(tmp_path_factory.mktemp("words") / "model")
     shutil.copytree(llama_dir, words_dir)
     tokenizer = _word_tokenizer(os.path.join(words_dir, "tokenizer.json"))
+    with open(os.path.join(words_dir, "tokenizer_config.json"), "w") as f:
+        json.dump({"chat_template": CHAT_TEMPLATE, "bos_token": "<s>", "eos_token": "</s>"}, f)
     logs = tmp_path_factory.mktemp("serve_logs")
     main = Server(SMALL, log_path=str(logs / "main.log")).start()
     words = Server(["--model", words_dir, "--served-model-name", WORDS_MODEL, *SMALL],
@@ -238,12 +246,14 @@ _BAD_REQUESTS = [
     ("negative token id", {"prompt": [1, -1], "max_tokens": 2}, 400, "token id -1 is outside the vocabulary"),
     ("bad token id in the second prompt of a list", {"prompt": [[1, 2], [3, VOCAB + 5]], "max_tokens": 2},
      400, f"token id {VOCAB + 5} is outside the vocabulary"),
-    ("text prompt without a tokenizer", {"prompt": "hello world", "max_tokens": 2}, 400, "no tokenizer"),
     ("empty prompt list", {"prompt": [], "max_tokens": 2}, 400, "non-empty"),
     ("empty prompt inside a list", {"prompt": [[1, 2], []], "max_tokens": 2}, 400, "non-empty"),
     ("deeply nested JSON body", "[" * 100_000, 400, "nested too deeply"),
     ("body is a JSON list", [{"prompt": [1, 2]}], 400, "must be a JSON object"),
-    ("unsupported n=2", {"prompt": [1, 2], "n": 2}, 400, "n=2 is not supported"),
+    ("unsupported presence_penalty", {"prompt": [1, 2], "presence_penalty": 0.5}, 400,
+     "presence_penalty=0.5 is not supported"),
+    ("n out of range", {"prompt": [1, 2], "n": 0}, 400, "n must be between 1 and"),
+    ("stop not a string", {"prompt": [1, 2], "stop": [3]}, 400, "stop must be a non-empty string"),
     ("unknown model", {"model": "no-such-model", "prompt": [1, 2]}, 404, "'no-such-model' does not exist"),
 ]
 
@@ -319,9 +329,17 @@ def test_disconnected_stream_is_aborted(server):
 
 
 def _metrics(url) -> dict:
+    """The figures the abort tests read, from vLLM's metric names."""
+    from prometheus_client.parser import text_string_to_metric_families
     text = httpx.get(f"{url}/metrics", timeout=CLIENT_TIMEOUT).text
-    return {line.split()[0].split(":", 1)[1]: float(line.split()[1])
-            for line in text.splitlines() if line and not line.startswith("#")}
+    samples = {(s.name, s.labels.get("finished_reason")): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    return {"num_requests_running": samples[("vllm:num_requests_running", None)],
+            "num_requests_waiting": samples[("vllm:num_requests_waiting", None)],
+            "generation_tokens_total": samples[("vllm:generation_tokens_total", None)],
+            "requests_aborted_total": samples[("vllm:request_success_total", "abort")],
+            "requests_finished_total": samples[("vllm:request_success_total", "stop")]
+            + samples[("vllm:request_success_total", "length")]}
 
 
 def test_a_top_k_beyond_int64_is_served_and_the_engine_lives_on(server):
@@ -444,4 +462,28 @@ def test_text_prompts_with_a_tokenizer(words):
     joined = "".join(c["choices"][0]["text"] for c in events[:-2] if c["choices"][0]["index"] == 0)
     plain = post({"prompt": prompt, "max_tokens": 3})["choices"][0]["text"]
     assert joined == prompt + plain, "the streamed chunks' text does not join up to the whole text"
+    assert _health_ok(srv.url)
+
+
+def test_chat_uses_the_model_chat_template(words):
+    """The model dir's tokenizer_config.json template renders the prompt (with its own BOS, no
+    second one); a conversation it refuses is a 400 with one sentence, and serving goes on."""
+    srv, tok = words.words, words.tokenizer
+    body = {"model": WORDS_MODEL, "max_tokens": 4, "temperature": 0, "ignore_eos": True,
+            "messages": [{"role": "user", "content": "w5 w7"}, {"role": "assistant", "content": "w9"},
+                         {"role": "user", "content": "w300"}]}
+    r = httpx.post(f"{srv.url}/v1/chat/completions", json=body, timeout=CLIENT_TIMEOUT)
+    assert r.status_code == 200, r.text
+    prompt = tok.encode("<s>w10 w5 w7 w11 w9 w10 w300 w11", add_special_tokens=False).ids
+    plain = httpx.post(f"{srv.url}/v1/completions", timeout=CLIENT_TIMEOUT,
+                       json={k: v for k, v in body.items() if k != "messages"} | {"prompt": prompt}).json()
+    choice = r.json()["choices"][0]
+    assert r.json()["usage"]["prompt_tokens"] == len(prompt) == 9
+    assert choice["token_ids"] == plain["choices"][0]["token_ids"]
+    assert choice["message"]["content"] == plain["choices"][0]["text"]
+    bad = httpx.post(f"{srv.url}/v1/chat/completions", timeout=CLIENT_TIMEOUT,
+                     json={**body, "messages": [{"role": "system", "content": "w5"}]})
+    assert bad.status_code == 400
+    assert bad.json()["error"]["message"] == ("the chat template cannot render these messages (System messages "
+                                              "are not supported by this template).")
     assert _health_ok(srv.url)

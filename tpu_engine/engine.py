@@ -271,7 +271,7 @@ class LLMEngine:
         req.metrics.last_token_time = now
         if len(req.output) >= req.params.max_tokens:
             req.finish_reason = "length"
-        elif token in self._eos and not req.params.ignore_eos:
+        elif (token in self._eos and not req.params.ignore_eos) or token in (req.params.stop_token_ids or ()):
             req.finish_reason = "stop"
         if req.finish_reason:
             req.metrics.finished_time = now

@@ -15,6 +15,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # None: no logprobs; N: the chosen token plus the N most likely
     seed: int | None = None
+    stop_token_ids: list[int] | None = None  # tokens that end the request as EOS does (kept in the output)
 
     def __post_init__(self):
         checks = [
@@ -28,6 +29,8 @@ class SamplingParams:
             (self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= MAX_LOGPROBS),
              f"logprobs {self.logprobs!r} must be None or an integer in [0, {MAX_LOGPROBS}]"),
             (self.seed is None or isinstance(self.seed, int), f"seed {self.seed!r} must be an integer"),
+            (self.stop_token_ids is None or all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
+             f"stop_token_ids {self.stop_token_ids!r} must be a list of token ids"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import gc
 import logging
 import time
 from typing import Sequence

@@ -1,6 +1,6 @@
-"""The load a serving benchmark sends: random token-id prompts arriving all at once or as a
-Poisson process, each sent as a streamed completion and timed (TTFT, TPOT, ITL, end to end),
-and the figures over all of them."""
+"""The load a serving benchmark sends: random prompts (token ids, or text as `vllm bench serve`
+sends) arriving all at once or as a Poisson process, each sent as a streamed completion or chat
+completion and timed (TTFT, TPOT, ITL, end to end), and the figures over all of them."""
 from __future__ import annotations
 
 import asyncio
@@ -13,14 +13,20 @@ import httpx
 import numpy as np
 
 METRICS = ("ttft", "tpot", "itl", "e2el")
+ENDPOINTS = {"openai": "/v1/completions", "openai-chat": "/v1/chat/completions"}  # vLLM's --backend names
+# Text prompts: random words, each one token or a few in most tokenizers.
+WORDS = ("the of and to in is it that for on with as at by this from be are was or an have not but "
+         "what all were when we there can more if out so up time into has two may like its over "
+         "first water been call who now find long down day did get come made part model server token").split()
 
 
 # ---- workload ------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Request:
-    prompt: list[int]
+    prompt: list[int]    # token ids; for text prompts, ids of the same length (only the length counts)
     output_len: int      # max_tokens asked for; with ignore_eos the server returns exactly this
     arrival_s: float     # send time, seconds after the start of the run
+    text: str | None = None  # the prompt as text (--prompt-kind text, and always for chat)
 
 
 def lengths(rng: np.random.Generator, mean: int, ratio: float, n: int) -> list[int]:
@@ -38,7 +44,23 @@ def make_workload(args) -> list[Request]:
     else:  # Poisson process: exponential gaps, the first request at t=0
         gaps = np.random.default_rng(args.seed + 1).exponential(1 / args.request_rate, args.num_prompts)
         arrivals = np.concatenate([[0.0], np.cumsum(gaps[:-1])]).tolist()
-    return [Request(p, o, a) for p, o, a in zip(prompts, out_lens, arrivals)]
+    texts = [None] * len(prompts)
+    if getattr(args, "prompt_kind", "ids") == "text" or getattr(args, "backend", "openai") == "openai-chat":
+        texts = [" ".join(WORDS[i % len(WORDS)] for i in p) for p in prompts]
+    return [Request(p, o, a, t) for p, o, a, t in zip(prompts, out_lens, arrivals, texts)]
+
+
+def payload(args, req: Request) -> dict:
+    """The request body: a streamed completion (token ids or text) or a streamed chat."""
+    body = {"max_tokens": req.output_len, "temperature": args.temperature, "ignore_eos": True,
+            "stream": True, "stream_options": {"include_usage": True}}
+    if getattr(args, "backend", "openai") == "openai-chat":
+        body["messages"] = [{"role": "user", "content": req.text}]
+    else:
+        body["prompt"] = req.text if req.text is not None else req.prompt
+    if args.model:
+        body["model"] = args.model
+    return body
 
 
 # ---- one streamed request ------------------------------------------------------------------------
@@ -88,8 +110,9 @@ async def send(client: httpx.AsyncClient, url: str, payload: dict, rec: Record, 
                     return
                 if chunk.get("usage"):
                     rec.usage_completion_tokens = chunk["usage"].get("completion_tokens")
+                    rec.prompt_len = chunk["usage"].get("prompt_tokens") or rec.prompt_len
                 for choice in chunk.get("choices", []):
-                    n = len(choice.get("token_ids") or [])
+                    n = _chunk_tokens(choice)
                     if n:
                         now = time.perf_counter()
                         if rec.ttft_s is None:
@@ -114,10 +137,19 @@ async def send(client: httpx.AsyncClient, url: str, payload: dict, rec: Record, 
             rec.tpot_s = (rec.e2el_s - rec.ttft_s) / (rec.output_tokens - 1)
 
 
+def _chunk_tokens(choice: dict) -> int:
+    """Tokens in one streamed choice: its token_ids (this server, vLLM's return_token_ids), else
+    one per chunk with text (other servers)."""
+    if "token_ids" in choice:
+        return len(choice["token_ids"] or [])
+    text = choice.get("text") if "text" in choice else (choice.get("delta") or {}).get("content")
+    return 1 if text else 0
+
+
 async def run_workload(args, workload: list[Request], desc: str = "requests") -> tuple[list[Record], float]:
     """Send every request at its arrival time; returns the records and the run's duration (s)."""
     from tqdm import tqdm
-    url = args.base_url + "/v1/completions"
+    url = args.base_url + ENDPOINTS[getattr(args, "backend", "openai")]
     records = [Record(len(r.prompt), r.output_len) for r in workload]
     limit = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
     bar = tqdm(total=len(workload), desc=desc, disable=args.disable_tqdm)
@@ -127,15 +159,12 @@ async def run_workload(args, workload: list[Request], desc: str = "requests") ->
 
         async def one(req: Request, rec: Record):
             await asyncio.sleep(max(0.0, t0 + req.arrival_s - time.perf_counter()))
-            payload = {"prompt": req.prompt, "max_tokens": req.output_len, "temperature": args.temperature,
-                       "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
-            if args.model:
-                payload["model"] = args.model
+            body = payload(args, req)
             if limit is None:
-                await send(client, url, payload, rec, t0)
+                await send(client, url, body, rec, t0)
             else:
                 async with limit:
-                    await send(client, url, payload, rec, t0)
+                    await send(client, url, body, rec, t0)
             bar.update(1)
 
         await asyncio.gather(*(one(r, rec) for r, rec in zip(workload, records)))

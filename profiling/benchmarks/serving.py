@@ -1,4 +1,4 @@
-"""Load test for the OpenAI-compatible server: streamed random-token completions, timed per request.
+"""Load test for the OpenAI-compatible server: streamed random-prompt completions, timed per request.
 
 Sends `--num-prompts` completions of random token ids (lengths around `--random-input-len` and
 `--random-output-len`, greedy, ignore_eos) to `/v1/completions` with streaming, all at once or as
@@ -7,6 +7,9 @@ throughput and TTFT, TPOT, ITL and end-to-end latency (mean, p50, p90, p99):
     python -m tpu_engine.serve --max-model-len 64 --max-num-seqs 4 --port 8000 &
     python scripts/benchmark_serving.py --num-prompts 50 --random-input-len 16 --random-output-len 16
 
+`--prompt-kind text` sends the prompts as text (random words, one per token id drawn), as
+`vllm bench serve --dataset-name random` does; `--backend openai-chat` sends them as chat
+messages to `/v1/chat/completions` (vLLM's backend names; `openai` is `/v1/completions`).
 `--profile` wraps the run in POST /start_profile and /stop_profile. `--service-profiler-config
 FILE --toggle-rounds N` measures the service profiler's overhead: 2*N rounds of the same
 workload, after one untimed warm-up round, with the file's "enable" alternately 0 and 1 (the
@@ -55,6 +58,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model", default=None, help="sent as the request's model field")
     p.add_argument("--dataset-name", default="random", choices=["random"])
+    p.add_argument("--backend", default="openai", choices=["openai", "openai-chat"],
+                   help="openai: /v1/completions; openai-chat: /v1/chat/completions (text messages)")
+    p.add_argument("--prompt-kind", default="ids", choices=["ids", "text"],
+                   help="completion prompts as token ids or as text (chat always sends text)")
     p.add_argument("--random-input-len", type=int, default=32)
     p.add_argument("--random-output-len", type=int, default=32)
     p.add_argument("--random-range-ratio", type=float, default=0.0,
@@ -74,7 +81,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="A/B mode: N rounds with enable=0 and N with enable=1, alternating (0: off)")
     p.add_argument("--result-json", default=None, help="write every figure and per-request record here")
     p.add_argument("--disable-tqdm", action="store_true")
-    args = p.parse_args(argv)
+    return _checked(p.parse_args(argv))
+
+
+def _checked(args: argparse.Namespace) -> argparse.Namespace:
+    """Values argparse cannot check; ValueError (one line, exit 2) on the first bad one."""
 
     for name in ("num_prompts", "random_input_len", "random_output_len"):
         if getattr(args, name) < 1:
@@ -121,11 +132,14 @@ def check_server(args, workload: list[Request]) -> dict:
         why = error_text(bad.content, bad.status_code)
         raise ValueError(f"the server at {args.base_url} is not healthy ({why}).")
     try:
-        model = models.json()["data"][0]
+        listed = models.json()["data"]
+        model = listed[0]
+        names = [m["id"] for m in listed]
     except (ValueError, KeyError, IndexError, TypeError):
         raise ValueError(f"{args.base_url}/v1/models did not list a served model.") from None
-    if args.model is not None and args.model != model["id"]:
-        raise ValueError(f"--model {args.model!r} is not served; the server serves {model['id']!r}.")
+    if args.model is not None and args.model not in names:
+        raise ValueError(f"--model {args.model!r} is not served; the server serves {', '.join(map(repr, names))}.")
+    model = listed[names.index(args.model)] if args.model is not None else model
     need = max(len(r.prompt) + r.output_len for r in workload)
     if model.get("max_model_len") and need > model["max_model_len"]:
         raise ValueError(f"the longest request needs {need} tokens (prompt plus output) but the server's "

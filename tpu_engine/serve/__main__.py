@@ -1,5 +1,5 @@
 """`python -m tpu_engine.serve` (also `tpu-engine-serve`): load the model, warm up every shape,
-then serve the OpenAI completions API until interrupted."""
+then serve the OpenAI completions and chat completions API until interrupted."""
 from __future__ import annotations
 
 import argparse
@@ -12,9 +12,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tpu_engine.serve", description=__doc__)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--served-model-name", default=None, help="model name in the API (default: --model)")
+    p.add_argument("--served-model-name", nargs="+", default=None,
+                   help="one or more names the API accepts as `model` (default: --model); responses "
+                        "echo the name asked for, and metrics carry the first")
     p.add_argument("--tokenizer", default=None,
-                   help="dir or tokenizer.json for text prompts (default: the model dir's tokenizer.json)")
+                   help="dir or tokenizer.json for text prompts and chat (default: the model dir's; the "
+                        "built-in default model has one shipped with the package)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     add_engine_args(p)
     return p.parse_args(argv)
@@ -35,7 +38,7 @@ def main(argv=None) -> None:
 
     engine = LLMEngine(config)
     tokenizer = load_tokenizer(args.model, engine.source.weights_dir, args.tokenizer)
-    server = OpenAIServer(AsyncEngine(engine), args.served_model_name or args.model, tokenizer)
+    server = OpenAIServer(AsyncEngine(engine), args.served_model_name or [args.model], tokenizer)
     closers = setup_plugins(plugins, server, args)
     import uvicorn
     server.engine.start()

@@ -1,8 +1,11 @@
-"""The OpenAI-compatible HTTP API (FastAPI): `/v1/completions`, `/v1/models`, `/health`.
+"""The OpenAI-compatible HTTP API (FastAPI): `/v1/completions`, `/v1/chat/completions`,
+`/v1/models`, `/metrics`, `/health`.
 
 Prompts are token ids, or text when the model has a tokenizer; responses carry `token_ids`
-beside `text` (as vLLM's `return_token_ids` does) and `usage`. Bad requests get a 400 with one
-sentence; nothing a client sends can stop the server.
+beside `text` (as vLLM's `return_token_ids` does) and `usage`. Each prompt's `n` samples are
+engine requests of their own (`<request id>-<choice index>`), prefilled together in one packed
+step when they fit. Bad requests get a 400 with one sentence; nothing a client sends can stop
+the server.
 """
 from __future__ import annotations
 
@@ -10,15 +13,18 @@ import asyncio
 import json
 import time
 import uuid
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..outputs import RequestOutput
 from .async_engine import AsyncEngine, EngineDeadError
-from .protocol import CompletionRequest, RequestError, parse_completion
+from .metrics import ServerMetrics
+from .protocol import CompletionRequest, RequestError, parse_chat, parse_completion
+from .responses import ChatFormat, Choice, CompletionFormat, Delta, usage
+from .textstream import TextStream
 
 
 def error_response(message: str, status: int = 400) -> JSONResponse:
@@ -29,15 +35,18 @@ def error_response(message: str, status: int = 400) -> JSONResponse:
 class OpenAIServer:
     """Holds the engine and builds the app. Plugins (see `plugins.py`) may add routes to `app`."""
 
-    def __init__(self, engine: AsyncEngine, model_name: str, tokenizer=None):
-        self.engine, self.model_name, self.tokenizer = engine, model_name, tokenizer
+    def __init__(self, engine: AsyncEngine, model_name: str | list[str], tokenizer=None):
+        self.model_names = [model_name] if isinstance(model_name, str) else list(model_name)
+        self.engine, self.model_name, self.tokenizer = engine, self.model_names[0], tokenizer
         self.created = int(time.time())
+        engine.metrics = self.metrics = ServerMetrics(engine.engine, self.model_name, engine.engine.max_model_len)
         self.app = FastAPI(title="tpu_engine OpenAI-compatible server")
         self.app.add_exception_handler(StarletteHTTPException, self._http_error)
         self.app.add_api_route("/health", self.health, methods=["GET"])
         self.app.add_api_route("/v1/models", self.models, methods=["GET"])
-        self.app.add_api_route("/metrics", self.metrics, methods=["GET"])
+        self.app.add_api_route("/metrics", self.metrics_text, methods=["GET"])
         self.app.add_api_route("/v1/completions", self.completions, methods=["POST"])
+        self.app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"])
 
     @staticmethod
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -52,22 +61,29 @@ class OpenAIServer:
         return {"status": "ok"}
 
     async def models(self):
-        return {"object": "list", "data": [{"id": self.model_name, "object": "model",
-                                            "created": self.created, "owned_by": "tpu_engine",
-                                            "max_model_len": self.engine.engine.max_model_len,
-                                            "vocab_size": self.engine.engine.model_config.vocab_size}]}
+        engine = self.engine.engine
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": self.created,
+                                            "owned_by": "tpu_engine", "root": engine.config.model,
+                                            "max_model_len": engine.max_model_len,
+                                            "vocab_size": engine.model_config.vocab_size}
+                                           for name in self.model_names]}
 
-    async def metrics(self):
-        """Prometheus text: requests running and waiting now, and totals since start."""
-        engine, lines = self.engine.engine, []
-        gauges = {"num_requests_running": engine.num_running(), "num_requests_waiting": engine.num_waiting()}
-        for name, value in gauges.items():
-            lines += [f"# TYPE tpu_engine:{name} gauge", f"tpu_engine:{name} {value}"]
-        for name, value in self.engine.counts.items():
-            lines += [f"# TYPE tpu_engine:{name}_total counter", f"tpu_engine:{name}_total {value}"]
-        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+    async def metrics_text(self):
+        """Prometheus text under vLLM's metric names (metrics.py)."""
+        from prometheus_client import CONTENT_TYPE_LATEST
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def completions(self, request: Request):
+        return await self._serve(request, lambda body: parse_completion(body, self.model_names, self.tokenizer),
+                                 CompletionFormat)
+
+    async def chat_completions(self, request: Request):
+        limit = self.engine.engine.max_model_len
+        return await self._serve(request, lambda body: parse_chat(body, self.model_names, self.tokenizer, limit),
+                                 ChatFormat)
+
+    async def _serve(self, request: Request, parse, format_cls):
+        """Parse and check the request, then answer it streamed or whole."""
         try:
             body = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -75,21 +91,22 @@ class OpenAIServer:
         except RecursionError:
             return error_response("the request body is nested too deeply.")
         try:
-            req = parse_completion(body, self.model_name, self.tokenizer)
+            req = parse(body)
             for prompt in req.prompts:
                 self.engine.engine.validate(prompt, req.params)
         except RequestError as e:
             return error_response(str(e), e.status)
         except ValueError as e:
             return error_response(str(e))
-        request_id = f"cmpl-{uuid.uuid4().hex}"
+        fmt = format_cls(req, self.tokenizer, self._text)
+        request_id = f"{fmt.id_prefix}-{uuid.uuid4().hex}"
         if req.stream:
-            return StreamingResponse(self._stream(request_id, req), media_type="text/event-stream")
-        final: dict[int, RequestOutput] = {}
+            return StreamingResponse(self._stream(request_id, req, fmt), media_type="text/event-stream")
+        choices: dict[int, Choice] = {}
 
         async def collect():
-            async for i, out in self.run_request(request_id, req):
-                final[i] = out
+            async for d in self.run_request(request_id, req):
+                choices.setdefault(d.index, Choice(d.index, d.prompt_index)).add(d)
         work = asyncio.create_task(collect())
         watch = asyncio.create_task(_disconnected(request))
         try:
@@ -108,58 +125,77 @@ class OpenAIServer:
             return error_response(str(e), 500)
         except ValueError as e:
             return error_response(str(e))
-        choices = [self._choice(i, req, final[i].outputs[0].token_ids, final[i], 0)
-                   for i in range(len(req.prompts))]
-        return {"id": request_id, "object": "text_completion", "created": int(time.time()),
-                "model": self.model_name, "choices": choices, "usage": self._usage(req, final)}
+        ordered = [choices[k] for k in sorted(choices)]
+        return {"id": request_id, "object": fmt.object, "created": int(time.time()), "model": req.model,
+                "choices": [fmt.choice(c) for c in ordered],
+                "usage": self._usage(req, {c.index: c for c in ordered})}
 
-    async def run_request(self, request_id: str, req: CompletionRequest) -> AsyncIterator[tuple[int, RequestOutput]]:
-        """Every prompt of the request as its own engine request; yields (prompt index, output)
-        as the engine produces them."""
-        if len(req.prompts) == 1:
-            async for out in self.engine.generate(f"{request_id}-0", req.prompts[0], req.params):
-                yield 0, out
-            return
+    async def run_request(self, request_id: str, req: CompletionRequest) -> AsyncIterator[Delta]:
+        """Every sample of every prompt as its own engine request (`<request_id>-<choice index>`);
+        yields each choice's `Delta`s as the engine produces them. A choice whose text meets a
+        stop string ends there, and its engine request is aborted."""
+        jobs = [(i, j) for i in range(len(req.prompts)) for j in range(req.n)]
+        texts = [TextStream(self.tokenizer, req.stop, req.include_stop, req.params.stop_token_ids) for _ in jobs]
+        sent = [0] * len(jobs)
         merged: asyncio.Queue = asyncio.Queue()
 
-        async def pump(i: int, prompt: list[int]):
+        async def pump(k: int):
             try:
-                async for out in self.engine.generate(f"{request_id}-{i}", prompt, req.params):
-                    await merged.put((i, out))
+                async for out in self.engine.outputs(f"{request_id}-{k}"):
+                    await merged.put((k, out))
+            except asyncio.CancelledError:
+                raise
             except BaseException as e:
-                await merged.put((i, e))
+                await merged.put((k, e))
                 raise
 
-        tasks = [asyncio.create_task(pump(i, p)) for i, p in enumerate(req.prompts)]
+        self.engine.submit([(f"{request_id}-{k}", req.prompts[i], req.sample_params(j))
+                            for k, (i, j) in enumerate(jobs)])
+        tasks = [asyncio.create_task(pump(k)) for k in range(len(jobs))]
         try:
-            remaining = len(tasks)
+            remaining = len(jobs)
             while remaining:
-                i, out = await merged.get()
+                k, out = await merged.get()
                 if isinstance(out, BaseException):
                     raise out
-                remaining -= out.finished
-                yield i, out
+                if tasks[k].cancelled() or sent[k] < 0:
+                    continue  # a choice already ended by a stop string
+                delta = self._delta(k, jobs[k][0], out, texts[k], sent[k])
+                if texts[k].stopped is not None and not out.finished:  # a stop string: end it here
+                    self.engine.end_early(f"{request_id}-{k}")
+                    tasks[k].cancel()
+                sent[k] = -1 if delta.finish_reason else sent[k] + len(delta.token_ids)
+                remaining -= delta.finish_reason is not None
+                if delta.token_ids or delta.finish_reason:
+                    yield delta
         finally:
-            for t in tasks:
+            for k, t in enumerate(tasks):
                 t.cancel()
+                self.engine.abandon(f"{request_id}-{k}")  # a reader cancelled before it started
 
-    async def _stream(self, request_id: str, req: CompletionRequest):
-        sent = [0] * len(req.prompts)
-        texts = [_TextStream(self.tokenizer) for _ in req.prompts]
-        final: dict[int, RequestOutput] = {}
-        created = int(time.time())
+    @staticmethod
+    def _delta(k: int, i: int, out: RequestOutput, text: TextStream, sent: int) -> Delta:
+        completion = out.outputs[0]
+        piece = text.add(completion.token_ids, out.finished)
+        end = text.num_tokens
+        finish, stop = (completion.finish_reason, None) if out.finished else (None, None)
+        if text.stopped is not None:
+            finish, stop = "stop", text.stopped.reason
+        logprobs = completion.logprobs[sent:end] if completion.logprobs is not None else []
+        return Delta(k, i, completion.token_ids[sent:end], logprobs, piece, finish, stop)
+
+    async def _stream(self, request_id: str, req: CompletionRequest, fmt: CompletionFormat):
+        created, started, tokens = int(time.time()), set(), 0
         try:
-            async for i, out in self.run_request(request_id, req):
-                ids = out.outputs[0].token_ids
-                choice = self._choice(i, req, ids[sent[i]:], out, sent[i], texts[i].add(ids, out.finished))
-                sent[i] = len(ids)
-                if out.finished:
-                    final[i] = out
-                yield _sse({"id": request_id, "object": "text_completion", "created": created,
-                            "model": self.model_name, "choices": [choice]})
+            async for d in self.run_request(request_id, req):
+                tokens += len(d.token_ids)
+                for choice in fmt.chunk_choices(d, d.index not in started):
+                    yield _sse({"id": request_id, "object": fmt.chunk_object, "created": created,
+                                "model": req.model, "choices": [choice]})
+                started.add(d.index)
             if req.include_usage:
-                yield _sse({"id": request_id, "object": "text_completion", "created": created,
-                            "model": self.model_name, "choices": [], "usage": self._usage(req, final)})
+                yield _sse({"id": request_id, "object": fmt.chunk_object, "created": created,
+                            "model": req.model, "choices": [], "usage": usage(req, tokens)})
         except (EngineDeadError, ValueError) as e:
             yield _sse({"error": {"message": str(e), "type": "server_error", "code": 500}})
         yield "data: [DONE]\n\n"
@@ -167,49 +203,9 @@ class OpenAIServer:
     def _text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids) if self.tokenizer else ""
 
-    def _choice(self, i: int, req: CompletionRequest, new_ids: list[int], out: RequestOutput, offset: int,
-                text: str | None = None) -> dict:
-        """The choice for prompt `i` holding `new_ids` (tokens from position `offset` on) and
-        `text` (default: those tokens decoded)."""
-        completion = out.outputs[0]
-        text = self._text(new_ids) if text is None else text
-        if offset == 0 and req.echo:
-            text = (req.texts[i] if req.texts[i] is not None else self._text(req.prompts[i])) + text
-        choice: dict[str, Any] = {"index": i, "text": text, "token_ids": list(new_ids), "logprobs": None,
-                                  "finish_reason": completion.finish_reason if out.finished else None}
-        if req.params.logprobs is not None:
-            choice["logprobs"] = self._logprobs(new_ids, completion.logprobs[offset:offset + len(new_ids)])
-        return choice
-
-    def _logprobs(self, ids: list[int], entries: list[dict]) -> dict:
-        name = self.tokenizer.token_text if self.tokenizer else str
-        return {"tokens": [name(t) for t in ids],
-                "token_logprobs": [e[t].logprob for t, e in zip(ids, entries)],
-                "top_logprobs": [{name(k): v.logprob for k, v in e.items()} for e in entries],
-                "text_offset": None}
-
     @staticmethod
-    def _usage(req: CompletionRequest, final: dict[int, RequestOutput]) -> dict:
-        prompt = sum(len(p) for p in req.prompts)
-        completion = sum(len(o.outputs[0].token_ids) for o in final.values())
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-class _TextStream:
-    """Streamed text that joins up to the whole output's text: each chunk is the new end of the
-    decoded output, held back while it ends in a partial character (U+FFFD)."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer, self.sent = tokenizer, ""
-
-    def add(self, ids: list[int], finished: bool) -> str:
-        if self.tokenizer is None:
-            return ""
-        full = self.tokenizer.decode(ids)
-        if (full.endswith("\ufffd") and not finished) or not full.startswith(self.sent):
-            return ""
-        new, self.sent = full[len(self.sent):], full
-        return new
+    def _usage(req: CompletionRequest, final: dict[int, Choice]) -> dict:
+        return usage(req, sum(len(c.token_ids) for c in final.values()))
 
 
 async def _disconnected(request: Request) -> None:

@@ -11,10 +11,12 @@ import asyncio
 import dataclasses
 import queue
 import threading
+import time
 from typing import Any, AsyncIterator, Callable
 
 from ..engine import LLMEngine
 from ..outputs import RequestOutput, SamplingParams
+from .metrics import Finished, ServerMetrics
 
 
 class EngineDeadError(RuntimeError):
@@ -25,6 +27,7 @@ class EngineDeadError(RuntimeError):
 class _Stream:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue
+    ended_by: str = "abort"   # the finish reason if the server ends it early ("stop": a stop string)
 
 
 class AsyncEngine:
@@ -35,9 +38,8 @@ class AsyncEngine:
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._stopping = False
         self.error: BaseException | None = None
-        # Totals for /metrics, written by the engine thread only.
-        self.counts = {"requests_finished": 0, "requests_aborted": 0, "prompt_tokens": 0,
-                       "generation_tokens": 0, "engine_steps": 0}
+        self.metrics: ServerMetrics | None = None   # set by the server; updated by the engine thread
+        self._last: dict[str, tuple[float, RequestOutput]] = {}  # engine thread: each request's latest output
 
     def start(self) -> None:
         self._thread.start()
@@ -52,14 +54,21 @@ class AsyncEngine:
         return self._thread.is_alive() and self.error is None
 
     # ---- called from the event loop -----------------------------------------------------------
-    async def generate(self, request_id: str, prompt: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]:
-        """Add a request and yield its output after every step that extends it, the last one
-        finished. Leaving early (client gone, task cancelled) aborts the request."""
+    def submit(self, jobs: list[tuple[str, list[int], SamplingParams]]) -> None:
+        """Queue requests (id, prompt, params) as one message: the engine adds them all before
+        its next step, so the samples of one HTTP request are prefilled together. Read each one
+        with `outputs`, or `abandon` it."""
         if not self.alive:
             raise EngineDeadError(f"the engine stopped: {self.error!r}")
-        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
-        self._streams[request_id] = stream
-        self._inbox.put(("add", request_id, prompt, params))
+        loop = asyncio.get_running_loop()
+        for request_id, _, _ in jobs:
+            self._streams[request_id] = _Stream(loop, asyncio.Queue())
+        self._inbox.put(("add", jobs))
+
+    async def outputs(self, request_id: str) -> AsyncIterator[RequestOutput]:
+        """A submitted request's output after every step that extends it, the last one
+        finished. Leaving early (client gone, task cancelled) aborts the request."""
+        stream = self._streams[request_id]
         finished = False
         try:
             while not finished:
@@ -72,9 +81,28 @@ class AsyncEngine:
                 finished = out.finished
                 yield out
         finally:
-            self._streams.pop(request_id, None)
             if not finished:
-                self._inbox.put(("abort", request_id))
+                self.abandon(request_id)
+            self._streams.pop(request_id, None)
+
+    def abandon(self, request_id: str) -> None:
+        """Abort a submitted request that will not be read to its end (no-op once it is gone)."""
+        stream = self._streams.pop(request_id, None)
+        if stream is not None:
+            self._inbox.put(("abort", request_id, stream.ended_by))
+
+    async def generate(self, request_id: str, prompt: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]:
+        """Add one request and yield its outputs (see `outputs`)."""
+        self.submit([(request_id, prompt, params)])
+        async for out in self.outputs(request_id):
+            yield out
+
+    def end_early(self, request_id: str) -> None:
+        """The server ends this request before the engine does (a stop string matched): its
+        abort then counts as a finish with reason "stop"."""
+        stream = self._streams.get(request_id)
+        if stream is not None:
+            stream.ended_by = "stop"
 
     async def call_between_steps(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` in the engine thread between two steps; return its result (or raise)."""
@@ -93,7 +121,8 @@ class AsyncEngine:
                 self._drain(block=not engine.has_unfinished_requests())
                 if engine.has_unfinished_requests():
                     self._publish(engine.step())
-                    self.counts["engine_steps"] += 1
+                    if self.metrics:
+                        self.metrics.steps.inc()
         except BaseException as e:  # a broken engine fails every open request, loudly
             self.error = e
             for stream in list(self._streams.values()):
@@ -111,18 +140,19 @@ class AsyncEngine:
                 return
             kind = item[0]
             if kind == "add":
-                _, request_id, prompt, params = item
-                stream = self._streams.get(request_id)
-                if stream is None:  # abandoned before it arrived
-                    continue
-                try:
-                    self.engine.add_request(request_id, prompt, params)
-                except ValueError as e:
-                    stream.loop.call_soon_threadsafe(stream.queue.put_nowait, e)
+                for request_id, prompt, params in item[1]:
+                    stream = self._streams.get(request_id)
+                    if stream is None:  # abandoned before it arrived
+                        continue
+                    try:
+                        self.engine.add_request(request_id, prompt, params)
+                    except ValueError as e:
+                        stream.loop.call_soon_threadsafe(stream.queue.put_nowait, e)
             elif kind == "abort":
-                if self.engine.has_request(item[1]):
-                    self.counts["requests_aborted"] += 1
-                    self.engine.abort_request(item[1])
+                _, request_id, reason = item
+                if self.engine.has_request(request_id):
+                    self.engine.abort_request(request_id)
+                    self._ended(request_id, self._last.pop(request_id, None), reason)
             elif kind == "call":
                 _, fn, future = item
                 try:
@@ -131,17 +161,39 @@ class AsyncEngine:
                     result, error = None, e
                 future.get_loop().call_soon_threadsafe(_settle, future, result, error)
 
+    def _ended(self, request_id: str, last: tuple[float, RequestOutput] | None, reason: str) -> None:
+        if self.metrics is None:
+            return
+        if last is None:  # aborted before its first token
+            self.metrics.success[reason].inc()
+            return
+        out = last[1]
+        self.metrics.finished(Finished(out.metrics, len(out.prompt_token_ids), len(out.outputs[0].token_ids),
+                                       reason, out.metrics.finished_time or time.time()))
+
     def _publish(self, outputs: list[RequestOutput]) -> None:
-        counts = self.counts
         for out in outputs:
-            counts["generation_tokens"] += 1
-            if len(out.outputs[0].token_ids) == 1:
-                counts["prompt_tokens"] += len(out.prompt_token_ids)
-            if out.finished:
-                counts["requests_finished"] += 1
+            self._count(out)
             stream = self._streams.get(out.request_id)
             if stream is not None:
                 stream.loop.call_soon_threadsafe(stream.queue.put_nowait, out)
+
+
+    def _count(self, out: RequestOutput) -> None:
+        """The metrics of one step's output (engine thread)."""
+        m, now = self.metrics, out.metrics.last_token_time
+        if m is None:
+            return
+        m.generation_tokens.inc()
+        if len(out.outputs[0].token_ids) == 1:
+            m.first_token(out.metrics, len(out.prompt_token_ids))
+        elif out.request_id in self._last:
+            m.itl.observe(now - self._last[out.request_id][0])
+        if out.finished:
+            self._last.pop(out.request_id, None)
+            self._ended(out.request_id, (now, out), out.outputs[0].finish_reason)
+        else:
+            self._last[out.request_id] = (now, out)
 
 
 def _settle(future: asyncio.Future, result, error) -> None:

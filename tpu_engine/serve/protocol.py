@@ -1,5 +1,6 @@
-"""The OpenAI `/v1/completions` request, checked field by field into token-id prompts and
-SamplingParams. Every problem is a RequestError with one plain sentence and an HTTP status."""
+"""The OpenAI `/v1/completions` and `/v1/chat/completions` requests, checked field by field into
+token-id prompts, SamplingParams and the server-side options (n, stop strings, echo). Every
+problem is a RequestError with one plain sentence and an HTTP status."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,6 +8,9 @@ import math
 from typing import Any
 
 from ..outputs import SamplingParams
+from .chat import render_chat
+
+MAX_N = 128   # samples per prompt: a guard against one request filling every queue
 
 
 class RequestError(ValueError):
@@ -23,17 +27,32 @@ class CompletionRequest:
     stream: bool
     include_usage: bool
     echo: bool
+    model: str = ""                 # the served name the client asked for
+    n: int = 1                      # samples per prompt
+    stop: list[str] = dataclasses.field(default_factory=list)
+    include_stop: bool = False      # include_stop_str_in_output
+
+    def sample_params(self, j: int) -> SamplingParams:
+        """Sample j's params: with a seed, sample j uses seed + j (as vLLM does), so sample 0
+        equals an offline request with the same seed."""
+        if self.params.seed is None or j == 0:
+            return self.params
+        return dataclasses.replace(self.params, seed=self.params.seed + j)
 
 
-# OpenAI/vLLM fields this engine cannot honour: a request that sets them to anything but their
-# neutral value is refused rather than silently served differently.
-_NEUTRAL = {"n": 1, "best_of": 1, "suffix": None, "stop": None, "stop_token_ids": None,
-            "presence_penalty": 0, "frequency_penalty": 0, "repetition_penalty": 1,
-            "logit_bias": None, "min_tokens": 0, "min_p": 0}
+# Fields this engine cannot honour: a request that sets them to anything but their neutral
+# value is refused rather than silently served differently.
+_NEUTRAL = {"best_of": 1, "suffix": None, "logit_bias": None, "min_tokens": 0, "min_p": 0,
+            "prompt_logprobs": None, "presence_penalty": 0, "frequency_penalty": 0,
+            "repetition_penalty": 1}
+_WHY = {"prompt_logprobs": "prompt logprobs would need compiled graphs this engine does not have",
+        "presence_penalty": "penalties are not applied on device",
+        "frequency_penalty": "penalties are not applied on device",
+        "repetition_penalty": "penalties are not applied on device"}
 
 _NUMBERS = {"temperature": 1.0, "top_p": 1.0}
-_INTEGERS = {"max_tokens": 16, "top_k": -1, "logprobs": None, "seed": None}
-_BOOLS = {"stream": False, "ignore_eos": False, "echo": False}
+_INTEGERS = {"max_tokens": 16, "top_k": -1, "logprobs": None, "seed": None, "n": 1}
+_BOOLS = {"stream": False, "ignore_eos": False, "echo": False, "include_stop_str_in_output": False}
 
 
 def _is_number(v) -> bool:
@@ -44,43 +63,111 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def parse_completion(body: Any, served_model: str, tokenizer) -> CompletionRequest:
+def check_model(body: Any, served: list[str]) -> str:
+    """The served name the request asks for (default: the first)."""
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object.")
     model = body.get("model")
-    if model is not None and model != served_model:
-        raise RequestError(f"the model {model!r} does not exist; this server serves {served_model!r}.", 404)
+    if model is None:
+        return served[0]
+    if model not in served:
+        names = ", ".join(repr(s) for s in served)
+        raise RequestError(f"the model {model!r} does not exist; this server serves {names}.", 404)
+    return model
+
+
+def _fields(body: dict, integers: dict) -> dict[str, Any]:
     for name, neutral in _NEUTRAL.items():
         value = body.get(name)
         if value is not None and value != neutral and value != [] and value != {}:
-            raise RequestError(f"{name}={value!r} is not supported by this server.")
+            why = f" ({_WHY[name]})" if name in _WHY else ""
+            raise RequestError(f"{name}={value!r} is not supported by this server{why}.")
     values: dict[str, Any] = {}
-    for name, default in {**_NUMBERS, **_INTEGERS, **_BOOLS}.items():
+    for name, default in {**_NUMBERS, **integers, **_BOOLS}.items():
         v = body.get(name)
         if v is None:
             values[name] = default
             continue
-        ok = _is_number(v) if name in _NUMBERS else _is_int(v) if name in _INTEGERS else isinstance(v, bool)
+        ok = _is_number(v) if name in _NUMBERS else _is_int(v) if name in integers else isinstance(v, bool)
         if not ok:
-            kind = "a finite number" if name in _NUMBERS else "an integer" if name in _INTEGERS else "true or false"
+            kind = "a finite number" if name in _NUMBERS else "an integer" if name in integers else "true or false"
             raise RequestError(f"{name} must be {kind}, not {v!r}.")
         values[name] = v
+    if not 1 <= values["n"] <= MAX_N:
+        raise RequestError(f"n must be between 1 and {MAX_N}, not {values['n']}.")
+    values["stop"] = _stop(body.get("stop"))
+    ids = body.get("stop_token_ids")
+    if ids is not None and not (isinstance(ids, list) and all(_is_int(t) and t >= 0 for t in ids)):
+        raise RequestError(f"stop_token_ids must be a list of token ids, not {ids!r}.")
+    values["stop_token_ids"] = list(ids or [])
     options = body.get("stream_options")
     options = {} if options is None else options
     if not isinstance(options, dict):
         raise RequestError(f"stream_options must be an object, not {options!r}.")
-    if "prompt" not in body:
-        raise RequestError("the request has no 'prompt'.")
-    prompts, texts = _prompts(body["prompt"], tokenizer)
+    values["include_usage"] = bool(options.get("include_usage"))
+    return values
+
+
+def _stop(stop: Any) -> list[str]:
+    if stop is None:
+        return []
+    items = [stop] if isinstance(stop, str) else stop
+    if not isinstance(items, list) or not all(isinstance(s, str) and s for s in items):
+        raise RequestError(f"stop must be a non-empty string or a list of them, not {stop!r}.")
+    return items
+
+
+def _params(values: dict, logprobs: int | None) -> SamplingParams:
     try:
-        params = SamplingParams(temperature=values["temperature"], top_p=values["top_p"],
-                                top_k=values["top_k"], max_tokens=values["max_tokens"],
-                                ignore_eos=values["ignore_eos"], logprobs=values["logprobs"],
-                                seed=values["seed"])
+        return SamplingParams(temperature=values["temperature"], top_p=values["top_p"], top_k=values["top_k"],
+                              max_tokens=values["max_tokens"], ignore_eos=values["ignore_eos"],
+                              logprobs=logprobs, seed=values["seed"], stop_token_ids=values["stop_token_ids"])
     except ValueError as e:
         raise RequestError(str(e)) from None
-    return CompletionRequest(prompts, texts, params, values["stream"],
-                             bool(options.get("include_usage")), values["echo"])
+
+
+def _request(prompts, texts, values, params, model, echo) -> CompletionRequest:
+    if values["stop"] and not values.get("has_tokenizer", True):
+        raise RequestError("stop strings need a tokenizer, which this model does not have; use stop_token_ids.")
+    return CompletionRequest(prompts, texts, params, values["stream"], values["include_usage"], echo, model,
+                             values["n"], values["stop"], values["include_stop_str_in_output"])
+
+
+def parse_completion(body: Any, served: list[str], tokenizer) -> CompletionRequest:
+    model = check_model(body, served)
+    values = _fields(body, _INTEGERS)
+    if "prompt" not in body:
+        raise RequestError("the request has no 'prompt'.")
+    if values["echo"] and values["logprobs"] is not None:
+        raise RequestError("echo with logprobs is not supported (prompt logprobs would need compiled "
+                           "graphs this engine does not have); drop one of them.")
+    prompts, texts = _prompts(body["prompt"], tokenizer)
+    values["has_tokenizer"] = tokenizer is not None
+    return _request(prompts, texts, values, _params(values, values["logprobs"]), model, values["echo"])
+
+
+def parse_chat(body: Any, served: list[str], tokenizer, max_model_len: int) -> CompletionRequest:
+    """A chat request as a one-prompt completion of the rendered conversation. `max_tokens`
+    (or `max_completion_tokens`) defaults to the rest of the context, as in vLLM."""
+    model = check_model(body, served)
+    if body.get("echo"):
+        raise RequestError("echo is not supported for chat completions.")
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    values = _fields({**body, "max_tokens": limit, "logprobs": None}, {**_INTEGERS, "top_logprobs": None})
+    logprobs = body.get("logprobs")
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise RequestError(f"logprobs must be true or false for chat completions, not {logprobs!r}.")
+    if tokenizer is None:
+        raise RequestError("chat needs a tokenizer, which this model does not have; use /v1/completions with token ids.")
+    text, special = render_chat(body.get("messages"), tokenizer, body.get("add_generation_prompt", True))
+    prompt = tokenizer.encode(text, add_special_tokens=special)
+    if not prompt:
+        raise RequestError("the chat template rendered the messages as an empty prompt.")
+    if limit is None:
+        values["max_tokens"] = max(1, max_model_len - len(prompt))
+    top = values["top_logprobs"]
+    params = _params(values, (top or 0) if logprobs else None)
+    return _request([prompt], [text], values, params, model, False)
 
 
 def _prompts(prompt: Any, tokenizer) -> tuple[list[list[int]], list[str | None]]:
