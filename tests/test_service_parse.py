@@ -236,8 +236,12 @@ def test_summaries(served):
     assert int(req["tpot_ms"]["count"]) == sum(k >= 2 for _, k in WORKLOAD)
     assert float(req["output_tokens"]["max"]) == max(k for _, k in WORKLOAD)
     batch = {r["phase"]: r for r in read_csv(os.path.join(out, "batch_summary.csv"))}
-    assert int(batch["prefill"]["count"]) == n
-    assert int(batch["decode"]["count"]) + n == int(batch["all"]["count"]) == int(svc["steps"])
+    # Waiting prompts are packed into one prefill step: each request is prefilled exactly once,
+    # in as many steps as the arrivals allowed.
+    prefills = [r for r in read_csv(os.path.join(out, "batch.csv")) if r["phase"] == "prefill"]
+    assert int(batch["prefill"]["count"]) == len(prefills) and 1 <= len(prefills) <= n
+    assert sum(int(r["batch_size"]) for r in prefills) == n
+    assert int(batch["decode"]["count"]) + len(prefills) == int(batch["all"]["count"]) == int(svc["steps"])
     assert int(batch["all"]["total_tokens"]) == sum(p for p, _ in WORKLOAD) + sum(k - 1 for _, k in WORKLOAD)
 
 
