@@ -100,8 +100,10 @@ class XlaRunner:
         else:
             # Captured once per shape with dynamo; the backend keeps module names in the HLO
             # metadata (dynamo_scopes.py), so compiled captures have layer tables too.
+            # The gather is one op: traced lazily it costs nothing per step, and it saves a
+            # dynamo compile per (token bucket, request bucket) at warm-up.
             self._prefill_fn, self._gather_fn, self._decode_fn, self._head_fn = (
-                compile_with_scopes(prefill_forward), compile_with_scopes(gather_rows),
+                compile_with_scopes(prefill_forward), gather_rows,
                 compile_with_scopes(decode_forward), compile_with_scopes(head_and_sample))
         self.inv_freq = rope_inv_freq(self.cfg.head_dim, self.cfg.rope_theta, self.cfg.rope_scaling).to(self.device)
         self.kv_caches = self._allocate_kv_cache()
