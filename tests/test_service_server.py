@@ -153,7 +153,8 @@ def test_malformed_symbols_yaml_is_reported_and_the_server_serves(tmp_path):
     (tmp_path / "symbols.yaml").write_text("- symbol: tpu_engine.engine:LLMEngine.step\n  attributes: [\n")
     env = {"SERVICE_PROF_CONFIG_PATH": tmp_path / "config.json", "PROFILING_SYMBOLS_PATH": tmp_path / "symbols.yaml",
            "VLLM_TORCH_PROFILER_DIR": tmp_path / "xla"}
-    with Server(SMALL, env=env) as srv:
+    # The smallest server that serves these requests: one slot of 16 tokens, 5 shapes to compile.
+    with Server(["--max-model-len", "16", "--max-num-seqs", "1"], env=env) as srv:
         assert "symbols.yaml' is not valid YAML at line 3" in srv.log()
         assert "nothing is instrumented" in srv.log()
         assert len(_complete(srv.url, [1, 2, 3], 3)["choices"][0]["token_ids"]) == 3
