@@ -18,6 +18,29 @@ from .capture import cli as capture_cli
 from .capture.xla_profiler import DEFAULT_PORT
 
 
+def count(least: int):
+    """An argparse type: an integer of at least `least` (argparse names the flag when it fails)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            why = "has too many digits" if text.strip().lstrip("+-").isdigit() else "is not an integer"
+            shown = repr(text) if len(text) <= 20 else f"{text[:20]!r} (of {len(text)} characters)"
+            raise argparse.ArgumentTypeError(f"{shown} {why}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} must be at least {least}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+def dir_path(text: str) -> str:
+    """A directory flag: "" would silently mean the current directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path is not a directory; give one (\".\" for this one)")
+    return text
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The parser and its subcommand parsers (whose `error` reports a subcommand's bad values)."""
     p = argparse.ArgumentParser(prog="python -m profiling", description=__doc__.splitlines()[0],
@@ -31,25 +54,28 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     s.add_argument("--json", metavar="FILE", help="context and every table as JSON")
     s.add_argument("--chrome-trace", metavar="FILE", help="Chrome trace (.json or .json.gz) for Perfetto")
     s.add_argument("--plots", metavar="BASE", help="write stacked-bar PNGs <BASE>_<phase>_layers.png ...")
-    s.add_argument("--top", type=int, default=15, help="rows of the top-ops table (default 15)")
+    s.add_argument("--top", type=count(1), default=15, help="rows of the top-ops table (default 15)")
     s.add_argument("--detail", action="store_true", help="show every module scope, not only layers")
     m = sub.add_parser("compare", help="deltas between two captures, B against A")
     m.add_argument("a", help="what summarize takes: a run dir, a run's name, a profile dir or an .xplane.pb")
     m.add_argument("b", help="the same, compared against A")
-    m.add_argument("--top", type=int, default=15)
+    m.add_argument("--top", type=count(1), default=15, help="rows per table (default 15)")
     d = sub.add_parser("doctor", help="check versions, the profile plugin, the port and the profile dir")
-    d.add_argument("--profiler-port", type=int, default=DEFAULT_PORT)
-    d.add_argument("--profile-result-dir", default="profiles")
+    d.add_argument("--profiler-port", type=int, default=DEFAULT_PORT)  # a bad one is a FAIL of its check
+    d.add_argument("--profile-result-dir", type=dir_path, default="profiles")
+    d.add_argument("--backend", default="torch_xla", choices=["torch_xla", "jax"], help="the backend to check")
     sv = sub.add_parser("service", help="the service profiler's recorded spans")
     svsub = sv.add_subparsers(dest="service_command", metavar="{parse}", required=True)
     sp = svsub.add_parser("parse", help="events.jsonl files -> chrome_tracing.json, profiler.db, CSV tables")
     sp.add_argument("path", help="a collection dir holding events.jsonl, or any dir above several")
-    sp.add_argument("--output-path", metavar="DIR", help="where the outputs go (default <path>/output)")
+    sp.add_argument("--output-path", metavar="DIR", type=dir_path, help="where the outputs go (default <path>/output)")
     return p, {"capture": c}
 
 
 def _check_output(out: str) -> None:
     """Make the folder an export goes into; ValueError naming it if that cannot be done."""
+    if not out.strip() or out.endswith(os.sep) or os.path.isdir(out):
+        raise ValueError(f"cannot write {out!r}: expected a file name (or base name), not a directory.")
     writable_dir(os.path.dirname(os.path.abspath(out)), f"cannot write {out}: folder")
 
 
@@ -58,27 +84,33 @@ def summarize(path: str, csv: str | None = None, json_path: str | None = None, c
     """Print the tables of one capture and write the exports asked for."""
     from .analysis.analysis import Analysis
     from .export import files, text
+    from .runfiles import Outputs
     for out in (csv, json_path, chrome, plots):
-        if out:
+        if out is not None:
             _check_output(out)
     a = Analysis.load(path)
     print(text.render(a, top, detail))
-    written = []
+    out = Outputs()  # every export, or none of them: a failed write removes the others
     if csv:
-        written += files.write_csv(a, csv)
+        files.write_csv(a, csv, out)
     if json_path:
-        written.append(files.write_json(a, json_path))
+        files.write_json(a, json_path, out)
     if chrome:
         from .export import chrome_trace
-        chrome_trace.write(a, chrome)
-        written.append(chrome)
+        chrome_trace.write(a, chrome, out)
     if plots:
         from .export.plots import write_plots
-        written += write_plots(a, plots)
+        write_plots(a, plots, out)
+    written = out.written
     if written:
         print("\nwrote:")
         for path in written:
             print(f"  {path}")
+
+
+def _backend(a) -> str:
+    """` (jax)`: the backend a capture's run record names (none for captures made elsewhere)."""
+    return f" ({a.record.backend})" if a.record else ""
 
 
 def compare(path_a: str, path_b: str, top: int = 15) -> None:
@@ -87,7 +119,7 @@ def compare(path_a: str, path_b: str, top: int = 15) -> None:
     from .analysis.analysis import Analysis
     from .export.text import compare_text
     a, b = Analysis.load(path_a), Analysis.load(path_b)
-    print(f"A: {a.xplane}\nB: {b.xplane}")
+    print(f"A: {a.xplane}{_backend(a)}\nB: {b.xplane}{_backend(b)}")
     for t in compare_mod.compare(a, b):
         print()
         print(compare_text(t, limit=top))
@@ -100,7 +132,7 @@ def main(argv=None) -> int:
         return capture_cli.run(capture_cli.check_args(args, subparsers["capture"].error))
     if args.command == "doctor":
         from . import doctor
-        return doctor.run(args.profiler_port, args.profile_result_dir)
+        return doctor.run(args.profiler_port, args.profile_result_dir, args.backend)
     if args.command == "service":
         from .service import output
         return output.run(args.path, args.output_path)

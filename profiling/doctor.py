@@ -12,13 +12,25 @@ from .capture.record import version_of
 from .capture.xla_profiler import DEFAULT_PORT, check_port_free
 
 
-def check_versions() -> tuple[bool, str]:
+def check_versions(backend: str = "torch_xla") -> tuple[bool, str]:
+    if backend == "jax":
+        return check_jax_versions()
     torch, xla = version_of("torch"), version_of("torch_xla")
     if torch is None or xla is None:
         return False, f"torch {torch or 'missing'}, torch_xla {xla or 'missing'}: install both (pip install -e .)."
     if torch.split("+")[0].rsplit(".", 1)[0] != xla.split("+")[0].rsplit(".", 1)[0]:
         return False, f"torch {torch} and torch_xla {xla} do not match; torch_xla needs the same torch release."
     return True, f"torch {torch} and torch_xla {xla} match."
+
+
+def check_jax_versions() -> tuple[bool, str]:
+    """jax and jaxlib are released together; a jaxlib older than jax does not load."""
+    jax, jaxlib = version_of("jax"), version_of("jaxlib")
+    if jax is None or jaxlib is None:
+        return False, f"jax {jax or 'missing'}, jaxlib {jaxlib or 'missing'}: install both (pip install -e .)."
+    if jax.split("+")[0] != jaxlib.split("+")[0]:
+        return False, f"jax {jax} and jaxlib {jaxlib} differ; install the jaxlib of the same release."
+    return True, f"jax {jax} and jaxlib {jaxlib} match."
 
 
 def check_profile_plugin() -> tuple[bool, str]:
@@ -66,6 +78,16 @@ def check_profile_dir(path: str) -> tuple[bool, str]:
     return True, f"profile dir {path}: writable, {len(runs)} run(s) in plugins/profile/."
 
 
+def check_staging(path: str) -> tuple[bool, str]:
+    """Staging dirs left by killed capture runs: a verified capture in one is published, anything
+    else removed (what the next capture run would do), and the line says which."""
+    if not os.path.isdir(path):
+        return True, "no stale staging dirs."
+    from .capture.publish import settle_stale_staging
+    done = settle_stale_staging(path)
+    return True, " ".join(done) if done else "no stale staging dirs."
+
+
 def check_server_plugin() -> tuple[bool, str]:
     """The server finds /start_profile, /stop_profile and the service profiler through this
     entry point, which only an installed package (pip install -e .) provides."""
@@ -77,10 +99,11 @@ def check_server_plugin() -> tuple[bool, str]:
     return True, "the server's profiling plugin is registered (/start_profile, /stop_profile, service profiler)."
 
 
-def run(port: int = DEFAULT_PORT, profile_dir: str = "profiles") -> int:
-    checks = [("versions", check_versions()), ("profile plugin", check_profile_plugin()),
+def run(port: int = DEFAULT_PORT, profile_dir: str = "profiles", backend: str = "torch_xla") -> int:
+    checks = [("versions", check_versions(backend)), ("profile plugin", check_profile_plugin()),
               ("server plugin", check_server_plugin()),
-              ("port", check_port(port)), ("profile dir", check_profile_dir(profile_dir))]
+              ("port", check_port(port)), ("staging", check_staging(profile_dir)),
+              ("profile dir", check_profile_dir(profile_dir))]
     for name, (ok, msg) in checks:
         print(f"{'ok  ' if ok else 'FAIL'}  {name:15} {msg}")
     return 0 if all(ok for _, (ok, _) in checks) else 1

@@ -12,15 +12,26 @@ from .capture.live import DIR_ENV, LiveCapture, ProfileStateError
 
 
 def check(args) -> None:
-    """Before the model loads: the capture dir is writable and the service config is usable."""
+    """Before the model loads, every path the plugin will write: the capture dir, and with the
+    service profiler its config, the config's output_dir and a symbols file still to be copied
+    there. ValueError (exit 2) with one sentence naming the path."""
     root = os.environ.get(DIR_ENV, "").strip()
     if root:
         try:
             store.check_writable_dir(root)
         except ValueError as e:
             raise ValueError(f"{DIR_ENV}: {e}") from None
+    from .service.config import read_config
     from .service.install import check_config
-    check_config()
+    from .service.symbols import SYMBOLS_ENV
+    config_path = check_config()
+    if config_path is None:
+        return
+    store.check_creatable_dir(read_config(config_path)["output_dir"],
+                              f"the service profiler's output_dir (set in {config_path})")
+    symbols = os.environ.get(SYMBOLS_ENV, "").strip()
+    if symbols and not os.path.exists(symbols):  # the default symbols get copied there
+        store.check_creatable_dir(os.path.dirname(os.path.abspath(symbols)), f"the directory of {SYMBOLS_ENV}")
 
 
 def setup(server, args):
@@ -67,15 +78,35 @@ def setup(server, args):
         print(f"XLA profiling: POST /start_profile and /stop_profile write captures to {live.root}",
               file=sys.stderr)
 
-    from .service.install import install
-    close_service = install(server.engine.engine)
+    return _shutdown_hook(live, _start_service_profiler(server.engine.engine))
 
+
+def _start_service_profiler(engine):
+    """The service profiler's close function, or None when it could not start (said once): the
+    capture's shutdown hook stays whatever happens here. A ValueError (a bad setting) stops the
+    server before the model serves."""
+    from .service.install import install
+    try:
+        return install(engine)
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- the service profiler is off
+        where = f" ({e.filename})" if isinstance(e, OSError) and e.filename else ""
+        print(f"warning: the service profiler could not start and is off: {e}{where}", file=sys.stderr)
+        return None
+
+
+def _shutdown_hook(live, close_service):
     def close():
-        if live is not None and live.running:  # a capture left open at shutdown is not lost
-            try:
-                live.finish(live.stop())
-            except ValueError as e:
-                print(f"warning: the open capture could not be saved: {e}", file=sys.stderr)
-        if close_service:
-            close_service()
+        try:
+            if live is not None and live.running:  # a capture left open at shutdown is not lost
+                try:
+                    done = live.finish(live.stop())
+                    print(f"Capture (open at shutdown): {done.run_dir}: {done.verification.describe()}",
+                          file=sys.stderr, flush=True)
+                except Exception as e:  # noqa: BLE001 -- say it; the service profiler still closes
+                    print(f"warning: the capture open at shutdown could not be saved: {e}", file=sys.stderr)
+        finally:
+            if close_service:
+                close_service()
     return close

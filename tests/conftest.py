@@ -67,3 +67,4 @@ def all_analysis(all_capture):
     assert all_capture.proc.returncode == 0, all_capture.proc.stderr[-3000:]
     from profiling.analysis.analysis import Analysis
     return Analysis.load(all_capture.run)
+

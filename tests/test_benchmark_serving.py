@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from profiling.analysis.table import number_ranges
-from tests.servers import SMALL, Server
+from tests.servers import JAX, SMALL, Server
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "scripts", "benchmark_serving.py")
@@ -18,11 +18,11 @@ ENV = {**os.environ, "PJRT_DEVICE": "CPU"}
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """A served tiny-llama (max_model_len 64, 4 slots) with XLA captures and the service
+    """A served tiny-llama on the JAX backend (max_model_len 64, 4 slots) with XLA captures and the service
     profiler configured (collection off)."""
     tmp = tmp_path_factory.mktemp("served")
     env = {"VLLM_TORCH_PROFILER_DIR": tmp / "xla", "SERVICE_PROF_CONFIG_PATH": tmp / "sp.json"}
-    with Server(SMALL, env=env) as srv:
+    with Server([*SMALL, *JAX], env=env) as srv:
         srv.tmp = tmp
         yield srv
 

@@ -2,7 +2,9 @@
 phase events and request outputs.
 
 One strict engine (any compile after warm-up raises RecompileError) serves the module, so
-every test here also checks that serving never recompiles. max_model_len=256 gives two
+every test here also checks that serving never recompiles. Tests of what a backend computes
+(numerics, compiles, slots and packing) run on both backends; tests of the engine's own
+bookkeeping (events, outputs, EOS, ids), which no backend touches, run on torch_xla only. max_model_len=256 gives two
 decode attention spans (128 and 256), so decode crosses a span bucket too. (One module, over 300
 lines, so that every test shares that engine's warm-up.)"""
 import json
@@ -13,6 +15,7 @@ import shutil
 import pytest
 
 from tpu_engine import LLM, SamplingParams, StepRecord
+from tpu_engine.scheduler import ExpectedRequests
 
 VOCAB = 512
 MAX_LEN = 256
@@ -20,9 +23,14 @@ MAX_SEQS = 4
 PREFILL_BUCKETS = [16, 32, 64, 128, 256]
 
 
-@pytest.fixture(scope="module")
-def llm(llama_dir):
-    return LLM(llama_dir, max_model_len=MAX_LEN, max_num_seqs=MAX_SEQS, strict_compiles=True)
+ENGINE_ONLY = pytest.mark.parametrize("llm", ["torch_xla"], indirect=True)
+
+
+@pytest.fixture(scope="module", params=["torch_xla", "jax"])
+def llm(llama_dir, request):
+    """One strict engine per backend: every test here runs on both."""
+    return LLM(llama_dir, backend=request.param, max_model_len=MAX_LEN, max_num_seqs=MAX_SEQS,
+               strict_compiles=True)
 
 
 def _prompt(n, seed):
@@ -111,6 +119,7 @@ def test_no_compiles_after_warmup(llm):
 
 
 # ---- step API / continuous batching --------------------------------------------------------
+@ENGINE_ONLY
 def test_requests_with_different_max_tokens_finish_at_different_steps(llm):
     engine = llm.llm_engine
     budgets = {"len-a": 2, "len-b": 5, "len-c": 9}
@@ -151,6 +160,7 @@ def test_request_added_mid_decode_joins_and_matches_running_alone(llm):
         assert finished[rid][1].outputs[0].token_ids == alone, rid
 
 
+@ENGINE_ONLY
 def test_abort_removes_request_and_engine_drains(llm):
     engine = llm.llm_engine
     prompts = {rid: _prompt(8 + i, seed=40 + i) for i, rid in enumerate(["ab-a", "ab-b", "ab-c"])}
@@ -206,6 +216,7 @@ def test_packed_prefill_queues_what_does_not_fit_and_matches_running_alone(llm):
 
 
 # ---- phase events --------------------------------------------------------------------------
+@ENGINE_ONLY
 def test_phase_events(llm):
     engine = llm.llm_engine
     prompts = [_prompt(5, seed=50), _prompt(20, seed=51), _prompt(40, seed=52)]
@@ -263,6 +274,7 @@ def test_phase_events(llm):
     assert sum(b.phase == "decode" for b in begins) == max(budgets) - 1
 
 
+@ENGINE_ONLY
 def test_slot_events_follow_each_request_from_slot_to_release(llm):
     engine = llm.llm_engine
     events = []
@@ -287,6 +299,7 @@ def test_slot_events_follow_each_request_from_slot_to_release(llm):
 
 
 # ---- outputs -------------------------------------------------------------------------------
+@ENGINE_ONLY
 def test_outputs_metrics_and_length_finish(llm):
     prompts = [_prompt(7, seed=60), _prompt(19, seed=61), _prompt(3, seed=62)]
     outs = _generate(llm, prompts, _greedy(5, logprobs=0))
@@ -301,6 +314,7 @@ def test_outputs_metrics_and_length_finish(llm):
         assert abs(c.cumulative_logprob - sum(e[t].logprob for t, e in zip(c.token_ids, c.logprobs))) < 1e-4
 
 
+@ENGINE_ONLY
 def test_eos_stops_request_unless_ignored(llm, llama_dir, tmp_path):
     prompt = _prompt(10, seed=70)
     gen = _generate(llm, [prompt], _greedy(8))[0].outputs[0].token_ids
@@ -313,7 +327,9 @@ def test_eos_stops_request_unless_ignored(llm, llama_dir, tmp_path):
     cfg["eos_token_id"] = gen[stop_at]
     with open(os.path.join(eos_dir, "config.json"), "w") as f:
         json.dump(cfg, f)
-    eos_llm = LLM(eos_dir, max_model_len=MAX_LEN, max_num_seqs=MAX_SEQS)
+    # Warm-up of just these two requests' shapes: EOS handling is the engine's, not a shape's.
+    eos_llm = LLM(eos_dir, max_model_len=MAX_LEN, max_num_seqs=MAX_SEQS, progress=False,
+                  expected=ExpectedRequests(((len(prompt), 8),) * 2))
     stopped, ignored = _generate(eos_llm, [prompt, prompt], [
         SamplingParams(temperature=0, max_tokens=8, ignore_eos=False),
         SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)])
@@ -324,6 +340,7 @@ def test_eos_stops_request_unless_ignored(llm, llama_dir, tmp_path):
 
 
 # ---- generate() next to requests added through the step API --------------------------------
+@ENGINE_ONLY
 def test_generate_skips_request_ids_in_use(llm):
     engine = llm.llm_engine
     prompts = [_prompt(6, seed=80), _prompt(13, seed=81)]
@@ -340,6 +357,7 @@ def test_generate_skips_request_ids_in_use(llm):
     assert not engine.has_unfinished_requests() and engine.num_running() == 0
 
 
+@ENGINE_ONLY
 def test_generate_failing_mid_run_aborts_only_its_own_requests(llm):
     engine = llm.llm_engine
     foreign = _prompt(10, seed=90)

@@ -6,18 +6,25 @@ import torch
 
 from tests.models import hf_logprobs
 from tpu_engine import LLM, SamplingParams
+from tpu_engine.scheduler import ExpectedRequests
 
 PROMPT_LENS = [5, 23, 17, 40]  # uneven, none a bucket size
 STEPS = 14
 
 
-@pytest.mark.parametrize("arch, eager", [("llama", False), ("qwen2", False), ("llama", True)])
-def test_greedy_logprobs_match_hf(arch, eager, request):
-    """Both step paths (dynamo-captured and lazily traced) against HF."""
+@pytest.mark.parametrize("arch, backend, eager", [
+    ("llama", "torch_xla", False), ("qwen2", "torch_xla", False), ("llama", "torch_xla", True),
+    ("llama", "jax", False), ("qwen2", "jax", False)])
+def test_greedy_logprobs_match_hf(arch, backend, eager, request):
+    """Both backends, and torch_xla's two step paths (dynamo-captured and lazily traced),
+    against HF."""
     path = request.getfixturevalue(f"{arch}_dir")
     rng = random.Random(7)
     prompts = [[rng.randrange(512) for _ in range(n)] for n in PROMPT_LENS]
-    llm = LLM(path, max_model_len=128, max_num_seqs=4, enforce_eager=eager)
+    # Warm-up compiles just this workload's shapes; strict: nothing else may compile.
+    expected = ExpectedRequests(tuple((n, STEPS) for n in PROMPT_LENS))  # logprobs=0: no alternatives
+    llm = LLM(path, backend=backend, max_model_len=128, max_num_seqs=4, enforce_eager=eager,
+              expected=expected, strict_compiles=True, progress=False)
     steps = []
     off = llm.llm_engine.events.subscribe(lambda e: steps.append(e.record) if e.kind == "end" else None)
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts],

@@ -12,9 +12,10 @@ from tpu_engine.sampler import uniform_noise
 VOCAB = 512
 
 
-@pytest.fixture(scope="module")
-def llm(llama_dir):
-    return LLM(llama_dir, max_model_len=128, max_num_seqs=4)
+@pytest.fixture(scope="module", params=["torch_xla", "jax"])
+def llm(llama_dir, request):
+    """Every test here runs on both backends."""
+    return LLM(llama_dir, backend=request.param, max_model_len=128, max_num_seqs=4)
 
 
 def _prompts(n, seed, lengths=(3, 9, 17, 30)):

@@ -12,7 +12,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import SMALL, Server
+from tests.servers import JAX, SMALL, Server
 from tpu_engine import LLM, SamplingParams
 from tpu_engine.serve.tokenizer import load_tokenizer
 
@@ -24,7 +24,7 @@ PROMPT = "Hello café 東京 🙂 the engine"
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory):
     log = tmp_path_factory.mktemp("clients") / "server.log"
-    srv = Server(["--served-model-name", MODEL, ALIAS, *SMALL], log_path=str(log)).start()
+    srv = Server(["--served-model-name", MODEL, ALIAS, *SMALL, *JAX], log_path=str(log)).start()
     try:
         yield srv
     finally:
@@ -36,7 +36,7 @@ def launched(tmp_path_factory):
 @pytest.fixture(scope="module")
 def offline(launched):
     """The offline engine with the server's settings, warmed up while the server compiles."""
-    return LLM(MODEL, max_model_len=MAX_LEN, max_num_seqs=4)
+    return LLM(MODEL, backend="jax", max_model_len=MAX_LEN, max_num_seqs=4)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import sys
 import httpx
 import pytest
 
-from tests.servers import ROOT, SMALL, Server, switch_collection
+from tests.servers import JAX, ROOT, SMALL, Server, switch_collection
 
 ENV = {**os.environ, "PJRT_DEVICE": "CPU"}
 # (prompt length, max_tokens): mixed, with a one-token request (no decode, no TPOT).
@@ -61,12 +61,12 @@ def read_csv(path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """One server: 2 requests with collection off, the WORKLOAD with it on (inside an XLA
+    """One JAX-backend server: 2 requests with collection off, the WORKLOAD with it on (inside an XLA
     capture), 2 more with it off again; then the events parsed with the CLI."""
     tmp = str(tmp_path_factory.mktemp("service"))
     cfg = os.path.join(tmp, "cfg.json")
     env = {"SERVICE_PROF_CONFIG_PATH": cfg, "VLLM_TORCH_PROFILER_DIR": os.path.join(tmp, "xla")}
-    with Server(SMALL, env=env, log_path=os.path.join(tmp, "serve.log")) as srv:
+    with Server([*SMALL, *JAX], env=env, log_path=os.path.join(tmp, "serve.log")) as srv:
         with open(cfg) as f:
             assert json.load(f)["enable"] == 0
         before = send(srv.url, [(4, 3), (6, 2)], offset=100)

@@ -224,7 +224,7 @@ def test_config_defaults_validation_and_live_toggle(tmp_path):
     cfg = read_config(path)
     assert cfg["enable"] is False and cfg["output_dir"] == str(tmp_path / "cfg" / DEFAULTS["output_dir"])
     for bad, reason in [('{"enable": 3}', "enable=3 must be 0 or 1"), ("[1]", "must hold a JSON object"),
-                        ("{", "is not valid JSON"), ('{"poll_interval_ms": 0}', "must be a positive number")]:
+                        ("{", "is not valid JSON"), ('{"poll_interval_ms": 0}', "poll_interval_ms=0 must be a number of milliseconds from 10 to 60000")]:
         with open(path, "w") as f:
             f.write(bad)
         with pytest.raises(ValueError, match=reason.replace("[", r"\[")):

@@ -14,8 +14,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = """
 import json, sys
 from tpu_engine import LLM, SamplingParams
-llm = LLM(sys.argv[1], max_model_len=64, max_num_seqs=2, tensor_parallel_size=int(sys.argv[2]))
+from tpu_engine.scheduler import ExpectedRequests
 prompts = [{"prompt_token_ids": [1, 2, 3, 4, 5, 6, 7]}, {"prompt_token_ids": list(range(3, 33))}]
+# Warm-up of just this workload's shapes; strict: nothing else may compile.
+llm = LLM(sys.argv[1], max_model_len=64, max_num_seqs=2, tensor_parallel_size=int(sys.argv[2]), progress=False,
+          expected=ExpectedRequests(((7, 6), (30, 6))), strict_compiles=True)
 outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, logprobs=0),
                     use_tqdm=False)
 print(json.dumps([[o.outputs[0].token_ids, [d[t].logprob for d, t in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)]]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import socket
 import sys
 from typing import Any, Callable
@@ -11,6 +12,8 @@ from .config import DEFAULT_MODEL
 
 def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = parser.add_argument_group("engine")
+    g.add_argument("--backend", default="torch_xla", choices=["torch_xla", "jax"],
+                   help="the XLA front end that compiles and runs the model (default torch_xla)")
     g.add_argument("--model", default=DEFAULT_MODEL,
                    help="local HF model dir, or a model id (HF cache, or built-in config with --load-format dummy)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
@@ -29,7 +32,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    kw = dict(dtype=args.dtype, max_model_len=args.max_model_len,
+    kw = dict(backend=args.backend, dtype=args.dtype, max_model_len=args.max_model_len,
               tensor_parallel_size=args.tensor_parallel_size, enforce_eager=args.enforce_eager,
               load_format=args.load_format, seed=args.seed,
               max_num_batched_tokens=args.max_num_batched_tokens,
@@ -52,11 +55,23 @@ def run_cli(main: Callable[[], Any]) -> None:
 
 
 def check_port(what: str, port: int, flag: str, host: str = "") -> None:
-    """ValueError unless `port` is a valid TCP port that nothing listens on."""
+    """ValueError unless `port` is a valid TCP port that nothing listens on at `host`. The probe
+    binds as a server does (SO_REUSEADDR), so a port a closed server left in TIME_WAIT is free."""
     if not 1 <= port <= 65535:
         raise ValueError(f"{what} {port} is not a valid TCP port (1-65535).")
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, ValueError) as e:
+        reason = e.strerror if isinstance(e, socket.gaierror) else "not a valid host name"
+        raise ValueError(f"host {host!r} cannot be resolved ({reason}); give an address such as "
+                         f"127.0.0.1 or 0.0.0.0 with --host.") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((host, port))
-        except OSError:
-            raise ValueError(f"{what} {port} is already in use; choose another with {flag}.") from None
+            s.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ValueError(f"{what} {port} is already in use; choose another with {flag}.") from None
+            raise ValueError(f"host {host!r} cannot be listened on ({e.strerror}); give an address of "
+                             f"this machine with --host.") from None

@@ -20,9 +20,10 @@ class RecompileError(RuntimeError):
     """An XLA compilation happened after warm-up, where the guard forbids it."""
 
 
-def default_cache_dir() -> str:
+def default_cache_dir(backend: str = "xla") -> str:
+    """~/.cache/tpu_engine/xla_cache (torch_xla) or jax_cache: the two formats differ."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "tpu_engine", "xla_cache")
+    return os.path.join(base, "tpu_engine", f"{backend}_cache")
 
 
 def init_persistent_cache(path: str) -> str | None:
@@ -72,28 +73,30 @@ def compile_stats() -> CompileStats:
 class CompileGuard:
     """Counts compilations since `arm()`; in strict mode raises on the first one."""
 
-    def __init__(self, strict: bool = False):
+    def __init__(self, strict: bool = False, stats=None, hint: str = "set PT_XLA_DEBUG_LEVEL=2 to see why"):
         self.strict = strict
         self.armed = False
-        self._base = compile_stats()
+        self._stats = stats or compile_stats  # the backend's counters
+        self._hint = hint
+        self._base = self._stats()
         self.warmup: CompileStats | None = None
 
     def arm(self) -> None:
         """Warm-up is done: everything compiled so far is the warm-up's."""
-        now = compile_stats()
+        now = self._stats()
         self.warmup = now - self._base
         self._base = now
         self.armed = True
 
     def since_armed(self) -> CompileStats:
-        return compile_stats() - self._base
+        return self._stats() - self._base
 
     def check(self, before: CompileStats, what: str) -> CompileStats:
         """Compilations since `before` (a `compile_stats()` taken before `what` ran)."""
-        delta = compile_stats() - before
+        delta = self._stats() - before
         if self.armed and delta.compiles:
             msg = (f"{what} compiled {delta.compiles} XLA graph(s) after warm-up "
-                   f"({delta.compile_time_s:.2f}s); set PT_XLA_DEBUG_LEVEL=2 to see why.")
+                   f"({delta.compile_time_s:.2f}s); {self._hint}.")
             if self.strict:
                 raise RecompileError(msg)
             log.warning(msg)

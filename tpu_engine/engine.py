@@ -29,6 +29,7 @@ from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, S
 @dataclasses.dataclass
 class EngineConfig:
     model: str = DEFAULT_MODEL
+    backend: str = "torch_xla"              # or "jax": the runner that compiles and runs the model
     dtype: str = "auto"
     max_model_len: int | None = None        # default: min(model's max positions, 2048)
     tensor_parallel_size: int = 1
@@ -131,13 +132,15 @@ class LLMEngine:
             raise ValueError("prompt is empty; it needs at least one token id.")
         bad = next((t for t in ids if not 0 <= t < vocab), None)
         if bad is not None:
-            raise ValueError(f"token id {bad!r} is outside the vocabulary [0, {vocab}).")
+            shown = bad if abs(bad) < 10**40 else f"of {bad.bit_length()} bits"  # str() refuses huge ints
+            raise ValueError(f"token id {shown} is outside the vocabulary [0, {vocab}).")
         if len(ids) > self.max_model_len:  # the overall limit first, then the per-step one
             raise ValueError(f"prompt of {len(ids)} tokens exceeds max_model_len {self.max_model_len}.")
         if len(ids) > self.max_prefill:
             raise ValueError(f"prompt of {len(ids)} tokens exceeds max_num_batched_tokens {self.max_prefill}.")
         if len(ids) + params.max_tokens > self.max_model_len:
-            raise ValueError(f"prompt of {len(ids)} tokens plus max_tokens {params.max_tokens} exceeds "
+            asked = params.max_tokens if params.max_tokens < 10**40 else f"of {params.max_tokens.bit_length()} bits"
+            raise ValueError(f"prompt of {len(ids)} tokens plus max_tokens {asked} exceeds "
                              f"max_model_len {self.max_model_len}.")
         return ids
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 from .sampler import MAX_LOGPROBS
 
@@ -18,23 +19,43 @@ class SamplingParams:
     stop_token_ids: list[int] | None = None  # tokens that end the request as EOS does (kept in the output)
 
     def __post_init__(self):
+        # (holds, what is expected): a message is only written for a check that fails
         checks = [
-            (isinstance(self.temperature, (int, float)) and self.temperature >= 0,
-             f"temperature {self.temperature!r} must be a number >= 0"),
-            (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1,
-             f"top_p {self.top_p!r} must be in (0, 1]"),
-            (isinstance(self.top_k, int) and self.top_k >= -1, f"top_k {self.top_k!r} must be -1, 0 or a positive integer"),
-            (isinstance(self.max_tokens, int) and self.max_tokens >= 1,
-             f"max_tokens {self.max_tokens!r} must be an integer >= 1"),
-            (self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= MAX_LOGPROBS),
-             f"logprobs {self.logprobs!r} must be None or an integer in [0, {MAX_LOGPROBS}]"),
-            (self.seed is None or isinstance(self.seed, int), f"seed {self.seed!r} must be an integer"),
-            (self.stop_token_ids is None or all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
-             f"stop_token_ids {self.stop_token_ids!r} must be a list of token ids"),
+            ("temperature", _real(self.temperature) and 0 <= self.temperature <= _FLOAT_MAX, "a finite number >= 0"),
+            ("top_p", _real(self.top_p) and 0 < self.top_p <= 1, "in (0, 1]"),
+            ("top_k", _integer(self.top_k) and self.top_k >= -1, "-1, 0 or a positive integer"),
+            ("max_tokens", _integer(self.max_tokens) and self.max_tokens >= 1, "an integer >= 1"),
+            ("logprobs", self.logprobs is None or (_integer(self.logprobs) and 0 <= self.logprobs <= MAX_LOGPROBS),
+             f"None or an integer in [0, {MAX_LOGPROBS}]"),
+            # the seed is hashed through str(), which refuses ints of over 4300 digits
+            ("seed", self.seed is None or (_integer(self.seed) and abs(self.seed) < 10**4000),
+             "an integer of at most 4000 digits"),
+            ("stop_token_ids", self.stop_token_ids is None or (
+                isinstance(self.stop_token_ids, (list, tuple))
+                and all(_integer(t) and t >= 0 for t in self.stop_token_ids)), "a list of token ids"),
         ]
-        for ok, msg in checks:
+        for name, ok, expected in checks:
             if not ok:
-                raise ValueError(msg + ".")
+                raise ValueError(f"{name} {_show(getattr(self, name))} must be {expected}.")
+
+
+_FLOAT_MAX = sys.float_info.max   # an int above it overflows float() on the engine thread
+
+
+def _real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _integer(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _show(v) -> str:
+    """repr cut short; an int too long to print is described instead."""
+    if _integer(v) and abs(v) >= 10**40:
+        return f"(an integer of {v.bit_length()} bits)"
+    text = repr(v)
+    return text if len(text) <= 60 else text[:60] + "…"
 
 
 @dataclasses.dataclass(frozen=True)

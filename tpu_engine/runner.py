@@ -15,14 +15,13 @@ whose outputs are the only values read back to the host.
 """
 from __future__ import annotations
 
-import ctypes
-import dataclasses
 import logging
 import time
 from typing import Sequence
 
 import torch
 
+from .backend import GREEDY, SamplingInputs, StepResult, decode_rows, prefill_rows, read_back, release_freed_memory
 from .buckets import Buckets
 from .compile import CompileGuard, CompileStats, compile_stats, init_persistent_cache
 from .config import ModelConfig
@@ -39,31 +38,6 @@ from .weights import ModelSource, checkpoint_tensors, dummy_tensors, load_weight
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def release_freed_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them otherwise): loading and compiling
-    free a lot of short-lived memory, and the process's peak RSS should show what it keeps."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
-@dataclasses.dataclass
-class StepResult:
-    tokens: list[int]
-    logprobs: list[float]
-    top: list[tuple[int, list[tuple[int, float]]]] | None  # per row: chosen token's rank, (token, logprob) best first
-    compiles: CompileStats
-
-    def select(self, rows: Sequence[int]) -> "StepResult":
-        """These rows only (the real sequences of a padded batch)."""
-        return StepResult([self.tokens[r] for r in rows], [self.logprobs[r] for r in rows],
-                          [self.top[r] for r in rows] if self.top else None, self.compiles)
-
-    def first(self, n: int) -> "StepResult":
-        return self.select(range(n))
 
 
 class XlaRunner:
@@ -108,7 +82,8 @@ class XlaRunner:
         self.inv_freq = rope_inv_freq(self.cfg.head_dim, self.cfg.rope_theta, self.cfg.rope_scaling).to(self.device)
         self.kv_caches = self._allocate_kv_cache()
         release_freed_memory()
-        self._sampling_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._sampling = SamplingInputs(self.cfg.vocab_size, lambda floats, ints: (
+            torch.tensor(floats, dtype=torch.float32).to(self.device), self._to_device(ints)))
 
     # ---- set-up -------------------------------------------------------------------------
     def _load_model(self, source: ModelSource, seed: int) -> CausalLM:
@@ -174,22 +149,6 @@ class XlaRunner:
     def _to_device(self, rows: list[list[int]] | list[int]) -> torch.Tensor:
         return torch.tensor(rows, dtype=torch.int64).to(self.device)
 
-    def _sampling_tensors(self, rows: Sequence[SamplingRow], n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Device tensors (n, 2) float [temperature, top_p] and (n, 2) int [top_k, seed]; padded
-        rows are greedy. Cached per batch composition, which changes rarely."""
-        key = (n, tuple(rows))
-        hit = self._sampling_cache.get(key)
-        if hit is None:
-            vocab = self.cfg.vocab_size
-            pad = [SamplingRow(0.0, 0, 1.0, 0, 0)] * (n - len(rows))
-            floats = [[r.temperature, r.top_p] for r in list(rows) + pad]
-            ints = [[r.top_k if r.top_k > 0 else vocab, r.seed] for r in list(rows) + pad]
-            hit = (torch.tensor(floats, dtype=torch.float32).to(self.device), self._to_device(ints))
-            if len(self._sampling_cache) > 64:
-                self._sampling_cache.clear()
-            self._sampling_cache[key] = hit
-        return hit
-
     # ---- steps ----------------------------------------------------------------------------
     def prefill(self, slots: Sequence[int], prompts: Sequence[Sequence[int]],
                 sampling: Sequence[SamplingRow]) -> StepResult:
@@ -201,13 +160,10 @@ class XlaRunner:
                                             self.scratch_row))    # one host->device copy
         hidden = self._prefill_fn(self.model, ints, self.kv_caches, self.inv_freq, T, self.max_model_len)
         self._xla.sync()
-        ends = [sum(lens[:i + 1]) for i in range(len(lens))] + [1] * (N - len(lens))
-        hidden = self._gather_fn(hidden, self._to_device([e - 1 for e in ends]))  # last tokens
+        last, counters = prefill_rows(lens, N)
+        hidden = self._gather_fn(hidden, self._to_device(last))  # each prompt's last token
         self._xla.sync()  # a graph of its own: the head and sampler below are shared with decode
-        pad = [SamplingRow(0.0, 0, 1.0, 0, 0)] * (N - len(lens))
-        # The sampler's counter is the prompt length, as for a prompt prefilled alone, so a
-        # seeded request samples the same tokens whatever it was packed with.
-        out = self._sample(hidden, list(sampling) + pad, lens + [1] * (N - len(lens)), before,
+        out = self._sample(hidden, list(sampling) + [GREEDY] * (N - len(lens)), counters, before,
                            f"prefill of {len(lens)} prompt(s), {sum(lens)} tokens")
         return out.first(len(lens))
 
@@ -216,38 +172,29 @@ class XlaRunner:
         """One token for each active slot. positions[i]: where last_tokens[i] goes."""
         B, span = self.buckets.decode_shape(slots, positions)
         before = compile_stats()
-        tok, pos = [0] * B, [0] * B
-        for s, t, p in zip(slots, last_tokens, positions):
-            tok[s], pos[s] = t, p
+        tok, pos, rows, counters = decode_rows(B, slots, last_tokens, positions, sampling)
         ints = self._to_device([tok, pos])                   # (2, B)
         hidden = self._decode_fn(self.model, ints, self.kv_caches, self.inv_freq, B, span,
                                  self.max_model_len)
         self._xla.sync()
-        rows = [SamplingRow(0.0, 0, 1.0, 0, 0)] * B
-        for s, r in zip(slots, sampling):
-            rows[s] = r
-        out = self._sample(hidden, rows, [p + 1 for p in pos], before, f"decode of batch {len(slots)}")
+        out = self._sample(hidden, rows, counters, before, f"decode of batch {len(slots)}")
         return out.select(slots)
 
     def _sample(self, hidden, rows: Sequence[SamplingRow], counters: list[int], before, what) -> StepResult:
         """Head and sampler over `hidden` (n, hidden_size): one graph per (n, variant), the same
         for prefill and decode (every input is a device tensor of its own)."""
         n = len(counters)
-        floats, ints = self._sampling_tensors(rows, n)
+        floats, ints = self._sampling(rows, n)
         counters = self._to_device(counters)
         random = any(r.temperature > 0 for r in rows)
         want = max(r.num_logprobs for r in rows)
         tokens, lps, top = self._head_fn(self.model, hidden, floats, ints, counters, random,
                                          MAX_LOGPROBS if want else 0)
         if top is not None:
-            t_cpu, lp_cpu, ti, tl, rank = self._xla_fetch(tokens, lps, *top)
-            top = [(int(rank[r]), list(zip(ti[r, :rows[r].num_logprobs].tolist(),
-                                           tl[r, :rows[r].num_logprobs].tolist())))
-                   for r in range(n)]
+            tokens, lps, *top = self._xla_fetch(tokens, lps, *top)
         else:
-            t_cpu, lp_cpu = self._xla_fetch(tokens, lps)
-        compiles = self.guard.check(before, what)
-        return StepResult(t_cpu.tolist(), lp_cpu.tolist(), top, compiles)
+            tokens, lps = self._xla_fetch(tokens, lps)
+        return read_back(tokens, lps, top, rows, self.guard.check(before, what))
 
     def _xla_fetch(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
         """Execute the pending graph once, then copy its outputs to the host."""

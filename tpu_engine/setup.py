@@ -35,27 +35,46 @@ def resolve_limits(config):
     return source, max_len, min(max_prefill, max_len)
 
 
+BACKENDS = ("torch_xla", "jax")
+
+
+def _backend(name: str):
+    """(runner class, platform(), device_count()) of a backend, imported only when chosen."""
+    if name == "jax":
+        from .jax_backend.runner import JaxRunner, device_count as jax_devices, platform
+        return JaxRunner, platform, jax_devices
+    from .runner import XlaRunner
+    return XlaRunner, select_device, device_count
+
+
+def backend_device_count(name: str) -> int:
+    """Start the backend's runtime (if not yet) and count its devices."""
+    return _backend(name)[2]()
+
+
 def build_runner(config):
     """Returns (runner, model config, model source, max_model_len, longest prefill)."""
+    if config.backend not in BACKENDS:
+        raise ValueError(f"backend {config.backend!r} is not supported; expected torch_xla or jax.")
     source, max_len, max_prefill = resolve_limits(config)
     cfg = source.config
     _positive("tensor_parallel_size", config.tensor_parallel_size)
 
-    device = select_device()
+    runner_cls, platform, devices = _backend(config.backend)
+    device = platform()
     dtype = config.dtype
     if dtype == "auto":
-        dtype = "bfloat16" if device == "TPU" else "float32"
+        dtype = "float32" if device == "CPU" else "bfloat16"
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype {config.dtype!r} is not supported; expected auto, float32 or bfloat16.")
     from .sharding import check_tp
-    check_tp(cfg, config.tensor_parallel_size, device_count())
+    check_tp(cfg, config.tensor_parallel_size, devices())
 
     cache_dir = config.compilation_cache_dir
     if cache_dir is None and device == "TPU":
-        cache_dir = default_cache_dir()
-    from .runner import XlaRunner
-    runner = XlaRunner(source, dtype=dtype, max_model_len=max_len, max_num_seqs=config.max_num_seqs,
-                       tensor_parallel_size=config.tensor_parallel_size, seed=config.seed,
-                       compilation_cache_dir=cache_dir or None, strict_compiles=config.strict_compiles,
-                       max_prefill=max_prefill, enforce_eager=config.enforce_eager)
+        cache_dir = default_cache_dir() if config.backend == "torch_xla" else default_cache_dir("jax")
+    runner = runner_cls(source, dtype=dtype, max_model_len=max_len, max_num_seqs=config.max_num_seqs,
+                        tensor_parallel_size=config.tensor_parallel_size, seed=config.seed,
+                        compilation_cache_dir=cache_dir or None, strict_compiles=config.strict_compiles,
+                        max_prefill=max_prefill, enforce_eager=config.enforce_eager)
     return runner, cfg, source, max_len, max_prefill

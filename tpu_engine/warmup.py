@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
+from .backend import release_freed_memory
 from .sampler import SamplingRow
 from .scheduler import ShapePlan
 
@@ -48,7 +49,6 @@ def jobs(runner, plan: ShapePlan, variants: Sequence[SamplingRow]) -> list[Job]:
 
 
 def run_warmup(runner, plan: ShapePlan, variants: Sequence[SamplingRow], progress: bool = True) -> None:
-    from .runner import release_freed_memory
     todo = jobs(runner, plan, variants)
     show = _Progress(len(todo), runner.compile_stats) if progress else None
     for name, run in todo:

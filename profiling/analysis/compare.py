@@ -63,7 +63,15 @@ def op_key(o) -> str:
     return f"{o.scope} {o.framework_op or o.opcode} [{o.category}]"
 
 
+def backend_of(a: Analysis) -> str | None:
+    return a.record.backend if a.record else None
+
+
 def op_groups(a: Analysis, b: Analysis, phase: str) -> Table:
+    if backend_of(a) != backend_of(b):
+        # torch_xla names aten ops, JAX its primitives (aten__mm vs dot_general): across
+        # backends, ops match by where they run and what kind of work they are.
+        return _table(a, b, phase, lambda o: f"{o.scope} [{o.category}]", "time by op (scope, category)")
     return _table(a, b, phase, op_key, "time by op (scope, framework op)")
 
 

@@ -68,8 +68,9 @@ def roofline(a: Analysis) -> Roofline | None:
                                                          peaks.flops_per_s if peaks else None))
     dec = [s for s in a.phase_steps("decode") if s.record]
     if dec:
-        # The manifest keeps each step's min and max context; their mean stands in for the rest.
-        nbytes = sum(decode_bytes(cfg, [(s.record.kv_len_min + s.record.kv_len_max) / 2] * s.record.batch_size,
+        # The manifest keeps each step's min and max context; their mean stands in for the rest
+        # (one total, not a list per sequence: a damaged manifest's batch size may be huge).
+        nbytes = sum(decode_bytes(cfg, [(s.record.kv_len_min + s.record.kv_len_max) / 2 * s.record.batch_size],
                                   dtype_bytes) for s in dec)
         out = dataclasses.replace(out, decode=_achieved(nbytes, sum(s.duration_s for s in dec),
                                                         peaks.bytes_per_s if peaks else None))

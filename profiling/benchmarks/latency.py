@@ -29,6 +29,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compare-hf", action="store_true",
                    help="also run HF transformers eager (same weights), alternating, and print ratios")
     p.add_argument("--output-json", default=None, help="write the figures to this JSON file")
+    p.add_argument("--side-by-side", action="store_true",
+                   help="run both backends (and HF eager with --compare-hf) in alternating fresh "
+                        "processes at batch 1 and --batch-size, cold and warm compilation cache, "
+                        "profiled and unprofiled, and print one table (side_by_side.py)")
     add_engine_args(p)
     args = p.parse_args(argv)
     for name in ("input_len", "output_len", "batch_size", "num_iters"):
@@ -126,30 +130,42 @@ def describe(name: str, runs: list[dict], batch: int) -> dict:
     return fig
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    from tpu_engine import LLM, SamplingParams
+def engine_kwargs_checked(args) -> dict:
+    """The engine's settings for this workload (warm-up of just its shapes), checked before
+    anything loads."""
+    from tpu_engine.engine import EngineConfig
+    from tpu_engine.scheduler import ExpectedRequests
+    from tpu_engine.setup import resolve_limits
     kw = engine_kwargs(args)
     kw.setdefault("max_num_seqs", args.batch_size)
-    from tpu_engine.scheduler import ExpectedRequests
     kw["expected"] = ExpectedRequests(((args.input_len, args.output_len),) * args.batch_size)
     if kw.get("max_model_len") is None:
         kw["max_model_len"] = args.input_len + args.output_len
-    from tpu_engine.engine import EngineConfig
-    from tpu_engine.setup import resolve_limits
-    _, max_len, max_prefill = resolve_limits(EngineConfig(model=args.model, **kw))  # fail before loading
+    _, max_len, max_prefill = resolve_limits(EngineConfig(model=args.model, **kw))
     if args.input_len > max_prefill or args.input_len + args.output_len > max_len:
         raise ValueError(f"input length {args.input_len} + output length {args.output_len} does not fit "
                          f"max_model_len {max_len} (longest prompt {max_prefill}).")
-    from tpu_engine.platform import device_count
-    device_count()  # start the PJRT client: the runtime baseline includes it
+    return kw
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.side_by_side:
+        from .side_by_side import run_side_by_side
+        return run_side_by_side(args)
+    from tpu_engine import LLM, SamplingParams
+    kw = engine_kwargs_checked(args)
+    from tpu_engine.setup import backend_device_count
+    backend_device_count(args.backend)  # start the runtime: the baseline includes it
     baseline_rss = rss_bytes()
     print("loading the model and compiling every shape it will use...", flush=True)
     t0 = time.perf_counter()
     llm = LLM(args.model, **kw)
     eng = llm.llm_engine
-    print(f"ready in {time.perf_counter() - t0:.1f} s ({eng.warmup_stats.compiles} XLA graphs compiled, "
-          f"{eng.warmup_stats.compile_time_s:.1f} s of it in XLA)")
+    ready_s, stats = time.perf_counter() - t0, eng.warmup_stats
+    print(f"ready in {ready_s:.1f} s ({stats.compiles} XLA graphs compiled, "
+          f"{stats.compile_time_s:.1f} s of it in XLA; persistent cache {stats.cache_hits} hits, "
+          f"{stats.cache_misses} misses)")
     params = SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=args.output_len)
     rng = np.random.default_rng(args.seed)
     ids = rng.integers(0, min(10000, eng.model_config.vocab_size), size=(args.batch_size, args.input_len))
@@ -173,7 +189,9 @@ def main(argv=None) -> None:
             runs.append(r)
             if h:
                 hf_runs.append(h)
-    figures = {"args": vars(args), "engine": describe("tpu_engine", runs, args.batch_size)}
+    figures = {"args": vars(args), "engine": describe(f"tpu_engine ({args.backend})", runs, args.batch_size),
+               "startup": dict(ready_s=ready_s, compiles=stats.compiles, compile_time_s=stats.compile_time_s,
+                               cache_hits=stats.cache_hits, cache_misses=stats.cache_misses)}
     weights, kv = eng.runner.weight_bytes(), eng.runner.kv_cache_bytes()
     figures["memory"] = dict(weights_bytes=weights, kv_cache_bytes=kv, baseline_rss_bytes=baseline_rss,
                              peak_rss_bytes=engine_rss)

@@ -34,6 +34,7 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     from profiling.capture import store, workload
     from profiling.capture.verify import check_capture
+    from profiling.capture.profilers import profiler_of
     from profiling.capture.windows import PhaseWindow, Window
     from tpu_engine import LLM, SamplingParams
     args = parse_args(argv)
@@ -53,7 +54,7 @@ def main(argv=None) -> None:
     try:
         for i in range(args.pairs):
             plain.append(one_pass())
-            window = PhaseWindow(Window("phase", phase=args.profile_phase))
+            window = PhaseWindow(Window("phase", phase=args.profile_phase), profiler_of(engine))
             off = engine.events.subscribe(window.on_event)
             try:
                 profiled.append(one_pass())

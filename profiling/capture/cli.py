@@ -17,7 +17,11 @@ import sys
 
 from tpu_engine.cli import add_engine_args, run_cli
 
+from .windows import plan_window
 from .xla_profiler import DEFAULT_PORT
+
+
+MAX_PASSES = 1_000_000
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -65,12 +69,24 @@ def check_args(args: argparse.Namespace, error) -> argparse.Namespace:
         error(f"--profile-steps {args.profile_steps} must be at least 1.")
     if args.n is not None and args.n < 1:
         error(f"{args.mode} -n {args.n} must be at least 1.")
+    for name in ("num_iters", "num_iters_warmup"):  # passes are counted with C integers (tqdm, range)
+        if getattr(args, name) > MAX_PASSES:
+            error(f"--{name.replace('_', '-')} {getattr(args, name)} must be at most {MAX_PASSES}.")
+    if not 0 <= args.seed <= 2 ** 63 - 1:  # numpy and torch take a non-negative 64-bit seed
+        error(f"--seed {args.seed} must be from 0 to {2 ** 63 - 1}.")
+    if args.compilation_cache_dir is not None and not args.compilation_cache_dir.strip():
+        error("--compilation-cache-dir is empty; expected a directory.")
+    if not args.profile_result_dir.strip():  # "" would silently mean the current directory
+        error("--profile-result-dir is empty; expected a directory (\".\" for the current one).")
+    if not 1 <= args.profiler_port <= 65535:
+        error(f"--profiler-port {args.profiler_port} is not a TCP port (1-65535).")
+    plan_window(args, quiet=True)  # the env window's values: a ValueError now, not after the model loads
     return args
 
 
 def run(args: argparse.Namespace) -> int:
     """One profiling run; returns the exit status."""
-    if "XLA_HLO_DEBUG" not in os.environ:
+    if args.backend == "torch_xla" and "XLA_HLO_DEBUG" not in os.environ:  # JAX's named scopes need no flag
         # Module names reach the HLO op metadata (and so the layer tables) only with this set
         # before torch_xla starts. The compiled path pays for it once, at compile time.
         os.environ["XLA_HLO_DEBUG"] = "1"

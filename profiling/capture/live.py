@@ -10,13 +10,15 @@ the window and the device's peaks).
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
 import time
 
 from tpu_engine.compile import CompileStats
 
-from . import peaks, store, xla_profiler
-from .publish import Published, publish
+from . import peaks, store
+from .profilers import profiler_of
+from .publish import Published, publish, settle_stale_staging
 from .record import CaptureTiming, Compiles, RunRecord, StepLog
 from .windows import Window
 
@@ -29,7 +31,7 @@ class ProfileStateError(ValueError):
 
 @dataclasses.dataclass
 class _Open:
-    session: xla_profiler.Session
+    session: object        # the backend profiler's Session
     steps: StepLog
     unsubscribe: object
     opened_at: float
@@ -39,7 +41,7 @@ class _Open:
 @dataclasses.dataclass
 class Stopped:
     """A closed trace, still in memory, with what its run record needs."""
-    session: xla_profiler.Session
+    session: object
     xspace: bytes
     steps: StepLog
     opened_at: float
@@ -53,6 +55,8 @@ class LiveCapture:
         self.engine = engine          # the LLMEngine (phase events, describe, compile counters)
         self._lock = threading.Lock()
         self._open: _Open | None = None
+        for line in settle_stale_staging(self.root):  # left by a killed server or capture run
+            print(f"note: {line}", file=sys.stderr)
 
     @property
     def running(self) -> bool:
@@ -65,7 +69,7 @@ class LiveCapture:
                 raise ProfileStateError("a profile capture is already running; POST /stop_profile first.")
             steps = StepLog()
             unsubscribe = self.engine.events.subscribe(steps.on_event)
-            self._open = _Open(xla_profiler.Session(), steps, unsubscribe, time.time(),
+            self._open = _Open(profiler_of(self.engine).Session(), steps, unsubscribe, time.time(),
                                self.engine.compile_stats())
             return {"status": "profiling", "profile_dir": self.root, "started": self._open.opened_at}
 

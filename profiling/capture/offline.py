@@ -14,8 +14,10 @@ import time
 
 from tqdm import tqdm
 
-from . import peaks, store, workload, xla_profiler
-from .publish import publish
+from . import peaks, store, workload
+from .interrupts import PAUSE_ENV, Interrupts, from_interrupt, pause_point
+from .profilers import profiler_for
+from .publish import publish, settle_stale_staging
 from .record import CaptureTiming, Compiles, Latencies, RunRecord, StepLog
 from .windows import DELAY_ENV, DetachedTrace, PhaseWindow, plan_window
 
@@ -70,18 +72,31 @@ class Profiler:
         self.engine_kwargs["expected"] = ExpectedRequests(
             tuple((args.input_len, n) for n in self.workload.output_lengths))
         self.root = store.check_writable_dir(args.profile_result_dir)
-        xla_profiler.check_port_free(args.profiler_port)
+        self.profiler = profiler_for(config.backend)  # torch_xla's or JAX's, as the engine
+        self.profiler.check_port_free(args.profiler_port)
         self.problems: list[str] = []
         self.published: list[str] = []
         self.peaks: peaks.Peaks | None = None
         self.warm: list[float] = []
         self.profiled: list[float] = []
-        self.interrupted = False
+        self.interrupts = Interrupts()   # Ctrl-C policy: see interrupts.py
+        self.detached: DetachedTrace | None = None
+        for line in settle_stale_staging(self.root):  # left by a killed run; after every check
+            print(f"note: {line}")
+
+    @property
+    def interrupted(self) -> bool:
+        return self.interrupts.stopped
 
     def run(self) -> int:
-        self._load()
-        self._warm_up()
-        detached = None
+        try:
+            self._load()
+            self._warm_up()
+        except BaseException as e:
+            if not from_interrupt(e):
+                raise
+            print("interrupted before the profiled passes: nothing was captured.", file=sys.stderr)
+            return 130
         self.steps = StepLog()
         unsubscribe = self.engine.events.subscribe(self.steps.on_event)
         self.staging = store.Staging(self.root)
@@ -89,21 +104,33 @@ class Profiler:
         print(f"Profiling (results will be saved to '{self.args.profile_result_dir}')...")
         try:
             try:
-                detached = self._profiled_passes()
-            except KeyboardInterrupt:
-                self.interrupted = True
-                print("interrupted: finishing the capture made so far...", file=sys.stderr)
+                self._profiled_passes()
+            except BaseException as e:
+                if not from_interrupt(e):
+                    raise
+                if not self.interrupts.stopped:  # the env window's passes (a phase pass says it itself)
+                    self.interrupts.passes_interrupted("the env window's capture")
+                if self.interrupts.abandoned:
+                    raise
             self.passes_end = time.time()
             unsubscribe()
             self._report_latency()
-            if detached:
-                self._finish_detached(detached)
-        except KeyboardInterrupt:
-            print("interrupted again: discarding the unfinished capture.", file=sys.stderr)
-            self.interrupted = True
+            if self.detached:
+                with self.interrupts.finishing("the env window's capture"):
+                    self._finish_detached(self.detached)
+        except BaseException as e:  # Ctrl-C again while a capture was finishing: it is dropped
+            if not from_interrupt(e):
+                raise
+            self.interrupts.count = max(self.interrupts.count, 2)
         finally:
-            self.staging.discard()
-        return self._exit(detached)
+            self._discard_staging()
+        return self._exit(self.detached)
+
+    def _discard_staging(self) -> None:
+        """Remove the staging dir; say so if it held a capture (one that Ctrl-C abandoned)."""
+        if self.interrupts.abandoned and self.staging.runs():
+            print("interrupted again: the unfinished capture was discarded.", file=sys.stderr)
+        self.staging.discard()
 
     # ---- passes ---------------------------------------------------------------------------
     def _load(self) -> None:
@@ -111,7 +138,7 @@ class Profiler:
         args = self.args
         self.llm = LLM(args.model, **self.engine_kwargs)
         self.engine = self.llm.llm_engine
-        self.server = xla_profiler.start_server(args.profiler_port)  # kept alive while we run
+        self.server = self.profiler.start_server(args.profiler_port)  # kept alive while we run
         self.prompts = workload.random_prompts(args.batch_size, args.input_len,
                                                self.engine.model_config.vocab_size, args.seed)
         self.params = [SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=n)
@@ -128,17 +155,18 @@ class Profiler:
 
     def _warm_up(self) -> None:
         print("Warming up...")
+        pause_point("warmup")
         self.warm = [self._one_pass() for _ in tqdm(range(self.args.num_iters_warmup), desc="Warmup iterations")]
         if self.warm:
             print(f"Average warmup latency: {_mean(self.warm):.4f}s")
 
-    def _profiled_passes(self) -> DetachedTrace | None:
-        """Run the profiled passes; returns the env window's trace, still to be collected."""
-        detached = None
+    def _profiled_passes(self) -> None:
+        """Run the profiled passes; the env window's trace (`self.detached`) is still to be collected."""
         self.passes_start = time.time()
         if self.window.kind == "env":
-            detached = DetachedTrace(self.args.profiler_port, self.staging.path,
-                                     self.window.delay_ms, self.window.duration_ms)
+            self._pause_in_pass()
+            self.detached = detached = DetachedTrace(self.args.profiler_port, self.staging.path,
+                                                     self.window.delay_ms, self.window.duration_ms, self.profiler)
             detached.start()
             if self.window.delay_ms == 0:
                 time.sleep(1.0)  # the server needs a moment to begin tracing
@@ -149,18 +177,34 @@ class Profiler:
                 self._phase_pass(i)
             else:
                 self.profiled.append(self._one_pass())
-        return detached
+
+    def _pause_in_pass(self) -> None:
+        """PROFILING_PAUSE_AT=pass: wait after each engine step of the profiled passes (once its
+        end is recorded by everything subscribed before)."""
+        if "pass" in os.environ.get(PAUSE_ENV, ""):
+            self.engine.events.subscribe(lambda e: e.kind == "end" and pause_point("pass"))
 
     def _phase_pass(self, i: int) -> None:
-        """One timed pass in its own phase window, exported after the pass (outside the timing)."""
-        window = PhaseWindow(self.window)
+        """One timed pass in its own phase window, exported after the pass (outside the timing).
+        Ctrl-C in the pass stops the run, but what the window holds so far is still saved."""
+        window = PhaseWindow(self.window, self.profiler)
         off = self.engine.events.subscribe(window.on_event)
+        self._pause_in_pass()
+        cut = False
         try:
             self.profiled.append(self._one_pass())
+        except BaseException as e:
+            if not from_interrupt(e):
+                raise
+            cut = True
+            self.interrupts.passes_interrupted(f"pass {i + 1}'s capture so far")
         finally:
-            window.close()
-            off()
-            self._finish_phase(window, i)
+            with self.interrupts.finishing(f"pass {i + 1}'s capture"):
+                window.close()
+                off()
+                self._finish_phase(window, i, cut)
+        if self.interrupts.stopped:
+            raise KeyboardInterrupt
 
     def _report_latency(self) -> None:
         if self.profiled:
@@ -177,6 +221,9 @@ class Profiler:
             print(f"warning: {p}", file=sys.stderr)
         if self.published:
             print(f"View with: tensorboard --logdir {self.args.profile_result_dir}")
+        if self.interrupted:
+            kept = f"{len(self.published)} verified capture(s) kept" if self.published else "no capture was saved"
+            print(f"interrupted: {kept}.", file=sys.stderr)
         code = 130 if self.interrupted else 0 if self.published and not self.problems else 1
         if detached and detached.alive:
             # A trace thread still inside the profiler client would abort the interpreter's
@@ -193,8 +240,7 @@ class Profiler:
         return RunRecord.of_engine(
             self.engine, peaks=self.peaks, window=self.window, capture=capture,
             compiles=Compiles(self.engine.warmup_stats, self.engine.compile_stats() - self.compiles_before),
-            args=vars(self.args), workload=self.workload, latency_s=Latencies(self.warm, self.profiled),
-            interrupted=self.interrupted)
+            args=vars(self.args), workload=self.workload, latency_s=Latencies(self.warm, self.profiled))
 
     def _finish_detached(self, trace: DetachedTrace) -> None:
         opens, passes_end = trace.window_opens_at, self.passes_end
@@ -205,7 +251,8 @@ class Profiler:
         closes = opens + trace.duration_ms / 1000
         if closes - time.time() > 0.5:
             print(f"Waiting {closes - time.time():.1f}s for the capture window to close...")
-        arrived = trace.wait()
+        arrived = trace.wait(stop=lambda: self.interrupts.abandoned)
+        self.interrupts.checkpoint("export")
         runs = self.staging.runs()
         if not arrived or not runs:
             why = f" ({trace.error})" if trace.error else ""
@@ -213,22 +260,25 @@ class Profiler:
             return
         record = self._record(CaptureTiming(opened_at=opens, closed_at=closes, requested_at=trace.requested_at,
                                             passes_wall=(self.passes_start, passes_end)))
-        self._publish(runs[-1], record, window_end=min(closes, time.time()))
+        self._publish(runs[-1], record, window_end=min(closes, time.time()), interrupted=self.interrupts.passes_cut)
 
-    def _finish_phase(self, w: PhaseWindow, i: int) -> None:
+    def _finish_phase(self, w: PhaseWindow, i: int, cut: bool) -> None:
         before = set(self.staging.runs())
         if not w.export(self.staging.path):
-            self.problems.append(f"no step of pass {i + 1} matched the capture window "
-                                 f"({self.window.describe()}); nothing was captured.")
+            when = "was interrupted before any" if cut else "had no"
+            self.problems.append(f"pass {i + 1} {when} step matching the capture window "
+                                 f"({self.window.describe()}); nothing was captured from it.")
             return
+        self.interrupts.checkpoint("export")
         new = [r for r in self.staging.runs() if r not in before]
         record = self._record(CaptureTiming(opened_at=w.opened_at, closed_at=w.closed_at, pass_index=i,
                                             window_steps=list(w.steps)))
-        self._publish(new[-1], record, phase=self.window.phase, expected_steps=w.steps, window_end=w.closed_at)
+        self._publish(new[-1], record, phase=self.window.phase, expected_steps=w.steps, window_end=w.closed_at,
+                      interrupted=cut)
 
     def _publish(self, exported: str, record: RunRecord, **how) -> None:
         try:
-            done = publish(self.staging, exported, self.steps, record, **how)
+            done = publish(self.staging, exported, self.steps, record, checkpoint=self.interrupts.checkpoint, **how)
         except ValueError as e:
             self.problems.append(f"the capture could not be verified and was discarded: {e}")
             return

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import shutil
 import time
+from collections.abc import Callable
 
-from .record import CaptureTiming, RunRecord, StepLog, write_manifest, write_run_record
-from .store import Staging, name_capture
+from ..analysis.table import number_ranges
+from .record import CaptureTiming, RunRecord, StepLog, read_run_record, write_manifest, write_run_record
+from .store import Staging, free_run_name, name_capture, runs_in, stale_stagings
 from .verify import PhaseCoverage, Verification, check_capture, coverage
 from .windows import DELAY_ENV, DURATION_ENV, Window
 
@@ -24,16 +28,26 @@ class Published:
 
 def publish(staging: Staging, exported: str, steps: StepLog, record: RunRecord, *,
             prefix: str = "", phase: str | None = None, expected_steps: list[int] | None = None,
-            window_end: float | None = None) -> Published:
+            window_end: float | None = None, interrupted: bool = False,
+            checkpoint: Callable[[str], None] = lambda stage: None) -> Published:
     """Publish the run `exported` (a run dir in `staging`) as `<time>_<prefix><phase>`; without
     `phase`, it is named after the phases the trace holds. `steps` holds the engine's records of
     the window's steps; only those the trace holds go into the manifest. With `expected_steps`,
-    the trace must hold exactly those. ValueError (nothing published) if it cannot be verified."""
+    the trace must hold exactly those, unless Ctrl-C cut the window short (`interrupted`): then
+    it holds what ran up to the interrupt, and the record says so. `checkpoint(stage)` runs
+    before verifying and before the final rename (the interrupt policy's safe points).
+    ValueError (nothing published) if it cannot be verified."""
     name_capture(exported)
+    checkpoint("verify")
     verification = check_capture(exported)
     found = verification.step_numbers
     problems, notes = [], []
-    if expected_steps is not None:
+    if interrupted:
+        record.interrupted = True
+        notes.append(_interrupted_note(found, expected_steps))
+        if record.capture.window_steps is not None:  # the steps it ran are the steps it holds
+            record.capture = dataclasses.replace(record.capture, window_steps=found)
+    elif expected_steps is not None:
         if found != sorted(expected_steps):
             problems.append(f"the {phase or 'capture'} capture holds steps {found} but the window ran "
                             f"steps {sorted(expected_steps)}.")
@@ -50,8 +64,62 @@ def publish(staging: Staging, exported: str, steps: StepLog, record: RunRecord, 
     record.verification = verification
     write_manifest(exported, steps.select(found))
     write_run_record(exported, record)
+    checkpoint("publish")
     dest = staging.publish(exported, prefix + (phase or verification.phases()))
     return Published(dest, verification, problems, notes)
+
+
+def settle_stale_staging(root: str) -> list[str]:
+    """Staging dirs left under `root` by killed runs: a capture in them that was verified and
+    recorded (only the final rename was missing) is published, anything else is removed. One
+    line per staging dir says which."""
+    lines = []
+    for path, pid in stale_stagings(root):
+        kept, dropped = [], 0
+        try:
+            for run in runs_in(path):
+                dest = _recover(root, run)
+                if dest:
+                    kept.append(os.path.relpath(dest))
+                else:
+                    dropped += 1
+        except OSError as e:  # leave it as it is for a later run (or the user) to settle
+            lines.append(f"stale staging {os.path.relpath(path)} (left by process {pid}) could not be settled: {e}.")
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        what = [f"its verified capture{'s' if len(kept) > 1 else ''} recovered as {', '.join(kept)}"] if kept else []
+        if dropped:
+            what.append(f"{dropped} unfinished capture(s) (never verified) deleted")
+        lines.append(f"removed stale staging {os.path.relpath(path)} (left by process {pid}, which is gone): "
+                     f"{'; '.join(what) or 'it held no capture'}.")
+    return lines
+
+
+def _recover(root: str, run: str) -> str | None:
+    """Publish a staged run whose record says it was verified and that still verifies; None
+    (leave it to be removed) otherwise."""
+    try:
+        record = read_run_record(run)
+        if record is None or record.verification is None:
+            return None
+        verification = check_capture(run)
+    except (ValueError, OSError):
+        return None
+    window = record.window
+    kind = ("serve-" + verification.phases() if window and window.kind == "server" else
+            window.phase if window and window.kind == "phase" else verification.phases())
+    dest_root = os.path.join(root, "plugins", "profile")
+    os.makedirs(dest_root, exist_ok=True)
+    dest = os.path.join(dest_root, free_run_name(dest_root, kind, record.capture.closed_at))
+    os.rename(run, dest)
+    return dest
+
+
+def _interrupted_note(found: list[int], ended: list[int] | None) -> str:
+    held = f"steps {number_ranges(found)}" if found else "no engine step"
+    cut = sorted(set(found) - set(found if ended is None else ended))
+    tail = f"; step {number_ranges(cut)} was cut short" if cut else ""
+    return f"interrupted: the capture holds {held}, up to the interrupt{tail}."
 
 
 def coverage_notes(steps: StepLog, verification: Verification, window: Window | None,

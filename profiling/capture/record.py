@@ -10,13 +10,14 @@ import json
 import os
 import platform
 import sys
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from tpu_engine.compile import CompileStats
 from tpu_engine.config import ModelConfig
 from tpu_engine.events import PhaseEvent, StepRecord
 from tpu_engine.info import EngineInfo
 
+from .. import runfiles
 from .peaks import Peaks
 from .verify import Verification
 from .windows import Window
@@ -26,7 +27,8 @@ MANIFEST = "manifest.jsonl"
 RUN_INFO = "run_info.json"
 ENV_KEYS = ("VLLM_TPU_PROFILE_DELAY_MS", "VLLM_TPU_PROFILE_DURATION_MS", "XLA_HLO_DEBUG",
             "XLA_IR_DEBUG", "PJRT_DEVICE", "CPU_NUM_DEVICES", "XLA_FLAGS", "LIBTPU_INIT_ARGS",
-            "PT_XLA_DEBUG_LEVEL", "XLA_USE_SPMD")
+            "PT_XLA_DEBUG_LEVEL", "XLA_USE_SPMD", "JAX_PLATFORMS", "JAX_COMPILATION_CACHE_DIR",
+            "TPU_PROFILER_HOST_TRACER_LEVEL", "TPU_PROFILER_PYTHON_TRACER_LEVEL")
 
 
 class StepLog:
@@ -124,12 +126,14 @@ class RunRecord:
     latency_s: Latencies | None = None
     interrupted: bool = False
     verification: Verification | None = None
+    backend: str = "torch_xla"           # the engine's: "torch_xla" or "jax"
 
     @classmethod
     def of_engine(cls, engine, **fields) -> "RunRecord":
         """A record of this process and `engine` (an LLMEngine), plus `fields`."""
         return cls(command=[sys.executable] + sys.argv, env=environment(), versions=versions(),
-                   engine=engine.describe(), model_config=engine.model_config, **fields)
+                   engine=engine.describe(), model_config=engine.model_config,
+                   backend=engine.config.backend, **fields)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -152,7 +156,8 @@ class RunRecord:
                    workload=_optional(Workload, data.get("workload")),
                    latency_s=_optional(Latencies, data.get("latency_s")),
                    interrupted=bool(data.get("interrupted", False)),
-                   verification=_optional(Verification, data.get("verification")))
+                   verification=_optional(Verification, data.get("verification")),
+                   backend=str(data.get("backend") or "torch_xla"))  # records before JAX: torch_xla
 
 
 T = TypeVar("T")
@@ -162,51 +167,36 @@ def _optional(cls: type[T], data, method: str = "from_json") -> T | None:
     return None if data is None else getattr(cls, method)(data)
 
 
-# ---- files -------------------------------------------------------------------------------------
+# ---- files (through `profiling.runfiles`: errors name the file and line) ----------------------
 def write_manifest(run_dir: str, steps: list[StepRecord]) -> str:
-    path = os.path.join(run_dir, MANIFEST)
-    with open(path, "w") as f:
-        for s in steps:
-            f.write(json.dumps(s.to_json()) + "\n")
-    return path
+    text = "".join(json.dumps(s.to_json()) + "\n" for s in steps)
+    return runfiles.write_text(os.path.join(run_dir, MANIFEST), text)
 
 
 def read_manifest(run_dir: str) -> list[StepRecord]:
-    """The run's step records ([] when it has no manifest); ValueError naming the file and line
-    of a line that is not a step record."""
+    """The run's step records ([] when it has no manifest); RunFileError (a ValueError) naming
+    the file and line of a line that is not a step record."""
     path = os.path.join(run_dir, MANIFEST)
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         return []
-    with open(path) as f:
-        lines = [(n, line) for n, line in enumerate(f, start=1) if line.strip()]
-    return [_parse(path, n, line, StepRecord.from_json) for n, line in lines]
+    # A manifest's steps have ended: their end time is known.
+    return [runfiles.build(runfiles.where(path, n), runfiles.parse_json(line, runfiles.where(path, n)),
+                           StepRecord, StepRecord.from_json, required=("wall_end",))
+            for n, line in runfiles.json_lines(path)]
 
 
 def write_run_record(run_dir: str, record: RunRecord) -> str:
-    path = os.path.join(run_dir, RUN_INFO)
-    with open(path, "w") as f:
-        json.dump(record.to_json(), f, indent=2, default=str)
-        f.write("\n")
-    return path
+    text = json.dumps(record.to_json(), indent=2, default=str) + "\n"
+    return runfiles.write_text(os.path.join(run_dir, RUN_INFO), text)
 
 
 def read_run_record(run_dir: str) -> RunRecord | None:
-    """The run's record, None when it has none (a capture made elsewhere)."""
+    """The run's record, None when it has none (a capture made elsewhere); RunFileError naming
+    the file (and the field) when it is not one."""
     path = os.path.join(run_dir, RUN_INFO)
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         return None
-    with open(path) as f:
-        return _parse(path, None, f.read(), RunRecord.from_json)
-
-
-def _parse(path: str, line: int | None, text: str, build: Callable[[Any], T]) -> T:
-    where = f"{path}" + (f", line {line}" if line is not None else "")
-    try:
-        return build(json.loads(text))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where} is not valid JSON ({e.msg}).") from None
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
-        raise ValueError(f"{where} is not a valid record ({e}).") from None
+    return runfiles.build(path, runfiles.read_json(path), RunRecord, RunRecord.from_json)
 
 
 # ---- this process ------------------------------------------------------------------------------
@@ -220,7 +210,8 @@ def version_of(dist: str) -> str | None:
 
 def versions() -> dict[str, str | None]:
     return {"python": platform.python_version(), "torch": version_of("torch"),
-            "torch_xla": version_of("torch_xla"), "libtpu": version_of("libtpu") or version_of("libtpu-nightly"),
+            "torch_xla": version_of("torch_xla"), "jax": version_of("jax"), "jaxlib": version_of("jaxlib"),
+            "libtpu": version_of("libtpu") or version_of("libtpu-nightly"),
             "xprof": version_of("xprof"), "tpu_inference_profiler": version_of("tpu-inference-profiler"),
             "platform": platform.platform()}
 

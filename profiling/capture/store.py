@@ -27,6 +27,23 @@ def check_writable_dir(path: str) -> str:
     return writable_dir(path, "profile dir")
 
 
+def check_creatable_dir(path: str, what: str) -> str:
+    """`path` made absolute if it is, or can later be created as, a writable directory; nothing
+    is created (a probe file proves its nearest existing parent writable). ValueError naming it."""
+    path = existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{what} {path!r} cannot be created: {existing!r} is not a directory.")
+    if existing == path:
+        return writable_dir(path, what)
+    try:
+        writable_dir(existing, what)
+    except ValueError:
+        raise ValueError(f"{what} {path!r} cannot be created: {existing!r} is not writable.") from None
+    return path
+
+
 def runs_in(logdir: str) -> list[str]:
     """Run directories under `logdir/plugins/profile/` that hold a `.xplane.pb`."""
     return sorted({os.path.dirname(p) for p in
@@ -107,13 +124,49 @@ def free_run_name(dest_root: str, kind: str, when: float | None = None) -> str:
     return run_name(kind, t)
 
 
+STAGING_PREFIX = ".staging-"
+
+
+def _process_alive_since(pid: int, made_s: float) -> bool:
+    """Whether process `pid` runs and began before `made_s` (so it may own a staging dir made
+    then: a pid reused by a later process does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    try:  # Linux: start time in clock ticks after boot (field 22 of /proc/<pid>/stat)
+        with open(f"/proc/{pid}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return True
+    return boot + ticks / os.sysconf("SC_CLK_TCK") <= made_s + 1
+
+
+def stale_stagings(root: str) -> list[tuple[str, int]]:
+    """(path, pid) of each staging dir under `root` whose process is gone (killed before it
+    could publish or clean up); a live run's staging is left alone."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(root, STAGING_PREFIX + "*"))):
+        try:
+            pid, ns = (int(x) for x in os.path.basename(path)[len(STAGING_PREFIX):].split("-"))
+        except ValueError:
+            continue  # not one of ours
+        if os.path.isdir(path) and not _process_alive_since(pid, ns / 1e9):
+            out.append((path, pid))
+    return out
+
+
 class Staging:
     """A private directory under the profile dir where the profiler writes; `publish` moves a
     finished run into `plugins/profile/<name>` with one rename."""
 
     def __init__(self, root: str):
         self.root = root
-        self.path = os.path.join(root, f".staging-{os.getpid()}-{time.time_ns()}")
+        self.path = os.path.join(root, f"{STAGING_PREFIX}{os.getpid()}-{time.time_ns()}")
         os.makedirs(self.path)
 
     def runs(self) -> list[str]:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from tpu_engine.events import PhaseEvent, StepRecord
 
@@ -22,6 +23,7 @@ from . import xla_profiler
 
 DELAY_ENV, DURATION_ENV = "VLLM_TPU_PROFILE_DELAY_MS", "VLLM_TPU_PROFILE_DURATION_MS"
 DEFAULT_DELAY_MS, DEFAULT_DURATION_MS = 0, 3000
+MAX_WINDOW_MS = 3_600_000  # an hour: the profiler client takes an int32 of ms, and the trace is held in memory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,24 +71,29 @@ def _env_int(environ, name: str, default: int, minimum: int) -> int:
     raw = environ.get(name)
     if raw is None or raw.strip() == "":
         return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not an integer number of milliseconds.") from None
+    text = raw.strip()
+    if not re.fullmatch(r"[+-]?[0-9]+", text):  # ASCII digits only: isdigit() takes '¹' too
+        raise ValueError(f"{name}={raw[:40]!r} is not an integer number of milliseconds.")
+    # Python refuses to convert 4300+ digits; such a number is far out of range either way.
+    value = int(text) if len(text) <= 4000 else (-1 if text.startswith("-") else 1) * 10 ** 4000
+    shown = text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
     if value < minimum:
-        raise ValueError(f"{name}={value} must be at least {minimum}.")
+        raise ValueError(f"{name}={shown} must be at least {minimum}.")
+    if value > MAX_WINDOW_MS:
+        raise ValueError(f"{name}={shown} must be at most {MAX_WINDOW_MS} (an hour).")
     return value
 
 
-def plan_window(args, environ=os.environ) -> Window:
-    """The window a capture run's flags and environment ask for; ValueError on bad env values."""
+def plan_window(args, environ=os.environ, quiet: bool = False) -> Window:
+    """The window a capture run's flags and environment ask for; ValueError on bad env values.
+    `quiet`: only check (no note about an ignored --profile-phase)."""
     delay = _env_int(environ, DELAY_ENV, DEFAULT_DELAY_MS, 0)
     duration = _env_int(environ, DURATION_ENV, DEFAULT_DURATION_MS, 1)
     env_set = any(environ.get(k, "").strip() for k in (DELAY_ENV, DURATION_ENV))
     if args.profile_phase and not env_set:
         return Window("phase", phase=args.profile_phase, max_steps=args.profile_steps,
                       min_batch=args.profile_min_batch, min_kv_len=args.profile_min_kv_len)
-    if args.profile_phase:
+    if args.profile_phase and not quiet:
         print(f"note: {DELAY_ENV}/{DURATION_ENV} are set, so the env window is used and "
               f"--profile-phase {args.profile_phase} is ignored.", file=sys.stderr)
     return Window("env", delay_ms=delay, duration_ms=duration)
@@ -96,15 +103,16 @@ class DetachedTrace:
     """The env window: ask the profiler server for a trace starting `delay_ms` from now and
     lasting `duration_ms`, from a background thread; `wait()` for the files to land."""
 
-    def __init__(self, port: int, logdir: str, delay_ms: int, duration_ms: int):
+    def __init__(self, port: int, logdir: str, delay_ms: int, duration_ms: int, profiler=xla_profiler):
         self.port, self.logdir, self.delay_ms, self.duration_ms = port, logdir, delay_ms, duration_ms
+        self.profiler = profiler  # the engine backend's (profilers.py)
         self.error: BaseException | None = None
         self.requested_at: float | None = None
         self._thread = threading.Thread(target=self._run, name="detached-trace", daemon=True)
 
     def _run(self) -> None:
         try:
-            xla_profiler.request_trace(self.port, self.logdir, self.delay_ms, self.duration_ms)
+            self.profiler.request_trace(self.port, self.logdir, self.delay_ms, self.duration_ms)
         except BaseException as e:  # reported by wait()
             self.error = e
 
@@ -116,16 +124,17 @@ class DetachedTrace:
     def window_opens_at(self) -> float:
         return self.requested_at + self.delay_ms / 1000
 
-    def wait(self, slack_s: float = 60.0) -> bool:
+    def wait(self, slack_s: float = 60.0, stop: Callable[[], bool] = lambda: False) -> bool:
         """Block until the trace thread ends (the capture is on disk) or the window plus
         `slack_s` has passed; True if it ended.
 
         While waiting, the main thread marks itself with an `idle: waiting for capture` scope
         every 50 ms: the profiler client retries a window in which nothing happened instead of
-        returning, so an idle tail (or a window that opened after the passes) needs one event."""
+        returning, so an idle tail (or a window that opened after the passes) needs one event.
+        `stop()` ends the wait early (a second Ctrl-C: the capture is to be discarded)."""
         deadline = self.window_opens_at + self.duration_ms / 1000 + slack_s
-        while self._thread.is_alive() and time.time() < deadline:
-            with xla_profiler.marker("idle: waiting for capture"):
+        while self._thread.is_alive() and time.time() < deadline and not stop():
+            with self.profiler.marker("idle: waiting for capture"):
                 self._thread.join(0.05)
         return not self._thread.is_alive()
 
@@ -143,8 +152,9 @@ class PhaseWindow:
     capture is deferred to `export()`, after the timed pass.
     """
 
-    def __init__(self, window: Window):
+    def __init__(self, window: Window, profiler=xla_profiler):
         self.window = window
+        self.profiler = profiler  # the engine backend's (profilers.py)
         self.steps: list[int] = []
         self.state = "waiting"        # -> "open" -> "closed"
         self._session: xla_profiler.Session | None = None
@@ -154,7 +164,7 @@ class PhaseWindow:
     def on_event(self, e: PhaseEvent) -> None:
         if e.kind == "begin":
             if self.state == "waiting" and self.window.matches(e.record):
-                self._session = xla_profiler.Session()
+                self._session = self.profiler.Session()
                 self.opened_at = time.time()
                 self.state = "open"
             elif self.state == "open" and not self.window.matches(e.record):
@@ -176,6 +186,11 @@ class PhaseWindow:
         self.close()
         if self._xspace is None:
             return False
-        self._session.export(self._xspace, logdir)
+        try:
+            self._session.export(self._xspace, logdir)
+        except RuntimeError as e:  # the profiler's C++ writer (a full disk): one line, not a pybind dump
+            reason = str(e).strip().splitlines()[0].rsplit("; ", 1)[-1] if str(e).strip() else type(e).__name__
+            raise ValueError(f"cannot write the capture into {logdir} ({reason.rstrip('.')}); "
+                             f"nothing of it was kept.") from None
         self._xspace = None
         return True

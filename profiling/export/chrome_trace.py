@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 
+from .. import runfiles
 from ..analysis.analysis import Analysis, Step
 from ..trace.ops import Op
 
@@ -95,8 +96,11 @@ def build(a: Analysis) -> dict:
             "otherData": {"xplane": a.xplane, "time_origin_ns": t0, "op_slices_clipped_to_nest": clipped}}
 
 
-def write(a: Analysis, path: str) -> None:
+def write(a: Analysis, path: str, out: runfiles.Outputs | None = None) -> str:
     data = json.dumps(build(a)).encode()
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "wb") as f:
-        f.write(data)
+    opener = gzip.open if path.endswith(".gz") else open  # by the final name, not the temp file's
+
+    def dump(tmp: str) -> None:
+        with opener(tmp, "wb") as f:
+            f.write(data)
+    return (out or runfiles.Outputs()).write(path, dump)

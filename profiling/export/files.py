@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from .. import runfiles
 from ..analysis import tables
 from ..analysis.analysis import Analysis
 from ..analysis.breakdown import breakdown_table
@@ -19,16 +20,14 @@ def phase_tables(a: Analysis, phase: str) -> dict[str, Table]:
             "top_ops": tables.top_ops(a, phase), "breakdown": breakdown_table(a, phase)}
 
 
-def write_csv(a: Analysis, base: str) -> list[str]:
+def write_csv(a: Analysis, base: str, out: runfiles.Outputs | None = None) -> list[str]:
+    """Every table as `<base>_...csv`; all of them or none (`out` holds the command's files)."""
+    out = out or runfiles.Outputs()
     written = []
     for phase in a.phases:
         for name, table in phase_tables(a, phase).items():
-            path = f"{base}_{phase}_{name}.csv"
-            table.write_csv(path)
-            written.append(path)
-    path = f"{base}_phase_summary.csv"
-    tables.phase_summary(a).write_csv(path)
-    return written + [path]
+            written.append(out.write(f"{base}_{phase}_{name}.csv", table.write_csv))
+    return written + [out.write(f"{base}_phase_summary.csv", tables.phase_summary(a).write_csv)]
 
 
 def context(a: Analysis) -> dict:
@@ -51,7 +50,11 @@ def to_json(a: Analysis) -> dict:
                 ops_outside_steps=len(a.outside))
 
 
-def write_json(a: Analysis, path: str) -> str:
-    with open(path, "w") as f:
-        json.dump(to_json(a), f, indent=1, default=str)
-    return path
+def write_json(a: Analysis, path: str, out: runfiles.Outputs | None = None) -> str:
+    text = json.dumps(to_json(a), indent=1, default=str)
+    return (out or runfiles.Outputs()).write(path, lambda tmp: _write_text(tmp, text))
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)

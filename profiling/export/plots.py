@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 
+from .. import runfiles
 from ..analysis.analysis import Analysis
 from ..analysis.tables import scope_order
 from ..trace.categories import CATEGORIES
@@ -28,7 +29,15 @@ def _stacked(ax, labels, series: dict[str, list[float]]):
     ax.legend(fontsize=7, ncol=2)
 
 
-def layer_plot(analysis: Analysis, phase: str, path: str) -> str:
+def _save(fig, path: str, out: runfiles.Outputs) -> str:
+    """PNG (named, since the temp file's name has no .png) through `out`: whole or not at all."""
+    try:
+        return out.write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        _plt().close(fig)
+
+
+def layer_plot(analysis: Analysis, phase: str, path: str, out: runfiles.Outputs) -> str:
     ops = analysis.phase_ops(phase)
     nsteps = max(1, len(analysis.phase_steps(phase)))
     per = collections.defaultdict(lambda: collections.Counter())
@@ -42,12 +51,10 @@ def layer_plot(analysis: Analysis, phase: str, path: str) -> str:
     ax.set_ylabel("ms per step (op self time)")
     ax.set_title(f"{phase}: time per layer, by op category")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, out)
 
 
-def decode_steps_plot(analysis: Analysis, path: str) -> str | None:
+def decode_steps_plot(analysis: Analysis, path: str, out: runfiles.Outputs) -> str | None:
     steps = analysis.phase_steps("decode")
     if not steps:
         return None
@@ -78,12 +85,11 @@ def decode_steps_plot(analysis: Analysis, path: str) -> str | None:
     ax.set_xlabel("decode step (batch size)")
     ax.set_title("decode steps, by part of the model")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, out)
 
 
-def write_plots(analysis: Analysis, base: str) -> list[str]:
-    out = [layer_plot(analysis, p, f"{base}_{p}_layers.png") for p in analysis.phases]
-    steps = decode_steps_plot(analysis, f"{base}_decode_steps.png")
-    return out + ([steps] if steps else [])
+def write_plots(analysis: Analysis, base: str, out: runfiles.Outputs | None = None) -> list[str]:
+    out = out or runfiles.Outputs()
+    written = [layer_plot(analysis, p, f"{base}_{p}_layers.png", out) for p in analysis.phases]
+    steps = decode_steps_plot(analysis, f"{base}_decode_steps.png", out)
+    return written + ([steps] if steps else [])

@@ -32,7 +32,8 @@ def render(a: Analysis, top: int = 15, detail: bool = False) -> str:
     engine = a.record.engine if a.record else None
     if engine:
         d = engine.device
-        out.append(f"model: {engine.model}  device: {d.platform} x{d.device_count} ({d.device_kind})  "
+        out.append(f"model: {engine.model}")  # a line of its own: a model dir's path can be long
+        out.append(f"backend: {a.record.backend}  device: {d.platform} x{d.device_count} ({d.device_kind})  "
                    f"dtype: {d.dtype}  eager: {engine.enforce_eager}")
     out.append(_heading("phases"))
     phases = tables.phase_summary(a)
@@ -61,8 +62,9 @@ def _phase_text(a: Analysis, phase: str, top: int, detail: bool) -> list[str]:
         model = Table(model.title, model.columns, [r for r in model.rows if r["depth"] == 0])
     out = [_heading(phase), model.render()]
     if all(r["name"] == UNSCOPED for r in model.rows if r["depth"] == 0):
-        out.append(_note("no module names in this capture's HLO metadata; it was made with "
-                         "XLA_HLO_DEBUG unset or 0 (profiling.py sets it to 1 unless told otherwise)."))
+        why = ("its JAX program names no `jax.named_scope`" if a.record and a.record.backend == "jax" else
+               "it was made with XLA_HLO_DEBUG unset or 0 (profiling.py sets it to 1 unless told otherwise)")
+        out.append(_note(f"no module names in this capture's HLO metadata; {why}."))
     out += [_note(f"{o.layer} takes {o.layer_ms:.1f} ms, the layers' median {o.median_ms:.1f} ms: {o.op} "
                   f"{o.op_ms:.1f} ms against {o.sibling_op_ms:.1f} ms in the others; {o.reason}.")
             for o in layer_outliers(a, phase)]

@@ -5,12 +5,16 @@ collection without a restart.
     {"enable": 0,                      0 or 1
      "output_dir": "service_profile",  where each server process gets <time>_<pid>/events.jsonl
      "domains": [],                    only these domains (empty: all)
-     "poll_interval_ms": 500,          how often the file is checked
-     "flush_interval_ms": 200}         how often events are written out
+     "poll_interval_ms": 500,          how often the file is checked (10 to 60000)
+     "flush_interval_ms": 200}         how often events are written out (10 to 60000)
+
+Every number must be finite and in its range (NaN, Infinity or 1e300 once made the writer spin
+or die); a bad edit while the server runs is reported once and the last good config stays.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import threading
@@ -18,6 +22,7 @@ import threading
 CONFIG_ENV = "SERVICE_PROF_CONFIG_PATH"
 DEFAULTS = {"enable": 0, "output_dir": "service_profile", "domains": [],
             "poll_interval_ms": 500, "flush_interval_ms": 200}
+INTERVAL_MS = (10, 60_000)   # the accepted range of both intervals
 
 
 def read_config(path: str) -> dict:
@@ -32,20 +37,28 @@ def read_config(path: str) -> dict:
     if not isinstance(raw, dict):
         raise ValueError(f"service profiler config {path!r} must hold a JSON object.")
     cfg = {**DEFAULTS, **raw}
-    if cfg["enable"] not in (0, 1, True, False):
-        raise ValueError(f"service profiler config {path!r}: enable={cfg['enable']!r} must be 0 or 1.")
-    if not isinstance(cfg["output_dir"], str) or not cfg["output_dir"]:
-        raise ValueError(f"service profiler config {path!r}: output_dir must be a directory path.")
+    where = f"service profiler config {path!r}"
+    if isinstance(cfg["enable"], float) or cfg["enable"] not in (0, 1, True, False):  # 1.0 and nan too
+        raise ValueError(f"{where}: enable={_show(cfg['enable'])} must be 0 or 1.")
+    out = cfg["output_dir"]
+    if not isinstance(out, str) or not out.strip() or "\0" in out:
+        raise ValueError(f"{where}: output_dir={_show(out)} must be a directory path.")
     if not isinstance(cfg["domains"], list) or not all(isinstance(d, str) for d in cfg["domains"]):
-        raise ValueError(f"service profiler config {path!r}: domains must be a list of names.")
+        raise ValueError(f"{where}: domains={_show(cfg['domains'])} must be a list of names.")
+    low, high = INTERVAL_MS
     for key in ("poll_interval_ms", "flush_interval_ms"):
         v = cfg[key]
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
-            raise ValueError(f"service profiler config {path!r}: {key}={v!r} must be a positive number.")
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not low <= v <= high:
+            raise ValueError(f"{where}: {key}={_show(v)} must be a number of milliseconds from {low} to {high}.")
     # A relative output_dir is relative to the config file, so the server's cwd does not matter.
     cfg["output_dir"] = os.path.join(os.path.dirname(os.path.abspath(path)), cfg["output_dir"])
     cfg["enable"] = bool(cfg["enable"])
     return cfg
+
+
+def _show(v) -> str:
+    text = repr(v) if not isinstance(v, int) or abs(v) < 10**40 else "a huge integer"
+    return text if len(text) <= 60 else text[:60] + "…"
 
 
 def ensure_config(path: str) -> bool:
@@ -61,7 +74,8 @@ def ensure_config(path: str) -> bool:
 
 class ConfigWatcher:
     """Polls the config file and calls `apply(config)` whenever its content changes. A config
-    that becomes unreadable is reported once and the last good one stays in force."""
+    that becomes unreadable is reported once and the last good one stays in force; an error
+    of the watcher's own (or of `apply`) is reported once and the watching goes on."""
 
     def __init__(self, path: str, apply):
         self.path, self.apply = path, apply
@@ -70,8 +84,8 @@ class ConfigWatcher:
         self._stop = threading.Event()
         self._bad: str | None = None
         apply(self.config)
-        self._thread = threading.Thread(target=self._loop, name="service-profiler-config", daemon=True)
-        self._thread.start()
+        self.thread = threading.Thread(target=self._loop, name="service-profiler-config", daemon=True)
+        self.thread.start()
 
     def _stat(self):
         try:
@@ -81,8 +95,19 @@ class ConfigWatcher:
             return None
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.config["poll_interval_ms"] / 1000):
-            self.check()
+        low, high = INTERVAL_MS
+        while not self._stop.wait(min(max(self.config["poll_interval_ms"], low), high) / 1000):
+            try:
+                self.check()
+            except Exception as e:  # the watcher is what applies "enable": 0, so it must live
+                self._report(f"warning: the service profiler's config watcher failed ({type(e).__name__}: "
+                             f"{e}); it goes on watching {self.path}.")
+
+    def _report(self, message: str) -> None:
+        """Say it once: the same problem on every poll is one line."""
+        if message != self._bad:
+            print(message, file=sys.stderr, flush=True)
+            self._bad = message
 
     def check(self) -> None:
         stamp = self._stat()
@@ -92,13 +117,11 @@ class ConfigWatcher:
         try:
             config = read_config(self.path)
         except ValueError as e:
-            if str(e) != self._bad:
-                print(f"warning: {e} Keeping the previous settings.", file=sys.stderr)
-                self._bad = str(e)
+            self._report(f"warning: {e} Keeping the previous settings.")
             return
-        self._bad = None
         self.config = config
         self.apply(config)
+        self._bad = None   # only once applied: the same apply failure again is not news
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,15 +1,17 @@
 """The service profiler's batch and KV-cache spans, from the engine's public events: each step's
 begin and end (`engine.events`) becomes a `Schedule/batch` span and each slot taken or freed
 (`engine.slot_events`) a `KVCache/allocate` or `KVCache/free` mark, recorded while collection is
-on. Nothing is patched, so renaming an engine internal cannot break them."""
+on. Nothing is patched, so renaming an engine internal cannot break them. The listeners run in
+the engine's thread, inside its step: an error of theirs is reported once, never raised."""
 from __future__ import annotations
 
+import sys
 import time
 from typing import Callable
 
 from tpu_engine.events import PhaseEvent, SlotEvent
 
-from .collector import COLLECTOR, Collector
+from .collector import COLLECTOR, Collector, describe
 
 SCHEDULE, KVCACHE = "Schedule", "KVCache"
 
@@ -18,8 +20,24 @@ class EngineSpans:
     def __init__(self, collector: Collector = COLLECTOR):
         self.collector = collector
         self._began = 0
+        self._failed = False
+
+    def _guarded(self, listen: Callable, event) -> None:
+        try:
+            listen(event)
+        except Exception as e:
+            if not self._failed:
+                self._failed = True
+                print(f"warning: service profiler: engine spans failed ({describe(e)}); the step goes on "
+                      f"(reported once).", file=sys.stderr, flush=True)
 
     def on_phase(self, e: PhaseEvent) -> None:
+        self._guarded(self._phase, e)
+
+    def on_slot(self, e: SlotEvent) -> None:
+        self._guarded(self._slot, e)
+
+    def _phase(self, e: PhaseEvent) -> None:
         if e.kind == "begin":
             self._began = time.perf_counter_ns()
             return
@@ -31,7 +49,7 @@ class EngineSpans:
                                "num_tokens": r.num_tokens, "padded_tokens": r.padded_tokens,
                                "kv_len_max": r.kv_len_max, "request_ids": list(r.request_ids)})
 
-    def on_slot(self, e: SlotEvent) -> None:
+    def _slot(self, e: SlotEvent) -> None:
         if not self.collector.wants(KVCACHE):
             return
         now = time.perf_counter_ns()

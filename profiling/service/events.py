@@ -3,11 +3,11 @@ by `collector.py`) into spans and markers on one wall clock."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 from typing import Any
 
+from ..runfiles import RunFileError, parse_json
 from .collector import EVENTS_FILE
 
 
@@ -45,7 +45,7 @@ def find_event_files(path: str) -> list[str]:
 
 
 def _valid(e) -> bool:
-    if not isinstance(e, dict):
+    if not isinstance(e, dict) or not isinstance(e.get("type"), str):
         return False
     ints = {"header": ("wall_ns", "perf_ns"), "span": ("start", "end"), "marker": ("t",)}.get(e.get("type"), ())
     if not all(isinstance(e.get(k), int) for k in ints):
@@ -57,13 +57,16 @@ def _valid(e) -> bool:
 def _lines(path: str) -> list[dict]:
     """The file's events; a corrupt last line (a writer killed mid-line) is skipped with a
     warning, any other is an error naming the line."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        lines = [(n, line) for n, line in enumerate(f, start=1) if line.strip()]
+    try:  # bad bytes make a bad line (reported below), not a failed file
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = [(n, line) for n, line in enumerate(f, start=1) if line.strip()]
+    except OSError as e:
+        raise ValueError(f"cannot read {path} ({e.strerror or type(e).__name__}).") from None
     events = []
     for i, (n, line) in enumerate(lines):
         try:
-            e = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
+            e = parse_json(line, path)  # also refuses NaN and absurd nesting (json.dump would fail later)
+        except RunFileError:
             e = None
         if not _valid(e) or (i == 0) != (e.get("type") == "header"):
             if i == len(lines) - 1:

@@ -10,6 +10,8 @@ import shutil
 import sys
 from typing import Callable
 
+from tpu_engine.serve import threads
+
 from .collector import COLLECTOR
 from .config import CONFIG_ENV, ConfigWatcher, ensure_config, read_config
 from .engine_spans import EngineSpans
@@ -28,14 +30,27 @@ def symbols_path(environ=os.environ) -> str:
 
 
 def apply(config: dict) -> None:
+    """Put a (checked) config in force. An output_dir that cannot be written is reported and
+    changes nothing else: collection goes on where it was, or stays off."""
     COLLECTOR.domains = frozenset(config["domains"])
     COLLECTOR.flush_interval_s = config["flush_interval_ms"] / 1000
     if config["enable"]:
-        COLLECTOR.start(config["output_dir"])
+        before = COLLECTOR.path
+        try:
+            COLLECTOR.start(config["output_dir"])
+        except (OSError, ValueError) as e:
+            where = f"still collecting into {before}" if COLLECTOR.enabled else "collection stays off"
+            print(f"warning: service profiler: output_dir {config['output_dir']} cannot be written "
+                  f"({getattr(e, 'strerror', None) or e}); {where}.", file=sys.stderr, flush=True)
+            return
         print(f"Service profiler: collecting into {COLLECTOR.path}", file=sys.stderr, flush=True)
     elif COLLECTOR.enabled:
         COLLECTOR.stop()
         print("Service profiler: collection stopped", file=sys.stderr, flush=True)
+    elif COLLECTOR.output_dir not in (None, os.path.abspath(config["output_dir"])):
+        # Off: the file in the old directory is finished; the next "enable" opens the new one.
+        print(f"Service profiler: output_dir is now {config['output_dir']} (used from the next \"enable\": 1)",
+              file=sys.stderr, flush=True)
 
 
 def check_config(environ=os.environ) -> str | None:
@@ -67,11 +82,15 @@ def install(engine, environ=os.environ) -> Callable[[], None] | None:
     for p in problems + more:
         print(f"warning: service profiler: {p}", file=sys.stderr)
     watcher = ConfigWatcher(config_path, apply)
+    threads.watch("service-profiler-config", lambda: watcher.thread)
+    threads.watch("service-profiler-writer", lambda: COLLECTOR.writer)
     print(f"Service profiler: {len(undo)} function(s) instrumented from {path}, plus the engine's batch "
           f"and KV-cache events; set \"enable\": 1 in {config_path} to collect", file=sys.stderr, flush=True)
 
     def close() -> None:
         watcher.stop()
+        threads.unwatch("service-profiler-config")
+        threads.unwatch("service-profiler-writer")
         COLLECTOR.close()
         detach()
         for u in undo:

@@ -9,20 +9,16 @@ import os
 import sqlite3
 
 from ..analysis.table import Table
+from ..runfiles import Outputs
 from .events import find_event_files, read_events
 from .tables import COLUMNS, build, summaries
 from .trace import chrome_trace
 
 
-def _atomic(out_dir: str, name: str, write) -> str:
-    tmp = os.path.join(out_dir, f".{name}.{os.getpid()}.tmp")  # same dir: the rename is atomic
-    try:
-        write(tmp)
-        os.replace(tmp, os.path.join(out_dir, name))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _atomic(outputs: Outputs, out_dir: str, name: str, write) -> str:
+    """Through a temp file and a rename (`runfiles`); a failed write (a full disk) removes the
+    outputs written before it and is one ValueError naming the file."""
+    outputs.write(os.path.join(out_dir, name), write)
     return name
 
 
@@ -70,11 +66,11 @@ def parse(path: str, output_path: str | None = None) -> Parsed:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
         raise ValueError(f"output path {out!r} cannot be created ({e.strerror}).") from None
-    trace = chrome_trace(data)
-    written = [_atomic(out, "chrome_tracing.json", lambda p: _write_json(p, trace))]
-    written.append(_atomic(out, "profiler.db", lambda p: _write_db(p, {k: tables[k] for k in COLUMNS})))
+    trace, outputs = chrome_trace(data), Outputs()
+    written = [_atomic(outputs, out, "chrome_tracing.json", lambda p: _write_json(p, trace))]
+    written.append(_atomic(outputs, out, "profiler.db", lambda p: _write_db(p, {k: tables[k] for k in COLUMNS})))
     for name, tab in tables.items():
-        written.append(_atomic(out, f"{name}.csv", tab.write_csv))
+        written.append(_atomic(outputs, out, f"{name}.csv", tab.write_csv))
     return Parsed(files, out, written, tables, len(spans) + len(markers))
 
 

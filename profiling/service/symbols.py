@@ -13,7 +13,8 @@
 `timer` records one span per call with the attributes, computed after the call returns; an
 attribute whose expression fails records `<name>.error` instead and never affects the call.
 A custom handler is called as `handler(original_func, this, *args, **kwargs)` (`this` is the
-instance for methods, else None) and records what it likes with `collector.record`.
+instance for methods, else None) and records what it likes with `collector.record`; if the
+handler raises, the error is recorded and the call proceeds unprofiled (see make_custom).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from .collector import COLLECTOR, Collector
+from .collector import COLLECTOR, Collector, describe
 from .expr import Context, ExpressionError, compile_expr
 
 SYMBOLS_ENV = "PROFILING_SYMBOLS_PATH"
@@ -221,16 +222,45 @@ def make_timer(fn, sym: Symbol, collector: Collector) -> Callable:
 
 
 def make_custom(fn, handler: Callable, sym: Symbol, collector: Collector, is_method: bool) -> Callable:
-    domain = sym.domain
+    """The handler runs the call. If the handler itself raises, its error is recorded (a span
+    with `handler.error`, and one warning per symbol) and the call proceeds as if unprofiled:
+    its result if the handler had already run it, else the function is called now. An error
+    raised by the function itself passes through unchanged."""
+    domain, reported = sym.domain, []
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         if not collector.wants(domain):
             return fn(*args, **kwargs)
-        if is_method:
-            return handler(fn, args[0], *args[1:], **kwargs)
-        return handler(fn, None, *args, **kwargs)
+        call: dict[str, Any] = {}
+
+        @functools.wraps(fn)
+        def original(*a, **kw):
+            try:
+                call["result"] = fn(*a, **kw)
+            except BaseException as e:
+                call["error"] = e
+                raise
+            return call["result"]
+        start = time.perf_counter_ns()
+        try:
+            if is_method:
+                return handler(original, args[0], *args[1:], **kwargs)
+            return handler(original, None, *args, **kwargs)
+        except Exception as e:
+            if "error" in call:  # the function's own failure (or one the handler made of it)
+                raise call["error"] from None
+            _handler_failed(sym, e, reported, collector, start)
+            return call["result"] if "result" in call else fn(*args, **kwargs)
     return wrapper
+
+
+def _handler_failed(sym: Symbol, e: Exception, reported: list, collector: Collector, start: int) -> None:
+    if not reported:
+        reported.append(True)
+        print(f"warning: service profiler: handler {sym.handler} of {sym.symbol} raised {describe(e)}; "
+              f"the call went on unprofiled (reported once).", file=sys.stderr, flush=True)
+    collector.record(sym.domain, sym.name, start, time.perf_counter_ns(), {"handler.error": describe(e)})
 
 
 def _load_handler(spec: str) -> Callable:

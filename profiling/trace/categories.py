@@ -17,12 +17,54 @@ _COPY = ("copy", "transpose", "reshape", "bitcast", "broadcast", "concatenate", 
          "tuple", "get-tuple-element", "parameter", "constant", "iota", "reverse")
 _SAMPLING_OPS = ("topk", "sort", "argmax", "multinomial", "log_softmax", "cumsum")
 _ROPE_OPS = ("aten__cos", "aten__sin", "aten__neg")
-_NORM_OPS = ("aten__rsqrt", "aten__pow", "aten__mean", "aten__var")
+_NORM_OPS = ("aten__rsqrt", "aten__pow", "aten__mean", "aten__var", "rsqrt")
+# JAX names one primitive (dot_general) for projections and attention alike, and has no softmax op:
+# inside self_attn a batched dot is attention (QK^T, PV), and so are softmax's max, exp and mask.
+_JAX_ATTENTION_OPS = ("reduce_max", "exp", "select_n")
+
+
+# JAX's op_name: the transforms (`jit(prefill_forward)`, `jvp(f)`, ...), the named scopes, then the
+# primitive: `jit(prefill_forward)/model.layers.3.self_attn/dot_general`. Wrappers inside a scope
+# (`jit(silu)`, an einsum's `bthd,bshd->bhts`) end the scope path.
+_TRANSFORM = re.compile(r"^[\w.]+\(.*\)$")
+_SCOPE_PART = re.compile(r"^[A-Za-z_][\w.]*$")
+_CONTROL = ("while", "body", "cond", "scan")  # lax control flow around the scopes
+
+
+def _jax_parts(op_name: str) -> list[str] | None:
+    """The components after JAX's leading transforms and control flow; None when `op_name`
+    is not JAX's (torch_xla's starts with a module scope or a framework op)."""
+    parts = op_name.split("/")
+    if not _TRANSFORM.match(parts[0]):
+        return None
+    i = 0
+    while i < len(parts) and (_TRANSFORM.match(parts[i]) or parts[i] in _CONTROL):
+        i += 1
+    return parts[i:]
+
+
+def primitive_of(op_name: str) -> str:
+    """JAX: the primitive an op_name ends with (`dot_general`), its framework op; '' otherwise."""
+    parts = _jax_parts(op_name)
+    return parts[-1] if parts and not _TRANSFORM.match(parts[-1]) else ""
+
+
+def _jax_scope(parts: list[str]) -> str:
+    scope = []
+    for part in parts[:-1]:  # the last one is the primitive
+        if not _SCOPE_PART.match(part):
+            break
+        scope.append(part)
+    return ".".join(scope) or UNSCOPED
 
 
 def scope_of(op_name: str) -> str:
     """`model.layers.3.mlp.12/aten__mm` -> `model.layers.3.mlp` (torch_xla appends a counter
-    to each scope name); no scope -> UNSCOPED."""
+    to each scope name); JAX's `jit(f)/model.layers.3.mlp/dot_general` -> `model.layers.3.mlp`
+    (nested scopes joined with dots); no scope -> UNSCOPED."""
+    jax_parts = _jax_parts(op_name)
+    if jax_parts is not None:
+        return _jax_scope(jax_parts)
     head = op_name.split("/")[0] if "/" in op_name else ""
     if not head or "__" in head:  # no scope, or a framework op name (aten__add.3)
         return UNSCOPED
@@ -30,7 +72,7 @@ def scope_of(op_name: str) -> str:
 
 
 def categorize(opcode: str, fused: tuple[str, ...], framework_op: str, scope: str,
-               device_category: str = "", custom_call_target: str = "") -> str:
+               device_category: str = "", custom_call_target: str = "", batched_dot: bool = False) -> str:
     ops = (opcode,) + fused
     fw = framework_op.lower()
     target = custom_call_target.lower()
@@ -43,13 +85,14 @@ def categorize(opcode: str, fused: tuple[str, ...], framework_op: str, scope: st
         return "collective"
     if scope.startswith("sampler") or any(s in fw for s in _SAMPLING_OPS):
         return "sampling"
-    if scope.endswith("rotary_emb") or fw in _ROPE_OPS:
+    if scope.endswith("rotary_emb") or fw in _ROPE_OPS or fw in ("cos", "sin"):
         return "rope"
     if scope.endswith("layernorm") or scope == "model.norm" or fw in _NORM_OPS:
         return "norm"
     is_dot = any(o in ("dot", "convolution") for o in ops) or (opcode == "custom-call" and "matmul" in fw)
     if scope.endswith("self_attn") and (fw in ("aten__matmul", "aten__bmm", "aten__baddbmm") or "softmax" in fw
-                                        or fw in ("aten__masked_fill", "aten__where")):
+                                        or fw in ("aten__masked_fill", "aten__where")
+                                        or (not fw.startswith("aten") and (batched_dot or fw in _JAX_ATTENTION_OPS))):
         return "attention"
     if is_dot or "convolution" in device_category or device_category == "matmul":
         return "matmul"

@@ -9,7 +9,7 @@ import dataclasses
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from .categories import UNSCOPED, scope_of
+from .categories import UNSCOPED, primitive_of, scope_of
 
 _F = descriptor_pb2.FieldDescriptorProto
 _PACKAGE = "tpu_profiling.hlo"
@@ -28,7 +28,9 @@ _FIELDS = {
                             ("custom_call_target", 28, _F.TYPE_STRING, False, None),
                             ("id", 35, _F.TYPE_INT64, False, None),
                             ("operand_ids", 36, _F.TYPE_INT64, True, None),
-                            ("called_computation_ids", 38, _F.TYPE_INT64, True, None)],
+                            ("called_computation_ids", 38, _F.TYPE_INT64, True, None),
+                            ("dot_dimension_numbers", 30, _F.TYPE_MESSAGE, False, "DotDimensionNumbers")],
+    "DotDimensionNumbers": [("lhs_batch_dimensions", 3, _F.TYPE_INT64, True, None)],
     "OpMetadata": [("op_type", 1, _F.TYPE_STRING, False, None), ("op_name", 2, _F.TYPE_STRING, False, None),
                    ("source_file", 3, _F.TYPE_STRING, False, None), ("source_line", 4, _F.TYPE_INT32, False, None)],
 }
@@ -61,6 +63,7 @@ class Instruction:
     fused_opcodes: tuple[str, ...]   # for fusions: opcodes inside the fused computation
     custom_call_target: str
     inherited_from: str = ""  # the instruction whose metadata this one took (it had none)
+    batched_dot: bool = False  # a dot with batch dimensions (attention's QK^T and PV), or a fusion of one
 
 
 # Instructions whose metadata says nothing about the work around them.
@@ -156,10 +159,12 @@ def instructions(hlo_proto: bytes) -> tuple[str, dict[str, Instruction]]:
             if found is not None:
                 source, op_name = found
         op_name = op_name or ins.metadata.op_name  # nothing to inherit: keep what it had
-        fused = ()
+        fused, body = (), [ins]
         if ins.opcode == "fusion":
-            fused = tuple(i.opcode for cid in ins.called_computation_ids if cid in by_comp
-                          for i in by_comp[cid].instructions if i.opcode not in ("parameter", "constant"))
+            body = [i for cid in ins.called_computation_ids if cid in by_comp for i in by_comp[cid].instructions]
+            fused = tuple(i.opcode for i in body if i.opcode not in ("parameter", "constant"))
+        batched = any(i.opcode == "dot" and i.dot_dimension_numbers.lhs_batch_dimensions for i in body)
+        op_type = op_type or primitive_of(op_name)  # JAX records no op_type: its primitive is one
         out[ins.name] = Instruction(ins.name, ins.opcode, op_type, op_name, ins.fusion_kind, fused,
-                                    ins.custom_call_target, source)
+                                    ins.custom_call_target, source, batched)
     return module.name, out

@@ -14,7 +14,7 @@ import dataclasses
 import re
 
 from . import hlo, host, threadpool, xspace
-from .categories import UNSCOPED, categorize, scope_of
+from .categories import UNSCOPED, categorize, primitive_of, scope_of
 
 _LAYER = re.compile(r"^(model\.layers\.\d+)(?:\.|$)")
 
@@ -128,8 +128,16 @@ def _describe_host_op(programs, mod: str, prog, op: str) -> tuple:
         ins = hlo.Instruction(op, op.split(".")[0], "", "", "", (), "")
     scope = scope_of(ins.op_name)
     return (op, mod, scope, categorize(ins.opcode, ins.fused_opcodes, ins.op_type, scope,
-                                       custom_call_target=ins.custom_call_target),
+                                       custom_call_target=ins.custom_call_target, batched_dot=ins.batched_dot),
             ins.opcode, ins.op_type, bool(ins.inherited_from) and scope != UNSCOPED)
+
+
+def _framework_op(tf_op: str, ins) -> str:
+    """A device op's framework op: its `tf_op` stat, which for JAX is the whole op_name
+    (`jit(f)/model.layers.0.mlp/dot_general:`) and so reduced to the primitive; else the HLO's."""
+    if tf_op:
+        return primitive_of(tf_op.rstrip(":")) or tf_op
+    return ins.op_type if ins else ""
 
 
 def _device_ops(space, programs) -> list[Op]:
@@ -159,13 +167,14 @@ def _device_ops(space, programs) -> list[Op]:
                 mod = next((k for k in programs if k.endswith(f"({prog})")), str(prog)) if prog is not None \
                     else str(stats.get("hlo_module", ""))
                 ins = programs.get(mod, {}).get(name)
-                fw = str(stats.get("tf_op", "") or (ins.op_type if ins else ""))
+                fw = _framework_op(str(stats.get("tf_op", "")), ins)
                 opcode = ins.opcode if ins else name.split(".")[0]
                 scope = scope_of(ins.op_name) if ins else scope_of(fw)
                 line_ops.append(Op(mod, name, (base_ps + ev.offset_ps) / 1000, ev.duration_ps / 1000, scope,
                                    categorize(opcode, ins.fused_opcodes if ins else (), fw, scope,
                                               str(stats.get("hlo_category", "")).lower(),
-                                              ins.custom_call_target if ins else ""),
+                                              ins.custom_call_target if ins else "",
+                                              bool(ins and ins.batched_dot)),
                                    opcode, fw, plane.name, float(stats.get("flops", 0) or 0),
                                    float(stats.get("bytes_accessed", 0) or 0),
                                    timeline=f"{plane.name} {lname}",

@@ -196,10 +196,10 @@ class Space:
 
 def load(path: str) -> Space:
     """Read an `.xplane.pb`; ValueError if it is empty or not an XSpace."""
-    with open(path, "rb") as f:
-        data = f.read()
+    from ..runfiles import read_bytes, space_note
+    data = read_bytes(path)
     if not data:
-        raise ValueError(f"capture {path} is empty (0 bytes).")
+        raise ValueError(f"capture {path} is empty (0 bytes{space_note(path)}).")
     try:
         space = Space(data)
     except Exception:

@@ -4,4 +4,5 @@ async_engine.py (the engine thread and continuous batching)  protocol.py (reques
 api.py (routes)  chat.py (chat templates)  responses.py (completion and chat bodies)
 textstream.py (detokenizing, stop strings)  metrics.py (/metrics under vLLM's names)
 tokenizer.py  plugins.py (extensions such as profiling)  __main__.py (CLI)
+schema.py (request bodies in /openapi.json)  threads.py (background threads shown by /health)
 """

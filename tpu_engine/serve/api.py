@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 import uuid
 from typing import AsyncIterator
@@ -20,11 +21,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..outputs import RequestOutput
-from .async_engine import AsyncEngine, EngineDeadError
+from . import schema
+from .async_engine import AsyncEngine, EngineDeadError, RequestFailedError
 from .metrics import ServerMetrics
 from .protocol import CompletionRequest, RequestError, parse_chat, parse_completion
 from .responses import ChatFormat, Choice, CompletionFormat, Delta, usage
 from .textstream import TextStream
+from .threads import states as thread_states
 
 
 def error_response(message: str, status: int = 400) -> JSONResponse:
@@ -45,8 +48,11 @@ class OpenAIServer:
         self.app.add_api_route("/health", self.health, methods=["GET"])
         self.app.add_api_route("/v1/models", self.models, methods=["GET"])
         self.app.add_api_route("/metrics", self.metrics_text, methods=["GET"])
-        self.app.add_api_route("/v1/completions", self.completions, methods=["POST"])
-        self.app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"])
+        self.app.add_api_route("/v1/completions", self.completions, methods=["POST"],
+                               openapi_extra=schema.body(schema.COMPLETION))
+        self.app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"],
+                               openapi_extra=schema.body(schema.CHAT))
+        self.app.add_exception_handler(Exception, self._server_error)
 
     @staticmethod
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -55,10 +61,22 @@ class OpenAIServer:
                    405: f"{request.method} is not allowed on {request.url.path}."}.get(exc.status_code, str(exc.detail))
         return error_response(message, exc.status_code)
 
+    @staticmethod
+    async def _server_error(request: Request, exc: Exception):
+        """A bug on one request is that request's 500, in the same shape; the server goes on."""
+        print(f"error: {request.method} {request.url.path} failed ({type(exc).__name__}: {exc})",
+              file=sys.stderr, flush=True)
+        return error_response(f"the server failed on this request ({type(exc).__name__}).", 500)
+
     async def health(self):
+        """200 while the engine serves; the body says how every background thread is and how
+        many engine steps failed (each failing only its own requests)."""
         if not self.engine.alive:
             return error_response(f"the engine stopped: {self.engine.error!r}", 503)
-        return {"status": "ok"}
+        threads = {"engine": "alive", **thread_states()}
+        ok = all(state != "stopped" for state in threads.values())
+        return {"status": "ok" if ok else "degraded", "threads": threads,
+                "failed_steps": self.engine.failed_steps, "last_failure": self.engine.last_failure}
 
     async def models(self):
         engine = self.engine.engine
@@ -90,6 +108,8 @@ class OpenAIServer:
             return error_response(f"the request body is not valid JSON ({e}).")
         except RecursionError:
             return error_response("the request body is nested too deeply.")
+        except ValueError:  # Python refuses to read integers of more than 4300 digits
+            return error_response("the request body holds a number too long to read (over 4300 digits).")
         try:
             req = parse(body)
             for prompt in req.prompts:
@@ -121,7 +141,7 @@ class OpenAIServer:
             return error_response("the client disconnected.", 499)
         try:
             work.result()
-        except EngineDeadError as e:
+        except (EngineDeadError, RequestFailedError) as e:
             return error_response(str(e), 500)
         except ValueError as e:
             return error_response(str(e))
@@ -196,7 +216,7 @@ class OpenAIServer:
             if req.include_usage:
                 yield _sse({"id": request_id, "object": fmt.chunk_object, "created": created,
                             "model": req.model, "choices": [], "usage": usage(req, tokens)})
-        except (EngineDeadError, ValueError) as e:
+        except (EngineDeadError, RequestFailedError, ValueError) as e:
             yield _sse({"error": {"message": str(e), "type": "server_error", "code": 500}})
         yield "data: [DONE]\n\n"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import queue
+import sys
 import threading
 import time
 from typing import Any, AsyncIterator, Callable
@@ -21,6 +22,15 @@ from .metrics import Finished, ServerMetrics
 
 class EngineDeadError(RuntimeError):
     """The engine thread stopped after an error; the server cannot serve any more."""
+
+
+class RequestFailedError(RuntimeError):
+    """The engine failed while running this request; the engine itself goes on serving."""
+
+
+@dataclasses.dataclass
+class _Failed:
+    message: str
 
 
 @dataclasses.dataclass
@@ -40,6 +50,11 @@ class AsyncEngine:
         self.error: BaseException | None = None
         self.metrics: ServerMetrics | None = None   # set by the server; updated by the engine thread
         self._last: dict[str, tuple[float, RequestOutput]] = {}  # engine thread: each request's latest output
+        self._in_step: tuple[str, ...] = ()   # engine thread: the requests of the step now running
+        self._count_failed = False
+        self.failed_steps = 0                 # steps that raised (their requests failed, the engine went on)
+        self.last_failure: str | None = None
+        engine.events.subscribe(self._on_phase)
 
     def start(self) -> None:
         self._thread.start()
@@ -76,6 +91,9 @@ class AsyncEngine:
                 if isinstance(out, ValueError):  # the engine refused the request
                     finished = True
                     raise out
+                if isinstance(out, _Failed):  # this request's step raised; others go on
+                    finished = True
+                    raise RequestFailedError(out.message)
                 if isinstance(out, BaseException):
                     raise EngineDeadError(f"the engine stopped: {out!r}") from out
                 finished = out.finished
@@ -120,14 +138,55 @@ class AsyncEngine:
                 # Block only when there is nothing to step.
                 self._drain(block=not engine.has_unfinished_requests())
                 if engine.has_unfinished_requests():
-                    self._publish(engine.step())
-                    if self.metrics:
-                        self.metrics.steps.inc()
-        except BaseException as e:  # a broken engine fails every open request, loudly
+                    self._step()
+        except BaseException as e:  # only a failure outside any request's step gets here
             self.error = e
             for stream in list(self._streams.values()):
                 stream.loop.call_soon_threadsafe(stream.queue.put_nowait, e)
             raise
+
+    def _step(self) -> None:
+        """One engine step. If it raises, the requests it was running fail (their readers get
+        RequestFailedError) and are dropped from the engine; the thread goes on serving."""
+        self._in_step = ()
+        try:
+            outputs = self.engine.step()
+        except Exception as e:
+            self._fail_step(e)
+            return
+        self._publish(outputs)
+        if self.metrics:
+            self.metrics.steps.inc()
+
+    def _waiting_ids(self) -> list[str]:
+        return [r.request_id for r in self.engine.scheduler.waiting]
+
+    def _on_phase(self, e) -> None:
+        if e.kind == "begin":
+            self._in_step = e.record.request_ids
+
+    def _fail_step(self, error: Exception) -> None:
+        # The step's requests, from its begin event; a step that failed before announcing
+        # itself took requests from the queue (or the running slots): fail those.
+        ids = set(self._in_step)
+        if not ids:
+            still_waiting = set(self._waiting_ids())
+            ids = {rid for rid in list(self.engine._requests) if rid not in still_waiting}
+        self.failed_steps += 1
+        self.last_failure = f"{type(error).__name__}: {error}"
+        print(f"error: engine step {self.engine.step_count} failed ({self.last_failure}); its "
+              f"{len(ids)} request(s) fail and the engine goes on.", file=sys.stderr, flush=True)
+        message = f"the engine failed while running this request ({self.last_failure})."
+        for rid in sorted(ids):
+            try:
+                self.engine.abort_request(rid)
+            except Exception as e:  # the slot is lost; the request is still answered
+                print(f"warning: request {rid} could not be freed after the failed step ({e!r}).",
+                      file=sys.stderr, flush=True)
+            self._last.pop(rid, None)
+            stream = self._streams.get(rid)
+            if stream is not None:
+                stream.loop.call_soon_threadsafe(stream.queue.put_nowait, _Failed(message))
 
     def _drain(self, block: bool) -> None:
         while True:
@@ -138,28 +197,38 @@ class AsyncEngine:
             block = False
             if item is None:
                 return
-            kind = item[0]
-            if kind == "add":
-                for request_id, prompt, params in item[1]:
-                    stream = self._streams.get(request_id)
-                    if stream is None:  # abandoned before it arrived
-                        continue
-                    try:
-                        self.engine.add_request(request_id, prompt, params)
-                    except ValueError as e:
-                        stream.loop.call_soon_threadsafe(stream.queue.put_nowait, e)
-            elif kind == "abort":
-                _, request_id, reason = item
-                if self.engine.has_request(request_id):
-                    self.engine.abort_request(request_id)
-                    self._ended(request_id, self._last.pop(request_id, None), reason)
-            elif kind == "call":
-                _, fn, future = item
+            try:
+                self._handle(item)
+            except Exception as e:  # a bug in one message must not stop the engine thread
+                print(f"error: the engine thread could not handle {item[0]!r} ({e!r}); it goes on.",
+                      file=sys.stderr, flush=True)
+
+    def _handle(self, item: tuple) -> None:
+        kind = item[0]
+        if kind == "add":
+            for request_id, prompt, params in item[1]:
+                stream = self._streams.get(request_id)
+                if stream is None:  # abandoned before it arrived
+                    continue
                 try:
-                    result, error = fn(), None
+                    self.engine.add_request(request_id, prompt, params)
+                except ValueError as e:
+                    stream.loop.call_soon_threadsafe(stream.queue.put_nowait, e)
                 except Exception as e:
-                    result, error = None, e
-                future.get_loop().call_soon_threadsafe(_settle, future, result, error)
+                    stream.loop.call_soon_threadsafe(stream.queue.put_nowait, _Failed(
+                        f"the engine could not add this request ({type(e).__name__}: {e})."))
+        elif kind == "abort":
+            _, request_id, reason = item
+            if self.engine.has_request(request_id):
+                self.engine.abort_request(request_id)
+                self._ended(request_id, self._last.pop(request_id, None), reason)
+        elif kind == "call":
+            _, fn, future = item
+            try:
+                result, error = fn(), None
+            except Exception as e:
+                result, error = None, e
+            future.get_loop().call_soon_threadsafe(_settle, future, result, error)
 
     def _ended(self, request_id: str, last: tuple[float, RequestOutput] | None, reason: str) -> None:
         if self.metrics is None:
@@ -173,11 +242,15 @@ class AsyncEngine:
 
     def _publish(self, outputs: list[RequestOutput]) -> None:
         for out in outputs:
-            self._count(out)
+            try:
+                self._count(out)
+            except Exception as e:  # metrics are not worth a request: report once, serve on
+                if not self._count_failed:
+                    print(f"warning: server metrics failed ({e!r}); serving goes on.", file=sys.stderr, flush=True)
+                self._count_failed = True
             stream = self._streams.get(out.request_id)
             if stream is not None:
                 stream.loop.call_soon_threadsafe(stream.queue.put_nowait, out)
-
 
     def _count(self, out: RequestOutput) -> None:
         """The metrics of one step's output (engine thread)."""

@@ -8,9 +8,11 @@ import math
 from typing import Any
 
 from ..outputs import SamplingParams
+from ..sampler import MAX_LOGPROBS
 from .chat import render_chat
 
 MAX_N = 128   # samples per prompt: a guard against one request filling every queue
+INT32_MAX = 2**31 - 1
 
 
 class RequestError(ValueError):
@@ -52,15 +54,36 @@ _WHY = {"prompt_logprobs": "prompt logprobs would need compiled graphs this engi
 
 _NUMBERS = {"temperature": 1.0, "top_p": 1.0}
 _INTEGERS = {"max_tokens": 16, "top_k": -1, "logprobs": None, "seed": None, "n": 1}
+# The integers' ranges, checked where they are parsed: (lowest, highest, what is expected). A
+# seed of any size is hashed to 32 bits and a top_k of the vocabulary or more means "off"
+# (engine.py), so neither reaches a tensor as sent and neither has an upper bound here.
+_RANGES = {"max_tokens": (1, INT32_MAX, "an integer from 1 to 2147483647"),
+           "top_k": (-1, math.inf, "-1 or 0 (off) or a positive integer"),
+           "logprobs": (0, MAX_LOGPROBS, f"an integer from 0 to {MAX_LOGPROBS}"),
+           "top_logprobs": (0, MAX_LOGPROBS, f"an integer from 0 to {MAX_LOGPROBS}"),
+           "n": (1, MAX_N, f"an integer from 1 to {MAX_N}")}
 _BOOLS = {"stream": False, "ignore_eos": False, "echo": False, "include_stop_str_in_output": False}
 
 
 def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer beyond any float (it would overflow on the engine thread)
+        return False
 
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def show(v, limit: int = 60) -> str:
+    """A value for an error sentence: its repr, cut short (a prompt can be megabytes)."""
+    if _is_int(v) and abs(v) > 10**limit:  # (str() refuses ints of over 4300 digits)
+        return f"an integer of {len(str(abs(v)))} digits" if v.bit_length() < 14_000 else "a huge integer"
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def check_model(body: Any, served: list[str]) -> str:
@@ -72,7 +95,7 @@ def check_model(body: Any, served: list[str]) -> str:
         return served[0]
     if model not in served:
         names = ", ".join(repr(s) for s in served)
-        raise RequestError(f"the model {model!r} does not exist; this server serves {names}.", 404)
+        raise RequestError(f"the model {show(model)} does not exist; this server serves {names}.", 404)
     return model
 
 
@@ -81,7 +104,7 @@ def _fields(body: dict, integers: dict) -> dict[str, Any]:
         value = body.get(name)
         if value is not None and value != neutral and value != [] and value != {}:
             why = f" ({_WHY[name]})" if name in _WHY else ""
-            raise RequestError(f"{name}={value!r} is not supported by this server{why}.")
+            raise RequestError(f"{name}={show(value)} is not supported by this server{why}.")
     values: dict[str, Any] = {}
     for name, default in {**_NUMBERS, **integers, **_BOOLS}.items():
         v = body.get(name)
@@ -89,22 +112,28 @@ def _fields(body: dict, integers: dict) -> dict[str, Any]:
             values[name] = default
             continue
         ok = _is_number(v) if name in _NUMBERS else _is_int(v) if name in integers else isinstance(v, bool)
+        low, high, what = _RANGES.get(name, (None, None, ""))
+        if ok and low is not None and not low <= v <= high:
+            ok = False
         if not ok:
-            kind = "a finite number" if name in _NUMBERS else "an integer" if name in integers else "true or false"
-            raise RequestError(f"{name} must be {kind}, not {v!r}.")
+            kind = what or ("a finite number" if name in _NUMBERS else "an integer" if name in integers
+                            else "true or false")
+            raise RequestError(f"{name} must be {kind}, not {show(v)}.")
         values[name] = v
-    if not 1 <= values["n"] <= MAX_N:
-        raise RequestError(f"n must be between 1 and {MAX_N}, not {values['n']}.")
     values["stop"] = _stop(body.get("stop"))
     ids = body.get("stop_token_ids")
-    if ids is not None and not (isinstance(ids, list) and all(_is_int(t) and t >= 0 for t in ids)):
-        raise RequestError(f"stop_token_ids must be a list of token ids, not {ids!r}.")
+    if ids is not None and not (isinstance(ids, list) and all(_is_int(t) and 0 <= t <= INT32_MAX for t in ids)):
+        raise RequestError(f"stop_token_ids must be a list of token ids (integers from 0 to {INT32_MAX}), "
+                           f"not {show(ids)}.")
     values["stop_token_ids"] = list(ids or [])
     options = body.get("stream_options")
     options = {} if options is None else options
     if not isinstance(options, dict):
-        raise RequestError(f"stream_options must be an object, not {options!r}.")
-    values["include_usage"] = bool(options.get("include_usage"))
+        raise RequestError(f"stream_options must be an object, not {show(options)}.")
+    usage = options.get("include_usage", False)
+    if not isinstance(usage, bool):  # strict: the string "no" is not true
+        raise RequestError(f"stream_options.include_usage must be true or false, not {show(usage)}.")
+    values["include_usage"] = usage
     return values
 
 
@@ -113,7 +142,7 @@ def _stop(stop: Any) -> list[str]:
         return []
     items = [stop] if isinstance(stop, str) else stop
     if not isinstance(items, list) or not all(isinstance(s, str) and s for s in items):
-        raise RequestError(f"stop must be a non-empty string or a list of them, not {stop!r}.")
+        raise RequestError(f"stop must be a non-empty string or a list of them, not {show(stop)}.")
     return items
 
 
@@ -153,10 +182,15 @@ def parse_chat(body: Any, served: list[str], tokenizer, max_model_len: int) -> C
     if body.get("echo"):
         raise RequestError("echo is not supported for chat completions.")
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    values = _fields({**body, "max_tokens": limit, "logprobs": None}, {**_INTEGERS, "top_logprobs": None})
+    try:
+        values = _fields({**body, "max_tokens": limit, "logprobs": None}, {**_INTEGERS, "top_logprobs": None})
+    except RequestError as e:  # name the field the client sent
+        if body.get("max_completion_tokens") is not None and str(e).startswith("max_tokens "):
+            raise RequestError("max_completion_tokens" + str(e)[len("max_tokens"):]) from None
+        raise
     logprobs = body.get("logprobs")
     if logprobs is not None and not isinstance(logprobs, bool):
-        raise RequestError(f"logprobs must be true or false for chat completions, not {logprobs!r}.")
+        raise RequestError(f"logprobs must be true or false for chat completions, not {show(logprobs)}.")
     if tokenizer is None:
         raise RequestError("chat needs a tokenizer, which this model does not have; use /v1/completions with token ids.")
     text, special = render_chat(body.get("messages"), tokenizer, body.get("add_generation_prompt", True))

@@ -1,0 +1,275 @@
+"""The one way run files are read and written: `manifest.jsonl`, `run_info.json`, `events.jsonl`,
+the `.xplane.pb`, and the exports of `summarize`.
+
+Reading: a file that is missing, a directory, unreadable, not UTF-8, not JSON, nested absurdly
+deep, or whose records have fields of the wrong type is a `RunFileError` (a ValueError) whose
+message is one sentence naming the file, the line and the field. Writing: each file goes to a
+temporary file beside it and is renamed into place once complete, so a full disk leaves no half
+file; `Outputs` removes every file of a command when a later one fails.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sqlite3
+import stat
+import types
+import typing
+from typing import Any, Callable, Iterator, TypeVar
+
+T = TypeVar("T")
+MAX_DEPTH = 64          # run files nest a few levels; deeper JSON is damage (and breaks json.dump)
+MAX_INT = 2 ** 63 - 1   # int64: past this a JSON integer is not a count or a time (ns) of any run
+
+
+class RunFileError(ValueError):
+    """A run file that cannot be read or written; the message names it."""
+
+
+def where(path: str, line: int | None = None) -> str:
+    return f"{path}, line {line}" if line is not None else path
+
+
+# ---- reading -----------------------------------------------------------------------------------
+def read_bytes(path: str) -> bytes:
+    """The file's bytes; RunFileError if it is not a readable regular file."""
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise RunFileError(f"{path} is a directory, not a file.")
+        if not stat.S_ISREG(mode):  # a FIFO or device would block or never end
+            raise RunFileError(f"{path} is not a regular file.")
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise RunFileError(f"cannot read {path} ({e.strerror or type(e).__name__}).") from None
+
+
+def read_text(path: str) -> str:
+    data = read_bytes(path)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RunFileError(f"{path} is not UTF-8 text (byte {e.start}).") from None
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(text: str, at: str) -> Any:
+    """One JSON value; RunFileError naming `at` (a file, or a file and line) otherwise."""
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as e:
+        raise RunFileError(f"{at} is not valid JSON ({e.msg} at column {e.colno}).") from None
+    except RecursionError:
+        raise RunFileError(f"{at} nests JSON deeper than {MAX_DEPTH} levels.") from None
+    except ValueError as e:  # NaN/Infinity, or an integer of thousands of digits
+        raise RunFileError(f"{at} is not valid JSON ({str(e).split('.')[0].split(';')[0]}).") from None
+    if text.count("[") + text.count("{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
+        raise RunFileError(f"{at} nests JSON deeper than {MAX_DEPTH} levels.")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deep lists and objects nest (without recursion: the value may be thousands deep)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        v, d = todo.pop()
+        if isinstance(v, (list, dict)):
+            deepest = max(deepest, d)
+            todo += [(x, d + 1) for x in (v.values() if isinstance(v, dict) else v)]
+    return deepest
+
+
+def read_json(path: str) -> Any:
+    return parse_json(read_text(path), path)
+
+
+def json_lines(path: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line."""
+    for n, line in enumerate(read_text(path).splitlines(), start=1):
+        if line.strip():
+            yield n, line
+
+
+def build(at: str, data: Any, cls: type[T], make: Callable[[Any], T], required: tuple[str, ...] = ()) -> T:
+    """`make(data)` (a `from_json`) as a `cls`, checked against `cls`'s field types before and
+    after; `required` names fields that may not be null here. RunFileError naming `at` and the
+    field otherwise."""
+    if not isinstance(data, dict):
+        raise RunFileError(f"{at} holds {_show(data)}; expected a JSON object.")
+    _check_raw(data, cls, "", at)
+    try:
+        record = make(data)
+    except RunFileError:
+        raise
+    except KeyError as e:
+        raise RunFileError(f"{at} lacks the field {e.args[0]!r}.") from None
+    except (ValueError, TypeError, AttributeError) as e:
+        raise RunFileError(f"{at} is not a valid record ({_first_sentence(e)}).") from None
+    _check_value(record, cls, "", at)
+    for name in required:
+        if getattr(record, name) is None:
+            raise RunFileError(f"{at}: field {name!r} is missing or null; expected a value.")
+    return record
+
+
+# ---- checking values against a record's field types -------------------------------------------
+def _fields(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _split_optional(hint) -> tuple[Any, bool]:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return (args[0] if len(args) == 1 else typing.Union[tuple(args)]), len(args) < len(typing.get_args(hint))
+    return hint, hint is Any
+
+
+def _check_raw(data: dict, cls, prefix: str, at: str) -> None:
+    """The JSON as read, before `from_json`: nested records are objects, lists are lists, and
+    present values have their field's type (missing and null ones are left to `from_json`)."""
+    for name, hint in _fields(cls).items():
+        if data.get(name) is not None:
+            _check_value(data[name], hint, prefix + name, at, raw=True)
+
+
+def _check_value(value: Any, hint, name: str, at: str, raw: bool = False) -> None:
+    hint, optional = _split_optional(hint)
+    if hint is Any or (value is None and (optional or raw)):
+        return
+    if value is None:
+        raise RunFileError(f"{at}: field {_field(name)} is missing or null; expected {_describe(hint)}.")
+    origin, args = typing.get_origin(hint) or hint, typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        if raw and isinstance(value, dict):
+            return _check_raw(value, hint, name + ".", at)
+        if not raw and isinstance(value, hint):
+            for field, field_hint in _fields(hint).items():
+                _check_value(getattr(value, field), field_hint, f"{name}.{field}" if name else field, at)
+            return
+    elif origin in (list, tuple) and isinstance(value, (list, tuple)):
+        item_hints = args if origin is tuple and args and args[-1] is not Ellipsis else (args[:1] or (Any,)) * len(value)
+        if len(item_hints) == len(value):
+            for i, (v, h) in enumerate(zip(value, item_hints)):
+                _check_value(v, h, f"{name}[{i}]", at, raw)
+            return
+    elif origin is dict and isinstance(value, dict):
+        for k, v in value.items():
+            _check_value(v, args[1] if args else Any, f"{name}.{k}", at, raw)
+        return
+    elif _scalar_ok(value, hint):
+        return
+    raise RunFileError(f"{at}: field {_field(name)} is {_show(value)}; expected {_describe(hint)}.")
+
+
+def _scalar_ok(value: Any, hint) -> bool:
+    if hint is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if hint is int:
+        return isinstance(value, int) and abs(value) <= MAX_INT
+    if hint is float:
+        # (the bound first: isfinite() of an int of 400 digits raises OverflowError)
+        return isinstance(value, (int, float)) and abs(value) <= 1e300 and math.isfinite(value)
+    if typing.get_origin(hint) is typing.Union:
+        return any(_scalar_ok(value, h) for h in typing.get_args(hint))
+    return isinstance(hint, type) and isinstance(value, hint)
+
+
+def _describe(hint) -> str:
+    if dataclasses.is_dataclass(hint) or hint is dict or typing.get_origin(hint) is dict:
+        return "a JSON object"
+    if typing.get_origin(hint) is tuple and typing.get_args(hint) and typing.get_args(hint)[-1] is not Ellipsis:
+        return f"a list of {len(typing.get_args(hint))} items"
+    if typing.get_origin(hint) in (list, tuple) or hint in (list, tuple):
+        return "a list"
+    names = {int: "an integer (int64)", float: "a finite number", str: "a string",
+             bool: "true or false"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _field(name: str) -> str:
+    """A field's path, quoted; keys of damaged files may hold anything, even ". "."""
+    return repr(name if len(name) <= 80 else name[:77] + "...").replace(". ", ".")
+
+
+def _show(value: Any) -> str:
+    """A short description of a bad value that keeps the message one sentence."""
+    if isinstance(value, str):
+        return f"the string {value!r}" if len(value) <= 40 and ". " not in value else "a string"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "a JSON object"
+    text = repr(value)
+    return text if len(text) <= 40 else f"a {len(text)}-digit number"
+
+
+def _first_sentence(e: BaseException) -> str:
+    return str(e).split(". ")[0].rstrip(".").replace("\n", " ")[:200] or type(e).__name__
+
+
+def space_note(path: str) -> str:
+    """`; its disk is full` when the file system holding `path` has (almost) no room left: why a
+    capture the profiler wrote may be empty."""
+    try:
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+    except OSError:
+        return ""
+    return f"; the disk holding it is full, {free} bytes free" if free < 1 << 20 else ""
+
+
+# ---- writing -----------------------------------------------------------------------------------
+def write_file(path: str, write: Callable[[str], None]) -> str:
+    """`write(tmp)` writes the whole file at a temporary path beside `path`, which is then
+    renamed to `path`; RunFileError naming `path` (nothing left behind) if that fails."""
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        if os.path.isdir(path):
+            raise IsADirectoryError(21, "Is a directory")
+        os.replace(tmp, path)
+    except (OSError, sqlite3.Error) as e:  # SQLite says "database or disk is full" its own way
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+        raise RunFileError(f"cannot write {path} ({reason}).") from None
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_text(path: str, text: str) -> str:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    return write_file(path, write)
+
+
+class Outputs:
+    """The files one command writes: all of them, or none (a failed write removes the others)."""
+
+    def __init__(self):
+        self.written: list[str] = []
+
+    def write(self, path: str, write: Callable[[str], None]) -> str:
+        try:
+            self.written.append(write_file(path, write))
+        except BaseException:
+            self.discard()
+            raise
+        return path
+
+    def discard(self) -> None:
+        for p in self.written:
+            if os.path.lexists(p):
+                os.unlink(p)
+        self.written = []

@@ -1,0 +1,73 @@
+"""The JAX step functions, jitted once per runner: one XLA executable per static shape.
+
+  prefill_forward  per token bucket T: the waiting prompts packed into one (T,) buffer, each
+                   token with its position, sequence index (-1: padding) and KV-cache row;
+                   attention is causal within a prompt and never crosses prompts.
+  gather_rows      per (T, request bucket): each prompt's last token's hidden state.
+  decode_forward   per (slot bucket B, KV span): one token for each slot [0, B).
+  head_and_sample  per (request bucket, sampler variant): final norm, LM head, sampling.
+The KV cache is donated to prefill and decode, so XLA updates it in place; every input that
+changes between calls is a device array, and the only static arguments are bucket sizes and
+the sampler variant. Function names are the torch runner's, so captures of both backends
+name the same programs.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ..config import ModelConfig
+from . import model
+from .sampler import sample
+
+
+def _prefill_forward(cfg: ModelConfig, constrain, params, ints, kv_caches, inv_freq, cache_len: int):
+    """ints (4, T) int32: token, position, sequence index, cache row. Returns (hidden (T, H),
+    updated caches)."""
+    tokens, pos, seq, rows = ints[0], ints[1], ints[2], ints[3]
+    mask = (seq[None, :] == seq[:, None]) & (pos[None, :] <= pos[:, None])  # (Tq, Tk)
+    x, caches = model.hidden(cfg, params, tokens[None], pos[None], kv_caches, rows, mask[None],
+                             cache_len, None, inv_freq)
+    return x[0], constrain(caches)
+
+
+def _decode_forward(cfg: ModelConfig, constrain, params, ints, kv_caches, inv_freq, span: int, cache_len: int):
+    """ints (2, B) int32: each slot's last token and its position. Returns (hidden (B, H),
+    updated caches)."""
+    tokens, position = ints[0], ints[1]
+    B = tokens.shape[0]
+    write_index = jnp.arange(B, dtype=jnp.int32) * cache_len + position
+    key_mask = jnp.arange(span)[None, :] <= position[:, None]
+    x, caches = model.hidden(cfg, params, tokens[:, None], position[:, None], kv_caches, write_index,
+                             key_mask[:, None], cache_len, span, inv_freq)
+    return x[:, 0], constrain(caches)
+
+
+def gather_rows(hidden, last):
+    return hidden[last]
+
+
+def _head_and_sample(cfg: ModelConfig, params, hidden, floats, ints, counters, random: bool, num_logprobs: int):
+    """floats (N, 2) [temperature, top_p]; ints (N, 2) uint32 [top_k, seed]; counters (N,) uint32."""
+    logits = model.logits(cfg, params, hidden)
+    with jax.named_scope("sampler"):
+        return sample(logits, floats[:, 0], ints[:, 0].astype(jnp.int32), floats[:, 1], ints[:, 1],
+                      counters, random=random, num_logprobs=num_logprobs)
+
+
+def compile_steps(cfg: ModelConfig, constrain=lambda caches: caches):
+    """The four jitted functions for one model; `constrain` pins the updated caches' sharding
+    (tensor parallel) so the donated buffers come back laid out as they went in."""
+    def prefill_forward(params, ints, kv_caches, inv_freq, cache_len):
+        return _prefill_forward(cfg, constrain, params, ints, kv_caches, inv_freq, cache_len)
+
+    def decode_forward(params, ints, kv_caches, inv_freq, span, cache_len):
+        return _decode_forward(cfg, constrain, params, ints, kv_caches, inv_freq, span, cache_len)
+
+    def head_and_sample(params, hidden, floats, ints, counters, random, num_logprobs):
+        return _head_and_sample(cfg, params, hidden, floats, ints, counters, random, num_logprobs)
+
+    return (jax.jit(prefill_forward, donate_argnums=(2,), static_argnames=("cache_len",)),
+            jax.jit(gather_rows),
+            jax.jit(decode_forward, donate_argnums=(2,), static_argnames=("span", "cache_len")),
+            jax.jit(head_and_sample, static_argnames=("random", "num_logprobs")))
