@@ -25,8 +25,10 @@ TINY = ["--input-len", "8", "--output-len", "4", "--batch-size", "2", "--max-mod
 RUNS = {  # name -> (flags, extra environment)
     "prefill": (["--backend", "jax", "--profile-phase", "prefill"], {}),
     "decode": (["--backend", "jax", "--profile-phase", "decode"], {}),
-    "env": (["--backend", "jax", "--num-iters", "20"],
-            {"VLLM_TPU_PROFILE_DELAY_MS": 200, "VLLM_TPU_PROFILE_DURATION_MS": 800}),
+    # The env window is timed, so its passes must outlast delay + duration on a fast machine too:
+    # 20 passes took 0.2 s on CI and ended before a 200 ms delay. 300 passes there take ~3 s.
+    "env": (["--backend", "jax", "--num-iters", "300"],
+            {"VLLM_TPU_PROFILE_DELAY_MS": 200, "VLLM_TPU_PROFILE_DURATION_MS": 500}),
     "torch_prefill": (["--profile-phase", "prefill", "--enforce-eager"], {"XLA_HLO_DEBUG": 1}),
 }
 
