@@ -33,28 +33,43 @@ RUNS = {  # name -> (flags, extra environment)
 }
 
 
+# Runs again on the persistent compilation cache its first run filled: name -> first run.
+CACHED = {"decode_cached": "decode"}
+
+
+def _start(name: str, flags: list[str], env: dict, llama_dir: str, tmp_path_factory, logs):
+    out = str(tmp_path_factory.mktemp(f"jax-{name}"))
+    cmd = [sys.executable, PROFILING, "--model", llama_dir, *SMALL, *TINY, "--profile-result-dir", out,
+           "--profiler-port", str(free_port()), *flags]
+    files = open(logs / f"{name}.out", "w+"), open(logs / f"{name}.err", "w+")
+    proc = subprocess.Popen(cmd, stdout=files[0], stderr=files[1], text=True, cwd=ROOT, env=profiling_env(**env))
+    return cmd, proc, out, files
+
+
+def _finish(cmd, proc, out, files) -> Capture:
+    proc.wait(timeout=600)
+    text = []
+    for f in files:
+        f.seek(0)
+        text.append(f.read())
+        f.close()
+    return Capture(subprocess.CompletedProcess(cmd, proc.returncode, *text), out)
+
+
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory, llama_dir) -> dict[str, Capture]:
     """Every run of RUNS on the same small Llama checkpoint, started together (output to files,
-    so that no run waits on a full pipe while another is read)."""
+    so that no run waits on a full pipe while another is read); then the CACHED runs, each on
+    the cache its first run filled."""
     logs = tmp_path_factory.mktemp("jax-logs")
-    started = {}
-    for name, (flags, env) in RUNS.items():
-        out = str(tmp_path_factory.mktemp(f"jax-{name}"))
-        cmd = [sys.executable, PROFILING, "--model", llama_dir, *SMALL, *TINY, "--profile-result-dir", out,
-               "--profiler-port", str(free_port()), *flags]
-        files = open(logs / f"{name}.out", "w+"), open(logs / f"{name}.err", "w+")
-        proc = subprocess.Popen(cmd, stdout=files[0], stderr=files[1], text=True, cwd=ROOT, env=profiling_env(**env))
-        started[name] = (cmd, proc, out, files)
-    done = {}
-    for name, (cmd, proc, out, files) in started.items():
-        proc.wait(timeout=600)
-        text = []
-        for f in files:
-            f.seek(0)
-            text.append(f.read())
-            f.close()
-        done[name] = Capture(subprocess.CompletedProcess(cmd, proc.returncode, *text), out)
+    caches = {first: ["--compilation-cache-dir", str(tmp_path_factory.mktemp(f"cache-{first}"))]
+              for first in CACHED.values()}
+    started = {name: _start(name, flags + caches.get(name, []), env, llama_dir, tmp_path_factory, logs)
+               for name, (flags, env) in RUNS.items()}
+    done = {name: _finish(*run) for name, run in started.items()}
+    for name, first in CACHED.items():
+        flags, env = RUNS[first]
+        done[name] = _finish(*_start(name, flags + caches[first], env, llama_dir, tmp_path_factory, logs))
     return done
 
 
@@ -110,6 +125,20 @@ def test_default_jax_capture_has_one_layer_row_per_model_layer(runs):
     subs = {r["name"] for r in table.rows if r["depth"] == 1}
     for part in ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp"):
         assert f"model.layers.0.{part}" in subs, sorted(subs)
+    unscoped = sum(r["total_ms"] for r in table.rows if r["name"] == UNSCOPED)
+    assert unscoped < 0.05 * sum(r["total_ms"] for r in table.rows if r["depth"] == 0)
+
+
+def test_executables_from_the_persistent_cache_keep_their_layer_table(runs):
+    """A warm cache hands back executables that run under the program ids of the process that
+    compiled them; the reader still finds their HLO, so the layer table is whole."""
+    cap = _ok(runs["decode_cached"])
+    warmup = cap.run_info()["compiles"]["warmup"]
+    assert warmup["cache_hits"] > 0 and warmup["cache_misses"] == 0, warmup
+    table = tables.model_table(Analysis.load(cap.run), "decode")
+    top = [r["name"] for r in table.rows if r["depth"] == 0]
+    n_layers = cap.run_info()["model_config"]["num_hidden_layers"]
+    assert [n for n in top if n.startswith("model.layers.")] == [f"model.layers.{i}" for i in range(n_layers)], top
     unscoped = sum(r["total_ms"] for r in table.rows if r["name"] == UNSCOPED)
     assert unscoped < 0.05 * sum(r["total_ms"] for r in table.rows if r["depth"] == 0)
 

@@ -10,6 +10,7 @@ Where ops are recorded:
 from __future__ import annotations
 
 import bisect
+import collections
 import dataclasses
 import re
 
@@ -121,9 +122,29 @@ def _until_last_op(spans, found: list[Op]) -> list[tuple[float, float]]:
     return out
 
 
+def _module_name(key: str) -> str:
+    return key.rsplit("(", 1)[0]
+
+
+def instruction(programs, mod: str, prog, op: str) -> hlo.Instruction | None:
+    """The HLO instruction an op event names: in its program `<module>(<program id>)`, or else
+    in a program of the same module name. An executable loaded from JAX's persistent
+    compilation cache runs with the program id of the process that compiled it, while the
+    capture embeds its HLO under this process's id; programs of one function at other bucket
+    shapes name their instructions alike, so the scope most of them give the op is taken."""
+    ins = programs.get(f"{mod}({prog})" if prog is not None else mod, {}).get(op)
+    if ins is not None:
+        return ins
+    found = [instrs[op] for key, instrs in programs.items() if _module_name(key) == mod and op in instrs]
+    if not found:
+        return None
+    votes = collections.Counter(scope_of(i.op_name) for i in found)
+    best = votes.most_common(1)[0][0]
+    return next(i for i in found if scope_of(i.op_name) == best)
+
+
 def _describe_host_op(programs, mod: str, prog, op: str) -> tuple:
-    key = f"{mod}({prog})" if prog is not None else mod
-    ins = programs.get(key, {}).get(op) or programs.get(mod, {}).get(op)
+    ins = instruction(programs, mod, prog, op)
     if ins is None:
         ins = hlo.Instruction(op, op.split(".")[0], "", "", "", (), "")
     scope = scope_of(ins.op_name)
@@ -163,10 +184,7 @@ def _device_ops(space, programs) -> list[Op]:
                     continue  # a stream event that is not an XLA kernel (memcpy, ...)
                 name = str(stats.get("hlo_op") or _instruction_name(
                     emeta[ev.metadata_id].name if ev.metadata_id in emeta else str(ev.metadata_id)))
-                prog = stats.get("program_id")
-                mod = next((k for k in programs if k.endswith(f"({prog})")), str(prog)) if prog is not None \
-                    else str(stats.get("hlo_module", ""))
-                ins = programs.get(mod, {}).get(name)
+                mod, ins = _device_instruction(programs, stats, name)
                 fw = _framework_op(str(stats.get("tf_op", "")), ins)
                 opcode = ins.opcode if ins else name.split(".")[0]
                 scope = scope_of(ins.op_name) if ins else scope_of(fw)
@@ -182,6 +200,19 @@ def _device_ops(space, programs) -> list[Op]:
             set_self_times(line_ops)
             out += line_ops
     return out
+
+
+def _device_instruction(programs, stats: dict, op: str) -> tuple[str, hlo.Instruction | None]:
+    """(program key, instruction) of a device op from its `program_id` (and `hlo_module`,
+    where the event names it)."""
+    prog, named = stats.get("program_id"), str(stats.get("hlo_module", ""))
+    if prog is None:
+        return named, programs.get(named, {}).get(op)
+    key = f"{named}({prog})" if named else next((k for k in programs if k.endswith(f"({prog})")), str(prog))
+    ins = programs.get(key, {}).get(op)
+    if ins is None and named:
+        ins = instruction(programs, named, prog, op)
+    return key, ins
 
 
 def device_program_runs(space) -> dict[str, list[tuple[float, float]]]:
