@@ -1,5 +1,5 @@
 """The JAX backend beside torch_xla: the same tokens on the same weights, the same noise,
-tensor parallelism, JAX's persistent compilation cache and the same errors.
+tensor parallelism, warm starts from the compilation cache and the same errors.
 
 (Numerics against HF, compile discipline, sampling and the step API run on both backends in
 test_numerics.py, test_engine.py and test_sampling.py.)"""
@@ -21,6 +21,11 @@ PROMPTS = [[1, 2, 3, 4, 5, 6, 7], list(range(3, 33))]
 RUN = """
 import json, sys
 from tpu_engine import LLM, SamplingParams
+if sys.argv[4:] == ["no-trace"]:  # tracing the model would call this
+    import tpu_engine.jax_backend.model as model
+    def refuse(*a, **k):
+        raise AssertionError("the model was traced")
+    model.hidden = refuse
 from tpu_engine.scheduler import ExpectedRequests
 prompts = [{"prompt_token_ids": p} for p in %r]
 expected = ExpectedRequests(tuple((len(p["prompt_token_ids"]), 6) for p in prompts))  # logprobs=0: no alternatives
@@ -36,11 +41,13 @@ print(json.dumps({"outs": [[o.outputs[0].token_ids, [d[t].logprob for d, t in zi
 """ % (PROMPTS,)
 
 
-def run_jax(model_dir: str, tp: int, cache_dir: str = "") -> dict:
-    """One JAX engine in a subprocess: the CPU device count is fixed when JAX starts."""
+def run_jax(model_dir: str, tp: int, cache_dir: str = "", *, trace: bool = True) -> dict:
+    """One JAX engine in a subprocess: the CPU device count is fixed when JAX starts. With
+    trace=False, tracing the model fails the run."""
     env = {**os.environ, "PYTHONPATH": ROOT,
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={tp}"}
-    proc = subprocess.run([sys.executable, "-c", RUN, model_dir, str(tp), cache_dir], env=env,
+    proc = subprocess.run([sys.executable, "-c", RUN, model_dir, str(tp), cache_dir, *([] if trace else ["no-trace"])],
+                          env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -66,12 +73,27 @@ def test_tp_matches_single_device(tp_model, tp1, tp):
         assert max(abs(a - b) for a, b in zip(lp, ref_lp)) < 1e-4
 
 
-def test_persistent_cache_serves_every_executable_of_a_second_start(tp_model, tmp_path):
-    cold = run_jax(tp_model, 1, str(tmp_path))
-    warm = run_jax(tp_model, 1, str(tmp_path))
+@pytest.mark.parametrize("tp", [1, 2])
+def test_a_warm_start_loads_every_executable_and_never_traces_the_model(tp_model, tmp_path, tp):
+    cold = run_jax(tp_model, tp, str(tmp_path))
+    warm = run_jax(tp_model, tp, str(tmp_path), trace=False)
     assert cold["misses"] == cold["compiles"] > 0 and cold["hits"] == 0
     assert warm["hits"] == cold["compiles"] and warm["misses"] == 0
     assert warm["outs"] == cold["outs"]
+
+
+def test_an_unreadable_stored_executable_is_compiled_again_and_replaced(tp_model, tmp_path):
+    from tpu_engine.jax_backend.programs import SUBDIR
+    cold = run_jax(tp_model, 1, str(tmp_path))
+    stored = sorted(os.listdir(tmp_path / SUBDIR))
+    assert len(stored) == cold["compiles"]
+    for name in stored:
+        (tmp_path / SUBDIR / name).write_bytes(b"torn")
+    again = run_jax(tp_model, 1, str(tmp_path))
+    assert again["outs"] == cold["outs"] and again["misses"] == again["compiles"] == cold["compiles"]
+    assert sorted(os.listdir(tmp_path / SUBDIR)) == stored
+    warm = run_jax(tp_model, 1, str(tmp_path), trace=False)
+    assert warm["outs"] == cold["outs"] and warm["hits"] == cold["compiles"]
 
 
 def test_greedy_tokens_identical_to_torch_xla_on_the_same_weights(llama_dir):

@@ -73,8 +73,10 @@ class LLMEngine:
         self.step_count = 0
         self.scheduler: Scheduler[_Request] = Scheduler(config.max_num_seqs, self.max_prefill)
         self.warmup_plan = self._shape_plan(config.expected)
+        t0 = time.perf_counter()
         self.warmup_stats = self.runner.warmup(self.warmup_plan, self._variants(config.expected),
                                                config.progress)
+        self.warmup_s = time.perf_counter() - t0  # compiling (or loading) and first runs, no model load
         self._rng = random.Random(config.seed)
         self._requests: dict[str, _Request] = {}
         self._eos = set(self.model_config.eos_token_ids)

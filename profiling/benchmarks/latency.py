@@ -163,7 +163,7 @@ def main(argv=None) -> None:
     llm = LLM(args.model, **kw)
     eng = llm.llm_engine
     ready_s, stats = time.perf_counter() - t0, eng.warmup_stats
-    print(f"ready in {ready_s:.1f} s ({stats.compiles} XLA graphs compiled, "
+    print(f"ready in {ready_s:.1f} s, {eng.warmup_s:.1f} s of it warm-up ({stats.compiles} XLA graphs built, "
           f"{stats.compile_time_s:.1f} s of it in XLA; persistent cache {stats.cache_hits} hits, "
           f"{stats.cache_misses} misses)")
     params = SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=args.output_len)
@@ -190,7 +190,7 @@ def main(argv=None) -> None:
             if h:
                 hf_runs.append(h)
     figures = {"args": vars(args), "engine": describe(f"tpu_engine ({args.backend})", runs, args.batch_size),
-               "startup": dict(ready_s=ready_s, compiles=stats.compiles, compile_time_s=stats.compile_time_s,
+               "startup": dict(ready_s=ready_s, warmup_s=eng.warmup_s, compiles=stats.compiles, compile_time_s=stats.compile_time_s,
                                cache_hits=stats.cache_hits, cache_misses=stats.cache_misses)}
     weights, kv = eng.runner.weight_bytes(), eng.runner.kv_cache_bytes()
     figures["memory"] = dict(weights_bytes=weights, kv_cache_bytes=kv, baseline_rss_bytes=baseline_rss,

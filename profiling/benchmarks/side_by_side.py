@@ -76,14 +76,15 @@ def _print_batch(batch: int, runs: dict, compare_hf: bool) -> dict:
             vals.append(_mean(*[runs[b][s]["hf"].get(key) for b in BACKENDS for s in ("cold", "warm")]))
         table[key] = dict(zip(cols, vals))
         print(_row(what, [_ms(v) for v in vals]))
-    for start in ("cold", "warm"):
-        vals = [runs[b][start]["startup"]["ready_s"] for b in BACKENDS]
-        table[f"ready_{start}_s"] = dict(zip(BACKENDS, vals))
-        hits = [runs[b][start]["startup"]["cache_hits"] for b in BACKENDS]
-        print(_row(f"start-up, {start} cache (hits)", [f"{v:.1f} s ({h})" for v, h in zip(vals, hits)]))
-    ratio = [runs[b]["warm"]["startup"]["ready_s"] / runs[b]["cold"]["startup"]["ready_s"] for b in BACKENDS]
-    table["warm_over_cold"] = dict(zip(BACKENDS, ratio))
-    print(_row("warm / cold start-up", [f"{r:.2f}" for r in ratio]))
+    for key, what in (("ready_s", "start-up"), ("warmup_s", "warm-up")):  # start-up = load + warm-up
+        for start in ("cold", "warm"):
+            vals = [runs[b][start]["startup"][key] for b in BACKENDS]
+            table[f"{key[:-2]}_{start}_s"] = dict(zip(BACKENDS, vals))
+            hits = [runs[b][start]["startup"]["cache_hits"] for b in BACKENDS]
+            print(_row(f"{what}, {start} cache (hits)", [f"{v:.2f} s ({h})" for v, h in zip(vals, hits)]))
+        ratio = [runs[b]["warm"]["startup"][key] / runs[b]["cold"]["startup"][key] for b in BACKENDS]
+        table[f"{key[:-2]}_warm_over_cold"] = dict(zip(BACKENDS, ratio))
+        print(_row(f"warm / cold {what}", [f"{r:.2f}" for r in ratio]))
     peaks = [max(runs[b][s]["memory"]["peak_rss_bytes"] for s in ("cold", "warm")) for b in BACKENDS]
     table["peak_rss_bytes"] = dict(zip(BACKENDS, peaks))
     print(_row("peak RSS (engine, before HF)", [f"{p / 2**20:.0f} MiB" for p in peaks]))

@@ -1,9 +1,10 @@
-"""JAX's compile counters and persistent compilation cache, as the engine's CompileStats.
+"""JAX's compile counters, as the engine's CompileStats, and the compilation cache dir.
 
-Counted from `jax.monitoring` events, JAX's own: every executable JAX builds (a compile, or a
-load from the persistent cache) records one backend-compile duration event, and cache hits and
-misses record events of their own. A backend-compile event after warm-up therefore means a
-shape or a static argument that warm-up did not cover, whether or not the cache served it.
+Compiles are counted from `jax.monitoring` events, JAX's own: every executable JAX builds
+records one backend-compile duration event. Loads from the engine's executable store
+(programs.py) count as a build and a cache hit, a store miss as a miss. A build after warm-up
+therefore means a shape or a static argument that warm-up did not cover, whether or not the
+cache served it.
 """
 from __future__ import annotations
 
@@ -16,8 +17,6 @@ from ..paths import writable_dir
 log = logging.getLogger(__name__)
 
 _COMPILE = "/jax/core/compile/backend_compile_duration"
-_HIT = "/jax/compilation_cache/cache_hits"
-_MISS = "/jax/compilation_cache/cache_misses"
 
 
 class _Counters:
@@ -32,16 +31,16 @@ class _Counters:
                 self.compiles += 1
                 self.seconds += seconds
 
-    def on_event(self, event: str, **_) -> None:
-        if event in (_HIT, _MISS):
-            with self.lock:
-                if event == _HIT:
-                    self.hits += 1
-                else:
-                    self.misses += 1
-
 
 _counters = _Counters()
+
+
+def record_load(seconds: float) -> None:
+    """An executable loaded from the engine's store (programs.py): one built, one cache hit."""
+    with _counters.lock:
+        _counters.compiles += 1
+        _counters.seconds += seconds
+        _counters.hits += 1
 
 
 def install_counters() -> None:
@@ -50,7 +49,6 @@ def install_counters() -> None:
         return
     import jax.monitoring
     jax.monitoring.register_event_duration_secs_listener(_counters.on_duration)
-    jax.monitoring.register_event_listener(_counters.on_event)
     _counters.installed = True
 
 
@@ -59,19 +57,16 @@ def compile_stats() -> CompileStats:
         return CompileStats(_counters.compiles, _counters.seconds, _counters.hits, _counters.misses)
 
 
-_cache_dir: str | None = None
+def record_miss() -> None:
+    with _counters.lock:
+        _counters.misses += 1
 
 
-def init_persistent_cache(path: str) -> str:
-    """Point JAX's persistent compilation cache at `path` (one per process, as torch_xla's).
-    Every executable is cached, however small or quick to compile: on CPU that is all of them."""
-    global _cache_dir
-    if _cache_dir is not None:
-        return _cache_dir
+def cache_dir(path: str) -> str:
+    """The compilation cache dir, checked writable. The executable store there is the one
+    cache: JAX's own persistent cache is turned off, because an executable it loaded on CPU
+    serializes without its kernels ("Function ... not found" when the copy runs)."""
     path = writable_dir(path, "compilation cache dir")
     import jax
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    _cache_dir = path
+    jax.config.update("jax_enable_compilation_cache", False)
     return path

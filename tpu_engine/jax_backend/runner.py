@@ -28,6 +28,7 @@ from ..weights import ModelSource, checkpoint_tensors, dummy_tensors
 from . import compile as jcompile
 from .graphs import compile_steps
 from .model import build_params
+from .programs import ProgramStore, StepProgram, context
 from .sharding import Placement
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class JaxRunner:
         jcompile.install_counters()
         self.device_kind = platform()
         self.cfg: ModelConfig = source.config
-        self.cache_dir = jcompile.init_persistent_cache(compilation_cache_dir) if compilation_cache_dir else None
+        self.cache_dir = jcompile.cache_dir(compilation_cache_dir) if compilation_cache_dir else None
         self.jdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
         self.dtype = np.dtype(self.jdtype)
         self.max_model_len, self.max_num_seqs = max_model_len, max_num_seqs
@@ -85,8 +86,10 @@ class JaxRunner:
         shape = (self.scratch_row + 1, self.cfg.num_key_value_heads, self.cfg.head_dim)
         self.kv_caches = [(self.place.kv_cache(shape, self.jdtype), self.place.kv_cache(shape, self.jdtype))
                           for _ in range(self.cfg.num_hidden_layers)]
-        self._prefill_fn, self._gather_fn, self._decode_fn, self._head_fn = compile_steps(
-            self.cfg, self.place.constrain)
+        store = ProgramStore(self.cache_dir, context(self.cfg, dtype), self.place.devices) \
+            if self.cache_dir else None
+        self._prefill_fn, self._gather_fn, self._decode_fn, self._head_fn = (
+            StepProgram(fn.__name__, fn, store) for fn in compile_steps(self.cfg, self.place.constrain))
         self.guard = CompileGuard(strict=strict_compiles, stats=jcompile.compile_stats,
                                   hint="run with JAX_LOG_COMPILES=1 to see which function and shapes")
         self._sampling = SamplingInputs(self.cfg.vocab_size, lambda floats, ints: (

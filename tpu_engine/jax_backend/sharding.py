@@ -26,6 +26,10 @@ class Placement:
             self.replicated = NamedSharding(self.mesh, P())
             self.kv = NamedSharding(self.mesh, P(None, "model", None))
 
+    @property
+    def devices(self) -> list:
+        return [self.device] if self.mesh is None else list(self.mesh.devices.flat)
+
     def param(self, key: str, array):
         if self.mesh is None:
             return jax.device_put(array, self.device)
@@ -35,9 +39,8 @@ class Placement:
         return jax.device_put(array, self.device if self.mesh is None else self.replicated)
 
     def kv_cache(self, shape, dtype):
-        if self.mesh is None:
-            return jax.device_put(np.zeros(shape, dtype), self.device)
-        return jax.jit(lambda: jax.numpy.zeros(shape, dtype), out_shardings=self.kv)()
+        # Zeros from the host: a jitted zeros would be one more program to compile and count.
+        return jax.device_put(np.zeros(shape, dtype), self.device if self.mesh is None else self.kv)
 
     def constrain(self, caches):
         """Inside a jitted step: keep the updated caches split as the donated ones were."""
