@@ -94,7 +94,8 @@ def _print_batch(batch: int, runs: dict, compare_hf: bool) -> dict:
 def _overhead(args, tmp: str) -> dict:
     out = {}
     for backend in BACKENDS:
-        argv = _common(args) + ["--backend", backend, "--batch-size", str(args.batch_size), "--pairs", "3"]
+        # 9 pairs: with 3, the median ratio moved by 0.15 between runs on a 2-core machine.
+        argv = _common(args) + ["--backend", backend, "--batch-size", str(args.batch_size), "--pairs", "9"]
         print(f"  {backend}, profiled vs unprofiled...", file=sys.stderr, flush=True)
         out[backend] = _child("profiling.benchmarks.profiler", argv, os.path.join(tmp, f"overhead-{backend}.json"))
     print(f"\n[profiler overhead, batch {args.batch_size}]")
