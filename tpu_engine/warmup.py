@@ -7,7 +7,6 @@ only the sampler, so each runs once per request bucket on the cheapest shape tha
 """
 from __future__ import annotations
 
-import gc
 import sys
 from typing import Callable, Sequence
 
@@ -56,8 +55,8 @@ def run_warmup(runner, plan: ShapePlan, variants: Sequence[SamplingRow], progres
             show.starting(name)
         run()
         release_freed_memory()
-    gc.collect()  # once: a full collection costs ~0.1 s with torch and jax loaded
-    release_freed_memory()
+    # No gc.collect(): with torch and jax loaded it costs ~0.12 s, and peak RSS after warm-up
+    # measured the same without it (1002 vs 1000 MiB jax, 1181 vs 1178 MiB torch_xla).
     if show:
         show.done()
 
