@@ -84,7 +84,7 @@ def summarize(path: str, csv: str | None = None, json_path: str | None = None, c
     """Print the tables of one capture and write the exports asked for."""
     from .analysis.analysis import Analysis
     from .export import files, text
-    from .runfiles import Outputs
+    from .runs.files import Outputs
     for out in (csv, json_path, chrome, plots):
         if out is not None:
             _check_output(out)

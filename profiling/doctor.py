@@ -8,8 +8,8 @@ import glob
 import importlib.metadata
 import os
 
-from .capture.record import version_of
 from .capture.xla_profiler import DEFAULT_PORT, check_port_free
+from .runs.record import version_of
 
 
 def check_versions(backend: str = "torch_xla") -> tuple[bool, str]:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from profiling.analysis.table import number_ranges
+from profiling.table import number_ranges
 from tests.servers import JAX, SMALL, Server
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -13,8 +13,8 @@ import sys
 import time
 
 from profiling.capture import store, workload
-from profiling.capture.record import read_manifest, read_run_record
 from profiling.capture.verify import check_capture, coverage
+from profiling.runs.record import read_manifest, read_run_record
 from profiling.trace import xspace
 from tests.captures import PROFILING, ROOT, SMALL, free_port, profiling_env
 

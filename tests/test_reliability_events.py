@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from profiling.capture.record import read_manifest
 from profiling.cli import cli
+from profiling.runs.record import read_manifest
 from profiling.service import output
 from profiling.service.collector import Collector
 from profiling.service.engine_spans import EngineSpans

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 from profiling.analysis import compare
 from profiling.analysis.analysis import Analysis, Step
-from profiling.capture.record import read_manifest, read_run_record
 from profiling.cli import cli
 from profiling.export import chrome_trace, files, text
-from profiling.runfiles import RunFileError
+from profiling.runs.files import RunFileError
+from profiling.runs.record import read_manifest, read_run_record
 from tests.reliability import JSON, failed, one_sentence, run_main
 
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -23,7 +23,8 @@ from tests.service_targets import Batch, Worker
 from tpu_engine.cli import check_port
 from tpu_engine.outputs import SamplingParams
 from tpu_engine.serve import threads
-from tpu_engine.serve.protocol import RequestError, parse_chat, parse_completion
+from tpu_engine.serve.errors import RequestError
+from tpu_engine.serve.protocol import parse_chat, parse_completion
 from tpu_engine.serve.tokenizer import Tokenizer, default_tokenizer_path
 
 FAST = settings(max_examples=100, deadline=None, database=None, derandomize=True,

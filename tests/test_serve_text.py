@@ -8,7 +8,7 @@ import pytest
 
 from tpu_engine.default_tokenizer import PATH, build
 from tpu_engine.serve.chat import render_chat
-from tpu_engine.serve.protocol import RequestError
+from tpu_engine.serve.errors import RequestError
 from tpu_engine.serve.textstream import TextStream
 from tpu_engine.serve.tokenizer import Tokenizer, load_tokenizer
 

@@ -14,7 +14,7 @@ import sys
 import httpx
 import pytest
 
-from profiling.capture.record import read_manifest
+from profiling.runs.record import read_manifest
 from tests.servers import ROOT, SMALL, Server, switch_collection
 from tpu_engine.config import DEFAULT_MODEL, REGISTRY
 

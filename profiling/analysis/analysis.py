@@ -13,8 +13,8 @@ import dataclasses
 
 from tpu_engine.events import StepRecord
 
-from ..capture.record import RunRecord, read_manifest, read_run_record
-from ..capture.store import resolve_run
+from ..runs.layout import resolve_run
+from ..runs.record import RunRecord, read_manifest, read_run_record
 from ..trace import ops as ops_mod
 from ..trace import xspace
 from ..trace.ops import Op

@@ -13,9 +13,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 
+from ..table import Table
 from ..trace.ops import Op, device_program_runs
 from .analysis import Analysis, Step
-from .table import Table
 
 KINDS = ("compute", "collective", "copy", "waiting")
 # XLA's runtime takes microseconds between ops; a program that runs no op for this long is

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import collections
 
+from ..table import Table
 from .analysis import Analysis
-from .table import Table
 from .tables import phase_summary
 
 

@@ -7,7 +7,7 @@ import dataclasses
 
 from tpu_engine.config import ModelConfig
 
-from ..capture.peaks import Peaks
+from ..runs.parts import Peaks
 from .analysis import Analysis
 
 

@@ -7,9 +7,9 @@ import collections
 import dataclasses
 import statistics
 
+from ..table import Table, percentile
 from ..trace.categories import CATEGORIES
 from .analysis import Analysis
-from .table import Table, percentile
 
 
 def phase_summary(a: Analysis) -> Table:

@@ -15,7 +15,6 @@ import statistics
 import tempfile
 import time
 
-
 from tpu_engine.cli import add_engine_args, engine_kwargs, run_cli
 
 
@@ -32,10 +31,12 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> None:
-    from profiling.capture import store, workload
-    from profiling.capture.verify import check_capture
+    from profiling.capture import workload
     from profiling.capture.profilers import profiler_of
-    from profiling.capture.windows import PhaseWindow, Window
+    from profiling.capture.verify import check_capture
+    from profiling.capture.windows import PhaseWindow
+    from profiling.runs.layout import runs_in
+    from profiling.runs.parts import Window
     from tpu_engine import LLM, SamplingParams
     args = parse_args(argv)
     llm = LLM(args.model, **engine_kwargs(args))
@@ -64,7 +65,7 @@ def main(argv=None) -> None:
             t = time.perf_counter()
             logdir = os.path.join(tmp, str(i))
             window.export(logdir)
-            check = check_capture(store.runs_in(logdir)[-1])
+            check = check_capture(runs_in(logdir)[-1])
             written.append(time.perf_counter() - t)
             sizes.append(check.bytes / max(1, check.num_steps))
     finally:

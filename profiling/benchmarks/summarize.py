@@ -47,7 +47,7 @@ def main(argv=None) -> None:
     ap.add_argument("capture", help="run dir, profile dir or .xplane.pb")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args(argv)
-    from profiling.capture.store import resolve_run
+    from profiling.runs.layout import resolve_run
     _, xplane = resolve_run(args.capture)
     size = os.path.getsize(xplane)
     _, base_rss = _run(["doctor", "--profile-result-dir", tempfile.gettempdir()])

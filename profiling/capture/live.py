@@ -16,11 +16,12 @@ import time
 
 from tpu_engine.compile import CompileStats
 
+from ..runs.parts import Window
+from ..runs.record import CaptureTiming, Compiles
 from . import peaks, store
 from .profilers import profiler_of
 from .publish import Published, publish, settle_stale_staging
-from .record import CaptureTiming, Compiles, RunRecord, StepLog
-from .windows import Window
+from .record import StepLog, record_of
 
 DIR_ENV = "VLLM_TORCH_PROFILER_DIR"
 
@@ -93,7 +94,7 @@ class LiveCapture:
             if not runs:
                 raise ValueError("the profiler exported no capture.")
             info = self.engine.describe()
-            record = RunRecord.of_engine(
+            record = record_of(
                 self.engine, peaks=peaks.machine_peaks(info.device, measure=False), window=Window("server"),
                 compiles=Compiles(self.engine.warmup_stats, stopped.compiles),
                 capture=CaptureTiming(opened_at=stopped.opened_at, closed_at=stopped.closed_at))

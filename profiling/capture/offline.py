@@ -14,11 +14,13 @@ import time
 
 from tqdm import tqdm
 
+from ..runs.parts import Peaks
+from ..runs.record import CaptureTiming, Compiles, Latencies, RunRecord
 from . import peaks, store, workload
 from .interrupts import PAUSE_ENV, Interrupts, from_interrupt, pause_point
 from .profilers import profiler_for
 from .publish import publish, settle_stale_staging
-from .record import CaptureTiming, Compiles, Latencies, RunRecord, StepLog
+from .record import StepLog, record_of
 from .windows import DELAY_ENV, DetachedTrace, PhaseWindow, plan_window
 
 
@@ -60,7 +62,7 @@ class Profiler:
         from tpu_engine.setup import resolve_limits
         self.args = args
         self.window = plan_window(args)
-        self.workload = workload.Workload.plan(args.mode, args.batch_size, args.output_len, args.n)
+        self.workload = workload.plan(args.mode, args.batch_size, args.output_len, args.n)
         self.engine_kwargs = engine_kwargs(args)
         if args.max_num_seqs is None:  # one decode slot per request of the batch
             self.engine_kwargs["max_num_seqs"] = args.batch_size
@@ -76,7 +78,7 @@ class Profiler:
         self.profiler.check_port_free(args.profiler_port)
         self.problems: list[str] = []
         self.published: list[str] = []
-        self.peaks: peaks.Peaks | None = None
+        self.peaks: Peaks | None = None
         self.warm: list[float] = []
         self.profiled: list[float] = []
         self.interrupts = Interrupts()   # Ctrl-C policy: see interrupts.py
@@ -237,7 +239,7 @@ class Profiler:
     def _record(self, capture: CaptureTiming) -> RunRecord:
         if self.peaks is None:  # measured once, between passes (outside any timing)
             self.peaks = peaks.machine_peaks(self.engine.describe().device, measure=True)
-        return RunRecord.of_engine(
+        return record_of(
             self.engine, peaks=self.peaks, window=self.window, capture=capture,
             compiles=Compiles(self.engine.warmup_stats, self.engine.compile_stats() - self.compiles_before),
             args=vars(self.args), workload=self.workload, latency_s=Latencies(self.warm, self.profiled))

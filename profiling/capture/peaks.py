@@ -3,11 +3,11 @@ measured on the spot on a CPU host (between passes, outside any timing). A live 
 paused to measure, so its CPU captures say "not measured" rather than a number."""
 from __future__ import annotations
 
-import dataclasses
 import time
-from typing import Any
 
 from tpu_engine.info import DeviceInfo
+
+from ..runs.parts import Peaks
 
 # Per-chip peaks from Google's published TPU specs: (bf16 FLOP/s, HBM bytes/s).
 TPU_PEAKS = {
@@ -15,20 +15,6 @@ TPU_PEAKS = {
     "v5 lite": (197e12, 819e9), "v5e": (197e12, 819e9), "v5p": (459e12, 2765e9),
     "v6 lite": (918e12, 1640e9), "v6e": (918e12, 1640e9),
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class Peaks:
-    flops_per_s: float | None     # None: not known
-    bytes_per_s: float | None
-    source: str                   # where the figures come from, or why there are none
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Peaks":
-        return cls(data.get("flops_per_s"), data.get("bytes_per_s"), str(data.get("source", "unknown")))
 
 
 def tpu_peaks(device_kind: str) -> tuple[float, float] | None:

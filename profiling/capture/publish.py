@@ -11,11 +11,20 @@ import shutil
 import time
 from collections.abc import Callable
 
-from ..analysis.table import number_ranges
-from .record import CaptureTiming, RunRecord, StepLog, read_run_record, write_manifest, write_run_record
-from .store import Staging, free_run_name, name_capture, runs_in, stale_stagings
-from .verify import PhaseCoverage, Verification, check_capture, coverage
-from .windows import DELAY_ENV, DURATION_ENV, Window
+from ..runs.layout import runs_in
+from ..runs.parts import Verification, Window
+from ..runs.record import (
+    CaptureTiming,
+    RunRecord,
+    read_run_record,
+    write_manifest,
+    write_run_record,
+)
+from ..table import number_ranges
+from .record import StepLog
+from .store import Staging, free_run_name, name_capture, stale_stagings
+from .verify import PhaseCoverage, check_capture, coverage
+from .windows import DELAY_ENV, DURATION_ENV
 
 
 @dataclasses.dataclass

@@ -1,5 +1,5 @@
-"""The profile dir on disk: TensorBoard's layout `<dir>/plugins/profile/<run>/<host>.xplane.pb`,
-a private staging dir where captures are written until they are complete, and finding runs.
+"""The profile dir as the capture side writes it: a private staging dir where captures are
+written until they are complete, and run names (finding runs is `runs/layout.py`).
 
 A run is moved into `plugins/profile/` with one rename, once verified and recorded, so
 TensorBoard (and `summarize`) never see half a run. Run names begin with the time
@@ -17,7 +17,8 @@ import time
 
 from tpu_engine.paths import writable_dir
 
-DEFAULT_PROFILE_DIR = "profiles"   # the capture command's --profile-result-dir default
+from ..runs.layout import find_xplane, runs_in
+
 STAMP = "%Y_%m_%d_%H_%M_%S"
 STAMP_LEN = len("2026_11_30_09_50_12")
 
@@ -44,12 +45,6 @@ def check_creatable_dir(path: str, what: str) -> str:
     return path
 
 
-def runs_in(logdir: str) -> list[str]:
-    """Run directories under `logdir/plugins/profile/` that hold a `.xplane.pb`."""
-    return sorted({os.path.dirname(p) for p in
-                   glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb"))})
-
-
 def capture_file_name() -> str:
     """`<hostname>.xplane.pb`, what an in-process trace is exported as; a detached trace
     (which the profiler client names `localhost_<port>.xplane.pb`) is renamed to match."""
@@ -65,46 +60,6 @@ def name_capture(run_dir: str) -> str:
         os.rename(found[0], want)
         return want
     return find_xplane(run_dir)
-
-
-def find_xplane(run_dir: str) -> str:
-    found = sorted(glob.glob(os.path.join(run_dir, "*.xplane.pb")))
-    if not found:
-        raise ValueError(f"no .xplane.pb in {run_dir}.")
-    return found[0]
-
-
-def resolve_run(path: str) -> tuple[str, str]:
-    """(run dir, xplane path) for a run dir, an .xplane.pb file, a profile dir (its newest run),
-    or a run's name as `summarize` lists it (`<profile dir>/<name>`, or a bare name in
-    ./profiles). ValueError when nothing readable is there."""
-    if os.path.isfile(path):
-        if not path.endswith(".xplane.pb"):
-            raise ValueError(f"{path} is not an .xplane.pb capture.")
-        return os.path.dirname(os.path.abspath(path)), path
-    if not os.path.isdir(path):
-        return _run_by_name(path)
-    if glob.glob(os.path.join(path, "*.xplane.pb")):
-        return path, find_xplane(path)
-    runs = runs_in(path)
-    if runs:
-        run = max(runs, key=os.path.getmtime)
-        if len(runs) > 1:
-            names = ", ".join(os.path.basename(r) for r in runs[-6:])
-            print(f"{path} holds {len(runs)} runs ({'..., ' if len(runs) > 6 else ''}{names}); reading the "
-                  f"newest, {os.path.basename(run)} (pass a run's name or dir to choose another).")
-        return run, find_xplane(run)
-    raise ValueError(f"no .xplane.pb capture in {path} (nor in {path}/plugins/profile/<run>/).")
-
-
-def _run_by_name(path: str) -> tuple[str, str]:
-    """`profiles/<run name>` or a bare `<run name>` (looked up in ./profiles), as listed by
-    `summarize`: the run `<profile dir>/plugins/profile/<run name>`."""
-    parent, name = os.path.split(os.path.normpath(path))
-    where = os.path.join(parent or DEFAULT_PROFILE_DIR, "plugins", "profile", name)
-    if name and os.path.isdir(where):
-        return where, find_xplane(where)
-    raise ValueError(f"{path} does not exist (as a path, nor as a run named {name!r} in {where}).")
 
 
 def run_name(kind: str, when: float | None = None) -> str:

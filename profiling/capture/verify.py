@@ -6,56 +6,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-from typing import Any
 
 from tpu_engine.events import PHASES, StepRecord
 
-from ..analysis.table import number_ranges
+from ..runs.layout import find_xplane
+from ..runs.parts import Verification
 from ..trace import xspace
 from ..trace.xprof import xprof_tools
-from .store import find_xplane
-
-
-@dataclasses.dataclass(frozen=True)
-class Verification:
-    """What checking a written capture found (kept in its run record)."""
-    xplane: str                      # file name, in the run dir
-    bytes: int
-    steps: dict[str, list[int]]      # phase -> engine step numbers found in the trace
-    xprof_tools: list[str]           # what XProf offers for it (TensorBoard's tool list)
-    session_ns: tuple[int, int] | None
-
-    @property
-    def num_steps(self) -> int:
-        return sum(len(v) for v in self.steps.values())
-
-    @property
-    def step_numbers(self) -> list[int]:
-        return sorted(n for v in self.steps.values() for n in v)
-
-    def phases(self) -> str:
-        """`prefill-decode`, `decode`, ... (what the capture holds), or `idle`."""
-        return "-".join(p for p in PHASES if self.steps.get(p)) or "idle"
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Verification":
-        session = data.get("session_ns")
-        return cls(str(data.get("xplane", "")), int(data.get("bytes", 0)),
-                   {str(k): list(v) for k, v in (data.get("steps") or {}).items()},
-                   list(data.get("xprof_tools") or []), tuple(session) if session else None)
-
-    def describe(self) -> str:
-        parts = [f"{len(v)} {phase} step{'s' if len(v) != 1 else ''} ({_ranges(v)})"
-                 for phase, v in self.steps.items() if v]
-        found = ", ".join(parts) if parts else "no engine steps"
-        return f"{self.bytes / 1e6:.2f} MB, readable by XProf ({len(self.xprof_tools)} tools), {found}"
-
-
-def _ranges(nums: list[int]) -> str:
-    return "steps " + number_ranges(nums)
 
 
 def check_capture(run_dir: str) -> Verification:

@@ -9,62 +9,21 @@ A live server's captures (`live.py`) open and close between engine steps on requ
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Callable
 
-from tpu_engine.events import PhaseEvent, StepRecord
+from tpu_engine.events import PhaseEvent
 
+from ..runs.parts import Window
 from . import xla_profiler
 
 DELAY_ENV, DURATION_ENV = "VLLM_TPU_PROFILE_DELAY_MS", "VLLM_TPU_PROFILE_DURATION_MS"
 DEFAULT_DELAY_MS, DEFAULT_DURATION_MS = 0, 3000
 MAX_WINDOW_MS = 3_600_000  # an hour: the profiler client takes an int32 of ms, and the trace is held in memory
-
-
-@dataclasses.dataclass(frozen=True)
-class Window:
-    """The capture window asked for: kind "env", "phase" or "server"."""
-    kind: str
-    delay_ms: int = 0
-    duration_ms: int = 0
-    phase: str = "all"
-    max_steps: int | None = None
-    min_batch: int = 1
-    min_kv_len: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Window":
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
-
-    def matches(self, r: StepRecord) -> bool:
-        """Whether a step belongs in a phase window."""
-        if self.phase != "all" and r.phase != self.phase:
-            return False
-        if r.phase == "decode":
-            return r.batch_size >= self.min_batch and r.kv_len_max >= self.min_kv_len
-        return True
-
-    def describe(self) -> str:
-        if self.kind == "env":
-            return f"env window, delay {self.delay_ms} ms, duration {self.duration_ms} ms"
-        if self.kind == "server":
-            return "from /start_profile to /stop_profile"
-        extra = []
-        if self.max_steps:
-            extra.append(f"first {self.max_steps} step(s)")
-        if self.min_batch > 1:
-            extra.append(f"batch >= {self.min_batch}")
-        if self.min_kv_len:
-            extra.append(f"KV length >= {self.min_kv_len}")
-        return f"{self.phase} steps" + (f" ({', '.join(extra)})" if extra else "")
 
 
 def _env_int(environ, name: str, default: int, minimum: int) -> int:

@@ -11,36 +11,15 @@ max_num_batched_tokens), so a batch that fits starts with one prefill step.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 import numpy as np
 
+from ..runs.parts import Workload
 
-@dataclasses.dataclass(frozen=True)
-class Workload:
-    """A run's schedule as recorded: each request's output length and the decode batch sizes
-    that follow from it."""
-    mode: str
-    output_lengths: list[int]
-    expected_decode_batches: list[int]
 
-    @classmethod
-    def plan(cls, mode: str, batch_size: int, output_len: int, n: int | None) -> "Workload":
-        lengths = steps_per_request(mode, batch_size, output_len, n)
-        return cls(mode, lengths, decode_batch_sizes(lengths))
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Workload":
-        return cls(str(data["mode"]), list(data["output_lengths"]), list(data["expected_decode_batches"]))
-
-    def describe(self) -> str:
-        if len(set(self.output_lengths)) == 1:
-            return f"{self.output_lengths[0]} output tokens each"
-        return "decode batches " + ", ".join(map(str, self.expected_decode_batches))
+def plan(mode: str, batch_size: int, output_len: int, n: int | None) -> Workload:
+    """The schedule as recorded: each request's output length and the decode batches it gives."""
+    lengths = steps_per_request(mode, batch_size, output_len, n)
+    return Workload(mode, lengths, decode_batch_sizes(lengths))
 
 
 def random_prompts(batch_size: int, input_len: int, vocab_size: int, seed: int) -> list[dict]:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import gzip
 import json
 
-from .. import runfiles
 from ..analysis.analysis import Analysis, Step
+from ..runs import files as runfiles
 from ..trace.ops import Op
 
 PID = 1

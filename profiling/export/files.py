@@ -6,13 +6,13 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from .. import runfiles
 from ..analysis import tables
 from ..analysis.analysis import Analysis
 from ..analysis.breakdown import breakdown_table
 from ..analysis.compiles import compile_report
 from ..analysis.roofline import roofline
-from ..analysis.table import Table
+from ..runs import files as runfiles
+from ..table import Table
 
 
 def phase_tables(a: Analysis, phase: str) -> dict[str, Table]:

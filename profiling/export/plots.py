@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import collections
 
-from .. import runfiles
 from ..analysis.analysis import Analysis
 from ..analysis.tables import scope_order
+from ..runs import files as runfiles
 from ..trace.categories import CATEGORIES
 
 

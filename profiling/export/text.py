@@ -11,7 +11,7 @@ from ..analysis.breakdown import breakdown_table
 from ..analysis.compiles import CompileReport, compile_report
 from ..analysis.fidelity import coverage, layer_outliers
 from ..analysis.roofline import Roofline, roofline
-from ..analysis.table import Table
+from ..table import Table
 from ..trace.categories import UNSCOPED
 
 ABSENT = "absent"

@@ -96,7 +96,7 @@ class Collector:
         os.makedirs(run_dir, exist_ok=True)
         path = os.path.join(run_dir, EVENTS_FILE)
         new = open(path, "a", buffering=1 << 16)
-        from ..capture.record import versions
+        from ..runs.record import versions
         header = {"type": "header", "pid": os.getpid(), "host": socket.gethostname(),
                   "wall_ns": time.time_ns(), "perf_ns": time.perf_counter_ns(), "version": versions()}
         new.write(json.dumps(header) + "\n")

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from ..runfiles import RunFileError, parse_json
+from ..runs.files import RunFileError, parse_json
 from .collector import EVENTS_FILE
 
 

@@ -8,8 +8,8 @@ import json
 import os
 import sqlite3
 
-from ..analysis.table import Table
-from ..runfiles import Outputs
+from ..runs.files import Outputs
+from ..table import Table
 from .events import find_event_files, read_events
 from .tables import COLUMNS, build, summaries
 from .trace import chrome_trace

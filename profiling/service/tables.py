@@ -10,7 +10,7 @@ import bisect
 import collections
 import dataclasses
 
-from ..analysis.table import Table, percentile
+from ..table import Table, percentile
 from .events import Marker, Span
 
 COLUMNS = {

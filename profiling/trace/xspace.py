@@ -196,7 +196,7 @@ class Space:
 
 def load(path: str) -> Space:
     """Read an `.xplane.pb`; ValueError if it is empty or not an XSpace."""
-    from ..runfiles import read_bytes, space_note
+    from ..runs.files import read_bytes, space_note
     data = read_bytes(path)
     if not data:
         raise ValueError(f"capture {path} is empty (0 bytes{space_note(path)}).")

@@ -23,8 +23,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..outputs import RequestOutput
 from . import schema
 from .async_engine import AsyncEngine, EngineDeadError, RequestFailedError
+from .errors import RequestError
 from .metrics import ServerMetrics
-from .protocol import CompletionRequest, RequestError, parse_chat, parse_completion
+from .protocol import CompletionRequest, parse_chat, parse_completion
 from .responses import ChatFormat, Choice, CompletionFormat, Delta, usage
 from .textstream import TextStream
 from .threads import states as thread_states

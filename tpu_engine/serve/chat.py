@@ -13,11 +13,12 @@ from __future__ import annotations
 import functools
 import json
 
+from .errors import RequestError
+
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 def _fail(message: str):
-    from .protocol import RequestError  # protocol imports this module
     raise RequestError(message)
 
 

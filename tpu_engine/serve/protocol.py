@@ -10,15 +10,10 @@ from typing import Any
 from ..outputs import SamplingParams
 from ..sampler import MAX_LOGPROBS
 from .chat import render_chat
+from .errors import RequestError
 
 MAX_N = 128   # samples per prompt: a guard against one request filling every queue
 INT32_MAX = 2**31 - 1
-
-
-class RequestError(ValueError):
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
 
 
 @dataclasses.dataclass
