@@ -18,10 +18,12 @@ _FIELDS = {
     "HloProto": [("hlo_module", 1, _F.TYPE_MESSAGE, False, "HloModuleProto")],
     "HloModuleProto": [("name", 1, _F.TYPE_STRING, False, None),
                        ("entry_computation_name", 2, _F.TYPE_STRING, False, None),
-                       ("computations", 3, _F.TYPE_MESSAGE, True, "HloComputationProto")],
+                       ("computations", 3, _F.TYPE_MESSAGE, True, "HloComputationProto"),
+                       ("entry_computation_id", 6, _F.TYPE_INT64, False, None)],
     "HloComputationProto": [("name", 1, _F.TYPE_STRING, False, None),
                             ("instructions", 2, _F.TYPE_MESSAGE, True, "HloInstructionProto"),
-                            ("id", 5, _F.TYPE_INT64, False, None)],
+                            ("id", 5, _F.TYPE_INT64, False, None),
+                            ("root_id", 6, _F.TYPE_INT64, False, None)],
     "HloInstructionProto": [("name", 1, _F.TYPE_STRING, False, None), ("opcode", 2, _F.TYPE_STRING, False, None),
                             ("metadata", 7, _F.TYPE_MESSAGE, False, "OpMetadata"),
                             ("fusion_kind", 11, _F.TYPE_STRING, False, None),
@@ -29,7 +31,10 @@ _FIELDS = {
                             ("id", 35, _F.TYPE_INT64, False, None),
                             ("operand_ids", 36, _F.TYPE_INT64, True, None),
                             ("called_computation_ids", 38, _F.TYPE_INT64, True, None),
-                            ("dot_dimension_numbers", 30, _F.TYPE_MESSAGE, False, "DotDimensionNumbers")],
+                            ("dot_dimension_numbers", 30, _F.TYPE_MESSAGE, False, "DotDimensionNumbers"),
+                            ("shape", 3, _F.TYPE_MESSAGE, False, "ShapeProto"),
+                            ("parameter_number", 9, _F.TYPE_INT64, False, None)],
+    "ShapeProto": [("element_type", 2, _F.TYPE_INT32, False, None), ("dimensions", 3, _F.TYPE_INT64, True, None)],
     "DotDimensionNumbers": [("lhs_batch_dimensions", 3, _F.TYPE_INT64, True, None)],
     "OpMetadata": [("op_type", 1, _F.TYPE_STRING, False, None), ("op_name", 2, _F.TYPE_STRING, False, None),
                    ("source_file", 3, _F.TYPE_STRING, False, None), ("source_line", 4, _F.TYPE_INT32, False, None)],
@@ -64,6 +69,8 @@ class Instruction:
     custom_call_target: str
     inherited_from: str = ""  # the instruction whose metadata this one took (it had none)
     batched_dot: bool = False  # a dot with batch dimensions (attention's QK^T and PV), or a fusion of one
+    loops: tuple[str, ...] = ()  # the `while` instructions whose body runs it, outermost first
+    source: str = ""    # file:line of the Python code that made it (JAX records it)
 
 
 # Instructions whose metadata says nothing about the work around them.
@@ -126,8 +133,42 @@ def _inherit(start, named, users, by_id) -> tuple[str, str] | None:
     return None
 
 
+@dataclasses.dataclass(frozen=True)
+class Module:
+    """One embedded HLO program: its instructions by name, and the shapes of its entry
+    parameters ((element type, dimensions), in parameter order: what a step's inputs look like)."""
+    name: str
+    instructions: dict[str, Instruction]
+    parameters: tuple[tuple[int, tuple[int, ...]], ...] = ()
+
+
+S32, S64 = 4, 5  # xla PrimitiveType numbers of the integer types token ids and positions use
+
+
+def _loops(comp_id: int, comp_caller: dict, by_comp: dict) -> tuple[str, ...]:
+    """The `while` instructions whose body (or condition) computation runs `comp_id`, outermost
+    first, through any calls, fusions and conditionals in between."""
+    out, seen = [], set()
+    while comp_id in comp_caller and comp_id not in seen:
+        seen.add(comp_id)
+        ins, parent = comp_caller[comp_id]
+        if ins.opcode == "while":
+            out.append(ins.name)
+        comp_id = parent
+    return tuple(reversed(out))
+
+
+def _source(md) -> str:
+    return f"{md.source_file.rsplit('/', 1)[-1]}:{md.source_line}" if md.source_file else ""
+
+
 def instructions(hlo_proto: bytes) -> tuple[str, dict[str, Instruction]]:
-    """(module name, instruction name -> Instruction) over every computation of the module.
+    module = read_module(hlo_proto)
+    return module.name, module.instructions
+
+
+def read_module(hlo_proto: bytes) -> Module:
+    """Every instruction of the module, over all its computations, by name.
     A fusion or call without metadata of its own takes its body's; an instruction inside a
     called computation takes its caller's; one still without a scope (made by an XLA pass
     that dropped the metadata, e.g. the reduce-window a large reduction is rewritten into)
@@ -136,17 +177,21 @@ def instructions(hlo_proto: bytes) -> tuple[str, dict[str, Instruction]]:
     proto.ParseFromString(hlo_proto)
     module = proto.hlo_module
     by_comp = {c.id: c for c in module.computations}
-    by_id, caller, users = {}, {}, {}
+    by_id, caller, users, comp_of, comp_caller = {}, {}, {}, {}, {}
     for comp in module.computations:
         for ins in comp.instructions:
-            by_id[ins.id] = ins
+            by_id[ins.id], comp_of[ins.id] = ins, comp.id
+    for comp in module.computations:
+        for ins in comp.instructions:
             for cid in ins.called_computation_ids:
+                comp_caller.setdefault(cid, (ins, comp.id))
                 for inner in by_comp[cid].instructions if cid in by_comp else ():
                     caller.setdefault(inner.id, ins)
             for o in ins.operand_ids:
                 users.setdefault(o, []).append(ins)
     meta = {i: _body_metadata(ins, by_comp) for i, ins in by_id.items()}
     named = {i: m[1] for i, m in meta.items() if m[1]}
+    loops = {cid: _loops(cid, comp_caller, by_comp) for cid in by_comp}
     out: dict[str, Instruction] = {}
     for ins in by_id.values():
         op_type, op_name = meta[ins.id]
@@ -166,5 +211,10 @@ def instructions(hlo_proto: bytes) -> tuple[str, dict[str, Instruction]]:
         batched = any(i.opcode == "dot" and i.dot_dimension_numbers.lhs_batch_dimensions for i in body)
         op_type = op_type or primitive_of(op_name)  # JAX records no op_type: its primitive is one
         out[ins.name] = Instruction(ins.name, ins.opcode, op_type, op_name, ins.fusion_kind, fused,
-                                    ins.custom_call_target, source, batched)
-    return module.name, out
+                                    ins.custom_call_target, source, batched, loops.get(comp_of[ins.id], ()),
+                                    _source(ins.metadata) or _source(outer.metadata))
+    entry = by_comp.get(module.entry_computation_id) or next(
+        (c for c in module.computations if c.name == module.entry_computation_name), None)
+    params = sorted((i.parameter_number, (i.shape.element_type, tuple(i.shape.dimensions)))
+                    for i in (entry.instructions if entry else ()) if i.opcode == "parameter")
+    return Module(module.name, out, tuple(p for _, p in params))
