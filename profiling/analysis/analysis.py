@@ -103,7 +103,8 @@ class Analysis:
                       source=f.source, name=f.name, phase_rule=f.phase_rule, args=f.args, runs=f.runs)
                  for f in found]
         a = cls.from_parts(steps, cap.ops, cap.programs, read_run_record(run_dir), run_dir, xplane,
-                           rule=step_rule, phase_rule=phase_rule)
+                           rule=step_rule, phase_rule=phase_rule,
+                           infer_layers=not phases_mod.backward_program(cap.modules))
         a.space, a.capture = cap.space, cap
         a.device_runs = [r for r in cap.runs if r.device.startswith("/device:")]
         return a
@@ -111,8 +112,8 @@ class Analysis:
     @classmethod
     def from_parts(cls, steps: list[Step], ops: list[Op], programs: list[tuple[float, float]] = (),
                    record: RunRecord | None = None, run_dir: str = "", xplane: str = "",
-                   rule: steps_mod.StepRule | None = None, phase_rule: phases_mod.PhaseRule | None = None
-                   ) -> "Analysis":
+                   rule: steps_mod.StepRule | None = None, phase_rule: phases_mod.PhaseRule | None = None,
+                   infer_layers: bool = True) -> "Analysis":
         """Put each op and program run into the step it belongs to, then find the layers.
         Without steps, one pseudo step `all` spans every op."""
         ops = sorted(ops, key=lambda o: o.start_ns)
@@ -138,7 +139,7 @@ class Analysis:
         a = cls(run_dir, xplane, steps, ops, outside, record)
         a.rules = Rules(rule or steps_mod.StepRule("annotation", f"steps: {len(steps)} given"),
                         phase_rule or phases_mod.PhaseRule("names", "phases: as given"),
-                        layers_mod.assign(ops, a.runs_of()))
+                        layers_mod.assign(ops, a.runs_of(), infer=infer_layers))
         return a
 
     def runs_of(self) -> dict[str, list[list[Op]]]:

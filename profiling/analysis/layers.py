@@ -184,7 +184,7 @@ def layers_in(ops: list[Op]) -> int:
     return len(layer_bounds([token(o) for o in seq], [o.category for o in seq]))
 
 
-def assign(ops: list[Op], runs_of: dict[str, list[list[Op]]]) -> LayerRule:
+def assign(ops: list[Op], runs_of: dict[str, list[list[Op]]], infer: bool = True) -> LayerRule:
     """Set every op's `layer_key` and `layer_part`; `runs_of` maps a program to the op lists of
     its runs (one per step and device), where repetition and loops are looked for."""
     scoped = 0
@@ -196,6 +196,9 @@ def assign(ops: list[Op], runs_of: dict[str, list[list[Op]]]) -> LayerRule:
     if scoped:
         n = len({o.layer_key for o in ops if o.layer_key})
         return LayerRule("scope", n, f"layers from scope names ({n} layers, e.g. {_example(ops)})")
+    if not infer:
+        return LayerRule("none", 0, "no layers: a training step's forward and backward passes are not "
+                                    "decoder layers; ops are shown by scope")
     rule = _scanned(runs_of)
     if rule is None:
         rule = _inferred(runs_of)
@@ -258,7 +261,8 @@ def _inferred(runs_of: dict[str, list[list[Op]]]) -> LayerRule | None:
         for r in runs:
             for o in r:
                 if o.name in layer_of:
-                    o.layer_key, o.layer_part = f"layers.{layer_of[o.name]}{INFERRED}", o.scope
+                    o.layer_key = f"layers.{layer_of[o.name]}{INFERRED}"
+                    o.layer_part = o.source if o.scope == UNSCOPED and o.source else o.scope
                     named += 1
         best_n = max(best_n, len(bounds))
     if not named:

@@ -91,6 +91,19 @@ def batch_compositions(run_dir: str) -> list[Composition]:
     return out
 
 
+TRAINING_NAMES = ("train_step", "jit_train", "loss_fn", "_grad", "jit_grad")
+
+
+def backward_program(modules: dict[str, hlo.Module]) -> str:
+    """The program that runs a backward pass (a training step: JAX names its ops
+    `transpose(jvp(...))`), '' if none does."""
+    for key, module in modules.items():
+        if any(n in key for n in TRAINING_NAMES) or any(
+                "transpose(jvp(" in ins.op_name for ins in module.instructions.values()):
+            return key.rsplit("(", 1)[0]
+    return ""
+
+
 def tokens_per_sequence(module: hlo.Module) -> tuple[int, int] | None:
     """(tokens, sequences) a step program processes, from its token-id input: the first
     integer parameter of rank 2 ([sequences, tokens each]); None when it has none."""
@@ -123,6 +136,12 @@ def assign(steps, modules: dict[str, hlo.Module], run_dir: str, records: dict) -
         text = "names of the steps' programs and annotations" + (
             "; a generate loop's iterations are decode, the part before it prefill" if how == "loop" else "")
         return PhaseRule(how, f"phases: from the {text}")
+    if not any(s.runs for s in steps) and not steps:
+        return PhaseRule("none", "phases: none (the capture holds no XLA program run): one phase, `all`")
+    train = backward_program(modules)
+    if train:
+        return PhaseRule("none", f"phases: none: a training capture (`{train}` runs a backward pass): one phase, "
+                                 f"`all`")
     return _by_shapes(steps, modules) or PhaseRule(
         "none", "phases: unknown (no manifest, no batch-composition file, no phase in the step names, no token-id "
                 "input in the step program): one phase, `all`")

@@ -154,7 +154,7 @@ def _programs(cap: Capture):
         steps.append(Found(phase_in_name(module) or "all", i, g[0].start_ns, max(end, max(r.end_ns for r in g)),
                            "program", module, runs=g))
     split = _split_loops(cap, steps)
-    rule = StepRule("program", f"steps: {why} ({', '.join(f'`{m}`' for m in chosen)}): {len(steps)} runs")
+    rule = StepRule("program", f"steps: {why} ({', '.join(f'`{m}`' for m in chosen)}): {len(steps)} run(s)")
     if split is not None:
         steps, n_loops = split
         rule = StepRule("loop", f"{rule.text}; each holds a generate loop: the ops before the loop are a step, "

@@ -114,11 +114,33 @@ def _cpu_runs(found: list[Op], spans: list[tuple[float, float]]) -> list[Run]:
     return out
 
 
+GAP_NS = 1e6  # device ops of one program this far apart are two runs of it (GPU: no `XLA Modules` line)
+
+
+def op_runs(found: list[Op]) -> list[Run]:
+    """Program runs from the ops themselves, for device captures without `XLA Modules` lines
+    (GPU): a run is a stretch of one program's ops on one device."""
+    out: list[Run] = []
+    last: dict[str, list] = {}
+    for o in found:
+        if not o.device.startswith("/device:"):
+            continue
+        module = ops_mod.module_name(o.module)
+        cur = last.get(o.device)
+        if cur is None or cur[0] != module or o.start_ns - cur[2] > GAP_NS:
+            if cur is not None:
+                out.append(Run(cur[0], o.device, cur[1], cur[2]))
+            cur = last[o.device] = [module, o.start_ns, o.end_ns]
+        cur[2] = max(cur[2], o.end_ns)
+    out += [Run(m, d, a, b) for d, (m, a, b) in last.items()]
+    return sorted(out, key=lambda r: r.start_ns)
+
+
 def load_xplane(path: str) -> Capture:
     space = xspace.load(path)
     modules = ops_mod.modules_of(space)
     found, spans = ops_mod.ops_and_programs(space, modules)
-    runs = ops_mod.device_runs(space) or _cpu_runs(found, spans)
+    runs = ops_mod.device_runs(space) or op_runs(found) or _cpu_runs(found, spans)
     names = {n for m in modules.values() for n in m.instructions}
     lines = frozenset(line.name for p in space.planes_named("/device:") for line in p.lines)
     return Capture(path, "xplane", found, spans, runs, _xplane_marks(space, names), modules,
