@@ -104,16 +104,18 @@ class Analysis:
                  for f in found]
         a = cls.from_parts(steps, cap.ops, cap.programs, read_run_record(run_dir), run_dir, xplane,
                            rule=step_rule, phase_rule=phase_rule,
-                           infer_layers=not phases_mod.backward_program(cap.modules))
+                           infer_layers=not phases_mod.backward_program(cap.modules),
+                           trip_counts={(key, ins.name): ins.trip_count for key, m in cap.modules.items()
+                                        for ins in m.instructions.values() if ins.trip_count})
         a.space, a.capture = cap.space, cap
-        a.device_runs = [r for r in cap.runs if r.device.startswith("/device:")]
+        a.device_runs = cap.device_runs
         return a
 
     @classmethod
     def from_parts(cls, steps: list[Step], ops: list[Op], programs: list[tuple[float, float]] = (),
                    record: RunRecord | None = None, run_dir: str = "", xplane: str = "",
                    rule: steps_mod.StepRule | None = None, phase_rule: phases_mod.PhaseRule | None = None,
-                   infer_layers: bool = True) -> "Analysis":
+                   infer_layers: bool = True, trip_counts: dict | None = None) -> "Analysis":
         """Put each op and program run into the step it belongs to, then find the layers.
         Without steps, one pseudo step `all` spans every op."""
         ops = sorted(ops, key=lambda o: o.start_ns)
@@ -139,7 +141,7 @@ class Analysis:
         a = cls(run_dir, xplane, steps, ops, outside, record)
         a.rules = Rules(rule or steps_mod.StepRule("annotation", f"steps: {len(steps)} given"),
                         phase_rule or phases_mod.PhaseRule("names", "phases: as given"),
-                        layers_mod.assign(ops, a.runs_of(), infer=infer_layers))
+                        layers_mod.assign(ops, a.runs_of(), infer=infer_layers, trip_counts=trip_counts))
         return a
 
     def runs_of(self) -> dict[str, list[list[Op]]]:

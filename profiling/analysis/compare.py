@@ -98,7 +98,8 @@ def cross_engine(a: Analysis, b: Analysis) -> bool:
     and category."""
     inferred = any(n.endswith(".") and n.startswith("layers.") for n in _layer_names(a) | _layer_names(b)) and \
         a.rules is not None and b.rules is not None and "inferred" in (a.rules.layers.how, b.rules.layers.how)
-    return _layer_names(a) != _layer_names(b) or inferred or (a.record is None) != (b.record is None)
+    na, nb = _layer_names(a), _layer_names(b)
+    return bool(na and nb and na != nb) or inferred or (a.record is None) != (b.record is None)
 
 
 def layer_label(o) -> str:

@@ -184,7 +184,8 @@ def layers_in(ops: list[Op]) -> int:
     return len(layer_bounds([token(o) for o in seq], [o.category for o in seq]))
 
 
-def assign(ops: list[Op], runs_of: dict[str, list[list[Op]]], infer: bool = True) -> LayerRule:
+def assign(ops: list[Op], runs_of: dict[str, list[list[Op]]], infer: bool = True,
+           trip_counts: dict[tuple[str, str], int] | None = None) -> LayerRule:
     """Set every op's `layer_key` and `layer_part`; `runs_of` maps a program to the op lists of
     its runs (one per step and device), where repetition and loops are looked for."""
     scoped = 0
@@ -199,7 +200,7 @@ def assign(ops: list[Op], runs_of: dict[str, list[list[Op]]], infer: bool = True
     if not infer:
         return LayerRule("none", 0, "no layers: a training step's forward and backward passes are not "
                                     "decoder layers; ops are shown by scope")
-    rule = _scanned(runs_of)
+    rule = _scanned(runs_of, trip_counts or {})
     if rule is None:
         rule = _inferred(runs_of)
     return rule or LayerRule("none", 0, "no layers: no scope numbers them, no loop runs them and no block of ops "
@@ -210,32 +211,52 @@ def _example(ops: list[Op]) -> str:
     return next(o.layer_key for o in ops if o.layer_key)
 
 
-def _scanned(runs_of: dict[str, list[list[Op]]]) -> LayerRule | None:
-    """Layers as iterations of a loop whose body is one layer (it repeats nothing inside)."""
-    counts = []
-    for runs in runs_of.values():
+def _scanned(runs_of: dict[str, list[list[Op]]], trips: dict[tuple[str, str], int]) -> LayerRule | None:
+    """Layers as iterations of a loop whose body is one layer (it repeats nothing inside).
+    Where the trace holds the body once (no op events per iteration), the body is shown once
+    and XLA's trip count says how many layers share it."""
+    counts, once = [], []
+    for module, runs in runs_of.items():
         for run in runs:
             loops = collections.Counter(o.loops[0] for o in run if o.loops)
             if not loops:
                 continue
             loop = loops.most_common(1)[0][0]
             its = iterations(run, loop)
-            if len(its) < 2 or layers_in(its[0]) > 1:
+            if not its or layers_in(its[0]) > 1:
                 continue
             base = _common_scope(its[0]) or "layers"
+            trips_of = trips.get((module, loop), 0)
+            if len(its) == 1 and trips_of >= 2 and any(o.category in ("matmul", "attention") for o in its[0]):
+                for o in its[0]:
+                    o.layer_key, o.layer_part = f"{base} (scanned x{trips_of})", _rest(o.scope, base)
+                once.append(trips_of)
+                continue
+            if len(its) < 2:
+                continue
             for k, it in enumerate(its):
                 for o in it:
-                    o.layer_key = f"{base}.{k} (scan)"
-                    o.layer_part = o.scope[len(base) + 1:] if o.scope.startswith(base + ".") else o.scope
+                    o.layer_key, o.layer_part = f"{base}.{k} (scan)", _rest(o.scope, base)
             counts.append(len(its))
-    if not counts:
-        return None
-    n = max(counts)
-    return LayerRule("scan", n, f"layers from a scanned loop: each of its {n} iterations runs one layer")
+    if counts:
+        n = max(counts)
+        return LayerRule("scan", n, f"layers from a scanned loop: each of its {n} iterations runs one layer")
+    if once:
+        n = max(once)
+        return LayerRule("scan", n, f"layers scanned: one loop body runs all {n} layers and the trace holds it "
+                                    f"once; its row is all layers together (a layer's share: 1/{n} of it)")
+    return None
+
+
+def _rest(scope: str, base: str) -> str:
+    return scope[len(base) + 1:] if scope.startswith(base + ".") else scope
 
 
 def _common_scope(ops: list[Op]) -> str:
-    scopes = [o.scope.split(".") for o in ops if o.scope != UNSCOPED]
+    """The scope a loop body's modules share (`Decoder.layers`), leaving out the scopes that
+    only hold the loop's own bookkeeping (a scope others extend)."""
+    names = {o.scope for o in ops if o.scope != UNSCOPED}
+    scopes = [n.split(".") for n in names if not any(m.startswith(n + ".") for m in names)]
     common = []
     for level in zip(*scopes) if scopes else ():
         if len(set(level)) > 1:

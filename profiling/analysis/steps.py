@@ -147,12 +147,11 @@ def _programs(cap: Capture):
     chosen = named or [times.most_common(1)[0][0]]
     why = "runs of the programs named for a phase" if named else "runs of the dominant program"
     groups = _groups([r for r in cap.runs if r.module in chosen])
+    # a step lasts until the next one begins (windows never overlap, so no instant counts
+    # twice; a device that runs late finishes its ops in its step all the same: it owns them)
     ends = [g[0].start_ns for g in groups[1:]] + [max(r.end_ns for r in cap.runs)]
-    steps = []
-    for i, (g, end) in enumerate(zip(groups, ends)):
-        module = g[0].module
-        steps.append(Found(phase_in_name(module) or "all", i, g[0].start_ns, max(end, max(r.end_ns for r in g)),
-                           "program", module, runs=g))
+    steps = [Found(phase_in_name(g[0].module) or "all", i, g[0].start_ns, end, "program", g[0].module, runs=g)
+             for i, (g, end) in enumerate(zip(groups, ends))]
     split = _split_loops(cap, steps)
     rule = StepRule("program", f"steps: {why} ({', '.join(f'`{m}`' for m in chosen)}): {len(steps)} run(s)")
     if split is not None:

@@ -60,6 +60,12 @@ class Capture:
     planes: tuple[str, ...]                # plane (process) names
     device_lines: frozenset[str]           # line names on device planes (`XLA Ops`, `TensorFlow Ops`...)
     space: xspace.Space | None = None
+    runs_timed: bool = True                # runs are the device's own (`XLA Modules`), not made from ops
+
+    @property
+    def device_runs(self) -> list[Run]:
+        """The runs a device recorded itself: what busy and idle time are measured against."""
+        return [r for r in self.runs if r.device.startswith("/device:")] if self.runs_timed else []
 
 
 def _candidate(name: str) -> bool:
@@ -140,11 +146,12 @@ def load_xplane(path: str) -> Capture:
     space = xspace.load(path)
     modules = ops_mod.modules_of(space)
     found, spans = ops_mod.ops_and_programs(space, modules)
-    runs = ops_mod.device_runs(space) or op_runs(found) or _cpu_runs(found, spans)
+    timed = ops_mod.device_runs(space)
+    runs = timed or op_runs(found) or _cpu_runs(found, spans)
     names = {n for m in modules.values() for n in m.instructions}
     lines = frozenset(line.name for p in space.planes_named("/device:") for line in p.lines)
     return Capture(path, "xplane", found, spans, runs, _xplane_marks(space, names), modules,
-                   tuple(p.name for p in space.planes), lines, space)
+                   tuple(p.name for p in space.planes), lines, space, runs_timed=bool(timed))
 
 
 def load_chrome_json(path: str) -> Capture:

@@ -72,6 +72,8 @@ def primitive_of(op_name: str) -> str:
 def _jax_scope(parts: list[str], op_name: str) -> str:
     scope = []
     for part in parts[:-1]:  # the last one is the primitive
+        if part in _CONTROL:  # control flow inside a scope (a scan over layers)
+            continue
         if not _SCOPE_PART.match(part):
             break
         scope.append(part)

@@ -6,6 +6,7 @@ table (the few fields of xla's hlo.proto we read), no generated module needed.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
@@ -33,7 +34,8 @@ _FIELDS = {
                             ("called_computation_ids", 38, _F.TYPE_INT64, True, None),
                             ("dot_dimension_numbers", 30, _F.TYPE_MESSAGE, False, "DotDimensionNumbers"),
                             ("shape", 3, _F.TYPE_MESSAGE, False, "ShapeProto"),
-                            ("parameter_number", 9, _F.TYPE_INT64, False, None)],
+                            ("parameter_number", 9, _F.TYPE_INT64, False, None),
+                            ("backend_config", 43, _F.TYPE_BYTES, False, None)],
     "ShapeProto": [("element_type", 2, _F.TYPE_INT32, False, None), ("dimensions", 3, _F.TYPE_INT64, True, None)],
     "DotDimensionNumbers": [("lhs_batch_dimensions", 3, _F.TYPE_INT64, True, None)],
     "OpMetadata": [("op_type", 1, _F.TYPE_STRING, False, None), ("op_name", 2, _F.TYPE_STRING, False, None),
@@ -71,6 +73,7 @@ class Instruction:
     batched_dot: bool = False  # a dot with batch dimensions (attention's QK^T and PV), or a fusion of one
     loops: tuple[str, ...] = ()  # the `while` instructions whose body runs it, outermost first
     source: str = ""    # file:line of the Python code that made it (JAX records it)
+    trip_count: int = 0  # a `while` whose iterations XLA knows in advance (known_trip_count)
 
 
 # Instructions whose metadata says nothing about the work around them.
@@ -158,6 +161,12 @@ def _loops(comp_id: int, comp_caller: dict, by_comp: dict) -> tuple[str, ...]:
     return tuple(reversed(out))
 
 
+def _trip_count(ins) -> int:
+    """XLA's `known_trip_count` of a while loop, from its backend config (JSON), else 0."""
+    m = re.search(rb'"known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"?(\d+)', ins.backend_config or b"")
+    return int(m.group(1)) if m else 0
+
+
 def _source(md) -> str:
     return f"{md.source_file.rsplit('/', 1)[-1]}:{md.source_line}" if md.source_file else ""
 
@@ -212,7 +221,8 @@ def read_module(hlo_proto: bytes) -> Module:
         op_type = op_type or primitive_of(op_name)  # JAX records no op_type: its primitive is one
         out[ins.name] = Instruction(ins.name, ins.opcode, op_type, op_name, ins.fusion_kind, fused,
                                     ins.custom_call_target, source, batched, loops.get(comp_of[ins.id], ()),
-                                    _source(ins.metadata) or _source(outer.metadata))
+                                    _source(ins.metadata) or _source(outer.metadata),
+                                    _trip_count(ins) if ins.opcode == "while" else 0)
     entry = by_comp.get(module.entry_computation_id) or next(
         (c for c in module.computations if c.name == module.entry_computation_name), None)
     params = sorted((i.parameter_number, (i.shape.element_type, tuple(i.shape.dimensions)))
