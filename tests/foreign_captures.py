@@ -5,8 +5,9 @@ once (compiling), then traces two calls into <out dir>.
 
   tunix     google-tunix's `Sampler` over its NNX Llama-3 (prefill and decode programs; NNX
             names no layer, so layers must be inferred)
-  hf_flax   HF transformers' FlaxLlamaForCausalLM.generate, jitted whole (one program: a
-            prefill, then a `while` loop of decode steps; Flax linen scopes every module)
+  hf_flax   HF transformers' FlaxLlamaForCausalLM.generate over a checkpoint dir (argv[3]),
+            jitted whole (one program: a prefill, then a `while` loop of decode steps; Flax
+            linen scopes every module)
   scanned   a Flax linen decoder whose layers run under `nn.scan` (MaxText's scan_layers)
   no_xla    a trace of Python work that runs no XLA program
 """
@@ -47,11 +48,11 @@ def tunix(out: str) -> None:
     _traced(out, lambda: sampler(prompts, max_generation_steps=6).tokens)
 
 
-def hf_flax(out: str) -> None:
-    from transformers import FlaxLlamaForCausalLM, LlamaConfig
-    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    model = FlaxLlamaForCausalLM(cfg, seed=0)
+def hf_flax(out: str, model_dir: str) -> None:
+    """The HF checkpoint in `model_dir` (the tests' small Llama, safetensors), loaded as HF's
+    Flax model."""
+    from transformers import FlaxLlamaForCausalLM
+    model = FlaxLlamaForCausalLM.from_pretrained(model_dir, from_pt=True)
     ids = jnp.asarray(np.random.RandomState(0).randint(3, 250, size=(2, 12)), dtype=jnp.int32)
     generate = jax.jit(lambda ids: model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0).sequences)
     _traced(out, lambda: generate(ids))
@@ -94,4 +95,4 @@ def no_xla(out: str) -> None:
 if __name__ == "__main__":
     kinds = {"tunix": tunix, "hf_flax": hf_flax, "scanned": scanned, "no_xla": no_xla}
     for kind in sys.argv[1].split(","):
-        kinds[kind](os.path.join(sys.argv[2], kind))
+        kinds[kind](os.path.join(sys.argv[2], kind), *sys.argv[3:4] if kind == "hf_flax" else ())

@@ -149,13 +149,14 @@ S32, S64 = 4, 5  # xla PrimitiveType numbers of the integer types token ids and 
 
 
 def _loops(comp_id: int, comp_caller: dict, by_comp: dict) -> tuple[str, ...]:
-    """The `while` instructions whose body (or condition) computation runs `comp_id`, outermost
-    first, through any calls, fusions and conditionals in between."""
+    """The `while` instructions whose body runs `comp_id` (a while's first called computation
+    is its body, the second its condition, which is not counted), outermost first, through any
+    calls, fusions and conditionals in between."""
     out, seen = [], set()
     while comp_id in comp_caller and comp_id not in seen:
         seen.add(comp_id)
         ins, parent = comp_caller[comp_id]
-        if ins.opcode == "while":
+        if ins.opcode == "while" and ins.called_computation_ids[0] == comp_id:
             out.append(ins.name)
         comp_id = parent
     return tuple(reversed(out))
