@@ -152,6 +152,10 @@ def _programs(cap: Capture):
     ends = [g[0].start_ns for g in groups[1:]] + [max(r.end_ns for r in cap.runs)]
     steps = [Found(phase_in_name(g[0].module) or "all", i, g[0].start_ns, end, "program", g[0].module, runs=g)
              for i, (g, end) in enumerate(zip(groups, ends))]
+    # what ran before the first step (set-up programs: a first all-reduce, eager ops) is in it,
+    # not lost from the tables
+    steps[0].start_ns = min([steps[0].start_ns, min(r.start_ns for r in cap.runs)] +
+                            [o.start_ns for o in cap.ops[:1]])
     split = _split_loops(cap, steps)
     rule = StepRule("program", f"steps: {why} ({', '.join(f'`{m}`' for m in chosen)}): {len(steps)} run(s)")
     if split is not None:

@@ -81,12 +81,14 @@ def _xplane_marks(space, op_names: set[str]) -> list[Mark]:
     out = []
     for plane in space.planes_named("/host:"):
         smeta = plane.stat_metadata
-        keep = {k for k, m in plane.event_metadata.items() if m.name not in op_names and _candidate(m.name)}
+        # without a `step_num` stat on the plane there is no step annotation: only dispatches
+        # and engine functions are worth decoding
+        annotated = any(m.name == "step_num" for m in smeta.values())
+        keep = {k for k, m in plane.event_metadata.items() if m.name not in op_names and (
+            _candidate(m.name) if annotated else m.name.startswith("PjitFunction(") or ENGINE_FUNCTIONS.search(m.name))}
         if not keep:
             continue
-        for line in plane.iter_lines(keep=keep):
-            if line.name.startswith(_WORKER_LINES):
-                continue
+        for line in plane.iter_lines(keep=keep, skip=lambda name: name.startswith(_WORKER_LINES)):
             base = origin + line.timestamp_ns * 1000
             for ev in line.events:
                 name = plane.event_metadata[ev.metadata_id].name
