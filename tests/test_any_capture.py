@@ -11,6 +11,7 @@ import glob
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -19,7 +20,7 @@ import pytest
 from profiling.analysis import tables
 from profiling.analysis.analysis import Analysis
 from profiling.analysis.compare import compare
-from profiling.analysis.layers import INFERRED, assign, repeating_block
+from profiling.analysis.layers import INFERRED, assign, repeating_block, scoped_layer
 from profiling.analysis.notes import notes
 from profiling.analysis.phases import mix_phase
 from profiling.export.files import to_json
@@ -230,3 +231,24 @@ def test_captures_that_are_not_xla_inference_give_one_all_phase_and_say_why(path
     assert a.phases == ["all"]
     assert any(says in n for n in notes(a)), notes(a)
     assert says.split()[0] in proc.stdout
+
+
+@pytest.mark.parametrize("scope, layer", [
+    ("model.layers.3.self_attn", ("model.layers.3", "self_attn", 3)),               # ours
+    ("FlaxLlamaForCausalLMModule.model.layers.0.mlp.up_proj",                       # Flax linen: layers/0
+     ("FlaxLlamaForCausalLMModule.model.layers.0", "mlp.up_proj", 0)),
+    ("Transformer.layers_12.attn", ("Transformer.layers_12", "attn", 12)),          # Flax `layers_12`
+    ("decoder.layer_2", ("decoder.layer_2", "", 2)),
+    ("transformer.h.7.mlp.c_fc", ("transformer.h.7", "mlp.c_fc", 7)),               # GPT-2
+    ("blocks.5.ffn", ("blocks.5", "ffn", 5)),
+    ("QKVParallelLinear", None), ("lm_head", None), (UNSCOPED, None), ("mlp.width_2", None),  # no layer index
+])
+def test_scope_conventions_that_number_a_layer(scope, layer):
+    assert scoped_layer(scope) == layer
+
+
+def test_ops_without_a_scope_are_labelled_by_their_source_line(made):
+    a = Analysis.load(made["tunix"])
+    rows = tables.model_table(a, "decode").rows
+    labelled = [r.module.strip() for r in rows if r.depth == 1 and re.fullmatch(r"\S+\.py:\d+", r.module.strip())]
+    assert labelled, [r.module for r in rows]  # e.g. `sampler.py:412` under (unscoped)

@@ -23,7 +23,7 @@ from ..trace.categories import UNSCOPED
 from ..trace.ops import Op
 
 # A component that numbers a layer: `layers.3`, `layers_3`, `layer_3`, `h.3`, `blocks.3`, ...
-_INDEXED = re.compile(r"(?:^|\.)((?:[\w]*?(?:layers?|blocks?|h))(?:[._])(\d+))(?=\.|$)", re.IGNORECASE)
+_INDEXED = re.compile(r"(?:^|\.)((?:\w*?(?:layers?|blocks?)|h)[._](\d+))(?=\.|$)", re.IGNORECASE)
 INFERRED = " (inferred)"
 MIN_BLOCK = 3      # ops in a layer's block, at least (fewer is a loop of elementwise ops, not a layer)
 MAX_SEQUENCE = 20000  # ops of one program run searched for the block
