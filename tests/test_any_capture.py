@@ -20,7 +20,7 @@ import pytest
 from profiling.analysis import tables
 from profiling.analysis.analysis import Analysis
 from profiling.analysis.compare import compare
-from profiling.analysis.layers import INFERRED, assign, repeating_block, scoped_layer
+from profiling.analysis.layers import INFERRED, assign, layer_bounds, scoped_layer
 from profiling.analysis.notes import notes
 from profiling.analysis.phases import mix_phase
 from profiling.export.files import to_json
@@ -164,11 +164,23 @@ def test_mixed_steps_are_classified_as_tpu_inference_does(prefill, total, phase)
     assert mix_phase(prefill, total) == phase
 
 
-def test_repeating_block_finds_the_layers_of_a_sequence():
-    layer = ["norm", "q", "k", "v", "attn", "o", "norm", "up", "down"]
-    seq = ["embed"] + layer * 5 + ["final_norm", "head"]
-    assert repeating_block(seq)[1:] == (len(layer), 5)
-    assert repeating_block(["a", "b"] * 2) is None  # too short a block to be a layer
+def test_layer_bounds_find_each_layer_of_an_op_sequence():
+    """Five layers of the same ops: the first with extra set-up ops, one with two independent
+    ops run in the other order (XLA:CPU runs them concurrently), and a final norm that looks
+    like a layer's norm: five layers, each from its first op."""
+    layer = ["norm", "q", "k", "v", "attn", "o", "norm2", "up", "down"]
+    layers = [list(layer) for _ in range(5)]
+    layers[0][5:5] = ["rope_table", "mask"]             # hoisted into the first layer
+    layers[3][2], layers[3][3] = layers[3][3], layers[3][2]
+    seq = ["embed"] + [t for ly in layers for t in ly] + ["norm", "head"]
+    cats = ["matmul" if t in ("q", "k", "v", "o", "up", "down", "head") else "norm" if t.startswith("norm") else
+            "other" for t in seq]
+    bounds = layer_bounds(seq, cats)
+    assert len(bounds) == 5
+    assert [seq[a] for a, _ in bounds] == ["norm"] * 5
+    assert bounds[0] == (1, 1 + len(layers[0]))
+    assert layer_bounds(["a", "b"] * 2, ["matmul"] * 4) == []       # too few ops recur to be a layer
+    assert layer_bounds(["x", "y", "z"] * 4, ["other"] * 12) == []  # no matmul: a loop, not a layer
 
 
 # ---- the TPU profiler's Chrome-trace JSON (vLLM on TPU through tpu-inference) --------------------------

@@ -6,8 +6,8 @@ In order of trust:
   * scan: a `while` loop whose body runs one layer per iteration (MaxText's `scan_layers`,
     Flax's `nn.scan`): iteration k is layer k, where the trace has the iterations;
   * inferred: no scope numbers the layers, but N decoder layers run the same ops N times, so
-    the longest run of a repeating block in a program's op sequence gives the layers, numbered
-    in order and marked `(inferred)`;
+    the ops that recur N times in a program's run give the layers (`layer_bounds`), numbered in
+    order and marked `(inferred)`;
   * none: ops keep their scope (torchax/vLLM class scopes such as `QKVParallelLinear` still
     make a sub-module table).
 """
@@ -16,8 +16,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import re
-
-import numpy as np
+import statistics
 
 from ..trace.categories import UNSCOPED
 from ..trace.ops import Op
@@ -25,8 +24,8 @@ from ..trace.ops import Op
 # A component that numbers a layer: `layers.3`, `layers_3`, `layer_3`, `h.3`, `blocks.3`, ...
 _INDEXED = re.compile(r"(?:^|\.)((?:\w*?(?:layers?|blocks?)|h)[._](\d+))(?=\.|$)", re.IGNORECASE)
 INFERRED = " (inferred)"
-MIN_BLOCK = 3      # ops in a layer's block, at least (fewer is a loop of elementwise ops, not a layer)
-MAX_SEQUENCE = 20000  # ops of one program run searched for the block
+MIN_BLOCK = 3      # ops that recur once per layer, at least (fewer is a loop of elementwise ops, not a layer)
+MAX_SEQUENCE = 200000  # ops of one program run searched for layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,105 +54,44 @@ def token(o: Op) -> tuple:
     return o.scope, o.opcode, o.category, re.sub(r"[.\d]+$", "", o.name)
 
 
-def repeating_block(tokens: list) -> tuple[int, int, int] | None:
-    """(start, period, repeats) of the longest stretch made of one block repeated (at least 2
-    times, a block of at least MIN_BLOCK ops), preferring the shortest block for the same
-    stretch; None when nothing repeats."""
-    n = len(tokens)
-    if n < 2 * MIN_BLOCK:
-        return None
-    ids = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
-    seq = np.fromiter((ids[t] for t in tokens), dtype=np.int64, count=n)
-    best = None  # (covered, -period, start, period, repeats)
-    for period in range(MIN_BLOCK, n // 2 + 1):
-        same = seq[period:] == seq[:-period]
-        if not same.any():
-            continue
-        # runs of consecutive matches: a run of r matches from i is a stretch of r + period ops
-        edges = np.flatnonzero(np.diff(np.concatenate(([0], same.astype(np.int8), [0]))))
-        starts, ends = edges[::2], edges[1::2]
-        lengths = ends - starts
-        k = int(np.argmax(lengths))
-        repeats = (int(lengths[k]) + period) // period
-        if repeats < 2:
-            continue
-        covered = repeats * period
-        cand = (covered, -period, int(starts[k]), period, repeats)
-        if best is None or cand[:2] > best[:2]:
-            best = cand
-    return None if best is None else best[2:]
-
-
-def _attention_like(scope: str) -> bool:
-    return any("attn" in part or "attention" in part for part in scope.lower().split("."))
-
-
-def _rotation(tokens: list, cats: list[str], start: int, period: int) -> int:
-    """Where in the block a layer begins: at a norm that follows other work (pre-norm decoder
-    layers open with one), preferring the norm before attention; else where it was found."""
-    starts = [j for j in range(period) if cats[start + j] == "norm" and cats[start + j - 1] != "norm"]
-    for j in starts:
-        k = j
-        while k < 2 * period - 1 and cats[start + k] == "norm":
-            k += 1
-        if _attention_like(tokens[start + k][0]):
-            return j
-    return starts[0] if starts else 0
-
-
 def layer_bounds(tokens: list, cats: list[str]) -> list[tuple[int, int]]:
-    """[start, end) of each layer in an op sequence (tokens: `token(op)`; cats: categories).
-    The repeating block, turned to begin where a layer begins (`_rotation`); then every layer
-    around it, including the first and last, whose ops differ a little (set-up hoisted into
-    the first layer, prefetches): each layer holds one `anchor`, an op the block runs once (a
-    matmul or attention op where it can), and layers are the stretches between anchors about
-    one block apart. A block with no matmul or attention op is no decoder layer: []."""
-    found = repeating_block(tokens)
-    if not found:
-        return []
-    start, period, _ = found
-    if not any(cats[start + i] in ("matmul", "attention") for i in range(period)):
-        return []
-    rot = _rotation(tokens, cats, start, period) if start + 2 * period <= len(tokens) else 0
-    start += rot
-    block = tokens[start:start + period]
-    counts = collections.Counter(block)
-    once = [i for i, t in enumerate(block) if counts[t] == 1]
-    if not once:
-        return []
-    # Each op the block runs once gives a chain of layers; the count most of them agree on is
-    # the layers' (an op of the first layer may differ, the final norm may look like a
-    # layer's), and a matmul or attention op anchors it where one agrees.
-    chains = [(i, _chain(tokens, block[i], start + i, period)) for i in once[:64]]
-    votes = collections.Counter(len(c) for _, c in chains)
-    n = max(votes, key=lambda k: (votes[k], k))
-    offset, chain = max((c for c in chains if len(c[1]) == n),
-                        key=lambda c: cats[start + c[0]] in ("matmul", "attention"))
-    if len(chain) < 2:
-        return []
-    starts = [_snap(cats, p - offset, period) if cats[start] == "norm" else max(0, p - offset) for p in chain]
-    ends = starts[1:] + [min(len(tokens), starts[-1] + period)]
-    return list(zip(starts, ends))
+    """[start, end) of each decoder layer in one run's op sequence (tokens: `token(op)`, in
+    time order; cats: the ops' categories), or [] when no layers repeat in it.
 
-
-def _chain(tokens: list, anchor, at: int, period: int) -> list[int]:
-    """Positions of `anchor` around `at` that follow one another about a block apart."""
-    positions = [i for i, t in enumerate(tokens) if t == anchor]
-    k = positions.index(at)
-    lo, hi = k, k
-    while lo > 0 and 0.75 * period <= positions[lo] - positions[lo - 1] <= 1.4 * period:
-        lo -= 1
-    while hi + 1 < len(positions) and 0.75 * period <= positions[hi + 1] - positions[hi] <= 1.4 * period:
-        hi += 1
-    return positions[lo:hi + 1]
-
-
-def _snap(cats: list[str], b: int, period: int) -> int:
-    """The start of the norm run at or before `b` (within half a block): the layer's first op."""
-    for i in range(max(0, b), max(-1, b - period // 2), -1):
-        if cats[i] == "norm" and (i == 0 or cats[i - 1] != "norm"):
-            return i
-    return max(0, b)
+    N layers run the same ops N times, so many ops occur exactly N times, the k-th time in
+    layer k (or m*N times, m in each layer); N is the count most ops share (the first layer's
+    extra set-up, the embedding and the head occur once; a final norm like the layers' norms
+    occurs N+1 times). Layer k runs from just after layer k-1's last recurring op to just after
+    its own: robust to a first or last layer whose ops differ a little and to ops that XLA runs
+    concurrently in either order. It takes evidence: the recurring ops must be a good share of
+    the layers' ops, every layer must hold a matmul or attention op, and layers must be alike
+    in length; else [] (a loop of elementwise ops, one layer, or no model)."""
+    where: dict = collections.defaultdict(list)
+    for i, t in enumerate(tokens):
+        where[t].append(i)
+    votes = collections.Counter(len(p) for p in where.values() if len(p) >= 2)
+    if not votes:
+        return []
+    n = max(votes, key=lambda c: (votes[c], c))
+    per_layer = [[p[k * (len(p) // n):(k + 1) * (len(p) // n)] for k in range(n)]
+                 for p in where.values() if len(p) % n == 0]
+    spacing = statistics.median(statistics.median(b[0] - a[0] for a, b in zip(r, r[1:])) for r in per_layer)
+    per_layer = [r for r in per_layer if min(b[0] - a[0] for a, b in zip(r, r[1:])) >= 0.5 * spacing]
+    if sum(len(r[0]) == 1 for r in per_layer) < MIN_BLOCK:
+        return []
+    last = [max(r[k][-1] for r in per_layer) for k in range(n)]
+    first0 = min(r[0][0] for r in per_layer)
+    while first0 > 0 and cats[first0 - 1] == "norm":  # a pre-norm layer opens with its norm
+        first0 -= 1
+    starts = [first0] + [x + 1 for x in last[:-1]]
+    bounds = list(zip(starts, [x + 1 for x in last]))
+    lengths = [b - a for a, b in bounds]
+    recurring = sum(len(r[0]) for r in per_layer) * n
+    # two "layers" is the weakest claim (any pair of ops recurs): it needs more of the ops
+    if (recurring < (0.5 if n == 2 else 0.3) * sum(lengths) or max(lengths) > 3 * max(1, min(lengths))
+            or not all(any(c in ("matmul", "attention") for c in cats[a:b]) for a, b in bounds)):
+        return []
+    return bounds
 
 
 def iterations(ops: list[Op], loop: str) -> list[list[Op]]:
@@ -217,13 +155,15 @@ def _scanned(runs_of: dict[str, list[list[Op]]], trips: dict[tuple[str, str], in
     and XLA's trip count says how many layers share it."""
     counts, once = [], []
     for module, runs in runs_of.items():
-        for run in runs:
+        for n, run in enumerate(sorted(runs, key=len, reverse=True)):
             loops = collections.Counter(o.loops[0] for o in run if o.loops)
             if not loops:
                 continue
             loop = loops.most_common(1)[0][0]
             its = iterations(run, loop)
             if not its or layers_in(its[0]) > 1:
+                if n == 0:
+                    break  # the program's longest run loops over something else: so do the others
                 continue
             base = _common_scope(its[0]) or "layers"
             trips_of = trips.get((module, loop), 0)

@@ -178,8 +178,8 @@ def _groups(runs: list[Run]) -> list[list[Run]]:
     return out
 
 
-def _run_ops(cap: Capture, run: Run) -> list[Op]:
-    starts = [o.start_ns for o in cap.ops]
+def _run_ops(cap: Capture, starts: list[float], run: Run) -> list[Op]:
+    """The ops of one run (`starts`: the capture's op start times, sorted as its ops are)."""
     lo, hi = bisect.bisect_left(starts, run.start_ns), bisect.bisect_right(starts, run.end_ns)
     return [o for o in cap.ops[lo:hi] if o.device == run.device]
 
@@ -189,9 +189,10 @@ def _split_loops(cap: Capture, steps: list[Found]):
     generate loop compiled as one program) split into the part before the loop and one step
     per iteration; None when no step's program has such a loop."""
     out, loops = [], 0
+    starts = [o.start_ns for o in cap.ops]
     for s in steps:
         first = min(s.runs, key=lambda r: r.device)
-        ops = _run_ops(cap, first)
+        ops = _run_ops(cap, starts, first)
         top = collections.Counter(o.loops[0] for o in ops if o.loops)
         its = layers_mod.iterations(ops, top.most_common(1)[0][0]) if top else []
         if not its or layers_mod.layers_in(its[0]) < 2:

@@ -74,33 +74,48 @@ def _candidate(name: str) -> bool:
     return not name.startswith(_RUNTIME)
 
 
-def _xplane_marks(space, op_names: set[str]) -> list[Mark]:
+def _picker(plane, annotated: dict):
+    """Which of a host plane's events to decode as marks: dispatches and engine functions, and,
+    where the plane has a `step_num` stat at all, anything that may be a step annotation."""
+    if plane.name not in annotated:
+        annotated[plane.name] = any(m.name == "step_num" for m in plane.stat_metadata.values())
+    return lambda name: (_candidate(name) if annotated[plane.name] else
+                         name.startswith("PjitFunction(") or ENGINE_FUNCTIONS.search(name) is not None)
+
+
+def _mark(plane, line_name: str, ev, base_ps: float) -> Mark | None:
+    smeta = plane.stat_metadata
+    name = plane.event_metadata[ev.metadata_id].name
+    stats = {smeta[s.metadata_id].name: xspace.stat_value(s, smeta) for s in ev.stats if s.metadata_id in smeta}
+    step = stats.get("step_num")
+    if step is None and not (name.startswith(("$", "PjitFunction(")) or ENGINE_FUNCTIONS.search(name)):
+        return None
+    if line_name.startswith(_WORKER_LINES):
+        return None
+    start = (base_ps + ev.offset_ps) / 1000
+    return Mark(name, start, start + ev.duration_ps / 1000, line_name, _int(step),
+                tuple((k, str(v)) for k, v in stats.items() if k not in _INTERNAL_STATS))
+
+
+def _xplane_marks(space, op_names: set[str], picked: list, host_walked: bool) -> list[Mark]:
     """Dispatches, engine functions and step annotations on the host planes' user threads; only
-    their events are decoded."""
+    their events are decoded, and a plane the CPU op reader already walked (`picked`: the
+    events it handed back) is not walked again."""
     origin = xspace.origin_ps(space)
-    out = []
+    out = [_mark(plane, line, ev, base) for plane, line, ev, base in picked]
+    done = {p.name for p in space.planes_named("/host:CPU")} if host_walked else set()
+    annotated: dict = {}
     for plane in space.planes_named("/host:"):
-        smeta = plane.stat_metadata
-        # without a `step_num` stat on the plane there is no step annotation: only dispatches
-        # and engine functions are worth decoding
-        annotated = any(m.name == "step_num" for m in smeta.values())
-        keep = {k for k, m in plane.event_metadata.items() if m.name not in op_names and (
-            _candidate(m.name) if annotated else m.name.startswith("PjitFunction(") or ENGINE_FUNCTIONS.search(m.name))}
+        if plane.name in done:
+            continue
+        pick = _picker(plane, annotated)
+        keep = {k for k, m in plane.event_metadata.items() if m.name not in op_names and pick(m.name)}
         if not keep:
             continue
         for line in plane.iter_lines(keep=keep, skip=lambda name: name.startswith(_WORKER_LINES)):
             base = origin + line.timestamp_ns * 1000
-            for ev in line.events:
-                name = plane.event_metadata[ev.metadata_id].name
-                stats = {smeta[s.metadata_id].name: xspace.stat_value(s, smeta) for s in ev.stats
-                         if s.metadata_id in smeta}
-                step = stats.get("step_num")
-                if step is None and not (name.startswith(("$", "PjitFunction(")) or ENGINE_FUNCTIONS.search(name)):
-                    continue
-                start = (base + ev.offset_ps) / 1000
-                out.append(Mark(name, start, start + ev.duration_ps / 1000, line.name, _int(step),
-                                tuple((k, str(v)) for k, v in stats.items() if k not in _INTERNAL_STATS)))
-    return sorted(out, key=lambda m: m.start_ns)
+            out += [_mark(plane, line.name, ev, base) for ev in line.events]
+    return sorted((m for m in out if m is not None), key=lambda m: m.start_ns)
 
 
 def _int(v) -> int | None:
@@ -147,12 +162,16 @@ def op_runs(found: list[Op]) -> list[Run]:
 def load_xplane(path: str) -> Capture:
     space = xspace.load(path)
     modules = ops_mod.modules_of(space)
-    found, spans = ops_mod.ops_and_programs(space, modules)
+    annotated: dict = {}
+    picked: list = []
+    found, spans = ops_mod.ops_and_programs(space, modules, lambda plane, name: _picker(plane, annotated)(name),
+                                            picked)
     timed = ops_mod.device_runs(space)
     runs = timed or op_runs(found) or _cpu_runs(found, spans)
     names = {n for m in modules.values() for n in m.instructions}
     lines = frozenset(line.name for p in space.planes_named("/device:") for line in p.lines)
-    return Capture(path, "xplane", found, spans, runs, _xplane_marks(space, names), modules,
+    host_walked = not found or found[0].device.startswith("/host:")  # no device ops: host.read ran
+    return Capture(path, "xplane", found, spans, runs, _xplane_marks(space, names, picked, host_walked), modules,
                    tuple(p.name for p in space.planes), lines, space, runs_timed=bool(timed))
 
 

@@ -18,11 +18,11 @@ import re
 import zlib
 
 from ..runs.files import RunFileError, read_bytes
+from . import sources
 from .categories import UNSCOPED, categorize, primitive_of, scope_of
 from .ops import Op, Run, module_name, set_self_times
 
 _WORD = re.compile(r"[a-z][\w-]*")
-_LIBRARY = ("/site-packages/", "/dist-packages/", "/lib/python")
 
 
 def _load(path: str) -> dict:
@@ -59,17 +59,17 @@ def opcode_of(long_name: str, name: str) -> str:
 
 
 def model_frame(source: str, stack: str) -> str:
-    """`qwen2.py:228`: the innermost frame of the stack in the model's own code (not in an
-    installed library), else the `source` JAX recorded."""
+    """`qwen2.py:228`: the model's line of code from an op's `source_stack` (innermost frame
+    first, `path:line:column`), else from its `source`."""
+    frames = []
     for frame in stack.splitlines():
-        path = frame.rsplit(":", 2)[0] if frame.count(":") >= 2 else frame
-        if path and not any(lib in path for lib in _LIBRARY):
-            parts = frame.rsplit(":", 2)
-            return f"{parts[0].rsplit('/', 1)[-1]}:{parts[1]}" if len(parts) == 3 else frame
-    if source:
+        parts = frame.rsplit(":", 2)
+        if len(parts) == 3 and parts[1].isdigit():
+            frames.append((parts[0], int(parts[1])))
+    if not frames and ":" in source:
         head, _, line = source.rpartition(":")
-        return f"{head.rsplit('/', 1)[-1]}:{line}"
-    return ""
+        frames = [(head, int(line))] if line.isdigit() else []
+    return sources.model_frame(frames)
 
 
 def _op(ev: dict, device: str, lane: str, module: str) -> Op:

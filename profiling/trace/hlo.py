@@ -10,6 +10,7 @@ import re
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from . import sources
 from .categories import UNSCOPED, primitive_of, scope_of
 
 _F = descriptor_pb2.FieldDescriptorProto
@@ -20,7 +21,14 @@ _FIELDS = {
     "HloModuleProto": [("name", 1, _F.TYPE_STRING, False, None),
                        ("entry_computation_name", 2, _F.TYPE_STRING, False, None),
                        ("computations", 3, _F.TYPE_MESSAGE, True, "HloComputationProto"),
-                       ("entry_computation_id", 6, _F.TYPE_INT64, False, None)],
+                       ("entry_computation_id", 6, _F.TYPE_INT64, False, None),
+                       ("stack_frame_index", 17, _F.TYPE_MESSAGE, False, "StackFrameIndexProto")],
+    # where JAX records each op's Python stack: frames of (file, line) locations, by id
+    "StackFrameIndexProto": [("file_names", 1, _F.TYPE_STRING, True, None),
+                             ("file_locations", 3, _F.TYPE_MESSAGE, True, "FileLocation"),
+                             ("stack_frames", 4, _F.TYPE_MESSAGE, True, "StackFrame")],
+    "FileLocation": [("file_name_id", 1, _F.TYPE_INT32, False, None), ("line", 3, _F.TYPE_INT32, False, None)],
+    "StackFrame": [("file_location_id", 1, _F.TYPE_INT32, False, None), ("parent_frame_id", 2, _F.TYPE_INT32, False, None)],
     "HloComputationProto": [("name", 1, _F.TYPE_STRING, False, None),
                             ("instructions", 2, _F.TYPE_MESSAGE, True, "HloInstructionProto"),
                             ("id", 5, _F.TYPE_INT64, False, None),
@@ -39,7 +47,8 @@ _FIELDS = {
     "ShapeProto": [("element_type", 2, _F.TYPE_INT32, False, None), ("dimensions", 3, _F.TYPE_INT64, True, None)],
     "DotDimensionNumbers": [("lhs_batch_dimensions", 3, _F.TYPE_INT64, True, None)],
     "OpMetadata": [("op_type", 1, _F.TYPE_STRING, False, None), ("op_name", 2, _F.TYPE_STRING, False, None),
-                   ("source_file", 3, _F.TYPE_STRING, False, None), ("source_line", 4, _F.TYPE_INT32, False, None)],
+                   ("source_file", 3, _F.TYPE_STRING, False, None), ("source_line", 4, _F.TYPE_INT32, False, None),
+                   ("stack_frame_id", 15, _F.TYPE_INT32, False, None)],
 }
 
 
@@ -168,8 +177,35 @@ def _trip_count(ins) -> int:
     return int(m.group(1)) if m else 0
 
 
-def _source(md) -> str:
-    return f"{md.source_file.rsplit('/', 1)[-1]}:{md.source_line}" if md.source_file else ""
+def _source(md, frames=None) -> str:
+    """`model.py:42`: the op's line of model code, from its stack (JAX's stack frame index),
+    else the source file and line its metadata names."""
+    if frames is not None and md.stack_frame_id:
+        found = sources.model_frame(frames(md.stack_frame_id))
+        if found:
+            return found
+    return sources.label(md.source_file, md.source_line) if md.source_file else ""
+
+
+def _frames(index):
+    """frame id -> [(file, line), ...] innermost first, from a module's stack frame index."""
+    files, locs, frames = list(index.file_names), list(index.file_locations), list(index.stack_frames)
+    cache: dict[int, list] = {}
+
+    def chain(fid: int) -> list:
+        if fid not in cache:
+            out, seen = [], set()
+            while 0 < fid <= len(frames) and fid not in seen and len(out) < 64:
+                seen.add(fid)
+                fr = frames[fid - 1]
+                if 0 < fr.file_location_id <= len(locs):
+                    loc = locs[fr.file_location_id - 1]
+                    if 0 < loc.file_name_id <= len(files):
+                        out.append((files[loc.file_name_id - 1], loc.line))
+                fid = fr.parent_frame_id
+            cache[fid] = out
+        return cache[fid]
+    return chain
 
 
 def instructions(hlo_proto: bytes) -> tuple[str, dict[str, Instruction]]:
@@ -201,6 +237,7 @@ def read_module(hlo_proto: bytes) -> Module:
                 users.setdefault(o, []).append(ins)
     meta = {i: _body_metadata(ins, by_comp) for i, ins in by_id.items()}
     named = {i: m[1] for i, m in meta.items() if m[1]}
+    frames = _frames(module.stack_frame_index) if module.HasField("stack_frame_index") else None
     loops = {cid: _loops(cid, comp_caller, by_comp) for cid in by_comp}
     out: dict[str, Instruction] = {}
     for ins in by_id.values():
@@ -222,7 +259,7 @@ def read_module(hlo_proto: bytes) -> Module:
         op_type = op_type or primitive_of(op_name)  # JAX records no op_type: its primitive is one
         out[ins.name] = Instruction(ins.name, ins.opcode, op_type, op_name, ins.fusion_kind, fused,
                                     ins.custom_call_target, source, batched, loops.get(comp_of[ins.id], ()),
-                                    _source(ins.metadata) or _source(outer.metadata),
+                                    _source(ins.metadata, frames) or _source(outer.metadata, frames),
                                     _trip_count(ins) if ins.opcode == "while" else 0)
     entry = by_comp.get(module.entry_computation_id) or next(
         (c for c in module.computations if c.name == module.entry_computation_name), None)

@@ -94,11 +94,11 @@ def _metadata_stats(plane) -> dict[int, dict]:
     return out
 
 
-def _host_ops(space, programs) -> tuple[list[Op], list[tuple[float, float]]]:
+def _host_ops(space, programs, pick=None) -> tuple[list[Op], list[tuple[float, float]], list]:
     """CPU: op events on the host's threads, with the thread pool's work attributed to them
-    (threadpool.py), and the program runs."""
+    (threadpool.py), the program runs, and the events `pick` chose (host.read)."""
     names = {n for instrs in programs.values() for n in instrs}
-    trace = host.read(space, names)
+    trace = host.read(space, names, pick)
     plane = next((p.name for p in space.planes_named("/host:CPU")), "/host:CPU")
     known: dict[tuple, tuple] = {}  # (module, program, op) -> shared strings and category
     out = []
@@ -111,7 +111,7 @@ def _host_ops(space, programs) -> tuple[list[Op], list[tuple[float, float]]]:
         out.append(Op(module, name, ev.start_ns, ev.duration_ns, scope, category, opcode, fw, plane,
                       timeline=ev.timeline, inherited=inherited, loops=loops, source=source))
     threadpool.attribute(out, trace.tasks)
-    return out, _until_last_op(trace.programs, out)
+    return out, _until_last_op(trace.programs, out), trace.marked
 
 
 def _until_last_op(spans, found: list[Op]) -> list[tuple[float, float]]:
@@ -282,7 +282,7 @@ def programs_of(space, modules: dict[str, hlo.Module] | None = None) -> dict[str
     return {k: m.instructions for k, m in (modules if modules is not None else modules_of(space)).items()}
 
 
-def ops_and_programs(space, modules: dict[str, hlo.Module] | None = None
+def ops_and_programs(space, modules: dict[str, hlo.Module] | None = None, pick=None, picked: list | None = None
                      ) -> tuple[list[Op], list[tuple[float, float]]]:
     """Every op execution in the capture, sorted by start time, and every XLA program run
     ((start, end) in absolute ns). Device planes win when present (they time the ops on the
@@ -293,7 +293,9 @@ def ops_and_programs(space, modules: dict[str, hlo.Module] | None = None
     programs = programs_of(space, modules)
     found, spans = _device_ops(space, programs), _device_program_spans(space)
     if not found:
-        found, spans = _host_ops(space, programs)
+        found, spans, marked = _host_ops(space, programs, pick)
+        if picked is not None:  # the host planes' events `pick` chose, read in the same pass
+            picked += marked
     return sorted(found, key=lambda o: o.start_ns), spans
 
 
