@@ -11,11 +11,11 @@ import argparse
 import os
 import sys
 
+from tpu_engine.backends.torch_xla.profiler import DEFAULT_PORT
 from tpu_engine.cli import run_cli
 from tpu_engine.paths import writable_dir
 
 from .capture import cli as capture_cli
-from .capture.xla_profiler import DEFAULT_PORT
 
 
 def count(least: int):

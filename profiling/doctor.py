@@ -8,7 +8,8 @@ import glob
 import importlib.metadata
 import os
 
-from .capture.xla_profiler import DEFAULT_PORT, check_port_free
+from tpu_engine.backends.torch_xla.profiler import DEFAULT_PORT, check_port_free
+
 from .runs.record import version_of
 
 

@@ -22,7 +22,7 @@ RUN = """
 import json, sys
 from tpu_engine import LLM, SamplingParams
 if sys.argv[4:] == ["no-trace"]:  # tracing the model would call this
-    import tpu_engine.jax_backend.model as model
+    import tpu_engine.backends.jax.model as model
     def refuse(*a, **k):
         raise AssertionError("the model was traced")
     model.hidden = refuse
@@ -83,7 +83,7 @@ def test_a_warm_start_loads_every_executable_and_never_traces_the_model(tp_model
 
 
 def test_an_unreadable_stored_executable_is_compiled_again_and_replaced(tp_model, tmp_path):
-    from tpu_engine.jax_backend.programs import SUBDIR
+    from tpu_engine.backends.jax.programs import SUBDIR
     cold = run_jax(tp_model, 1, str(tmp_path))
     stored = sorted(os.listdir(tmp_path / SUBDIR))
     assert len(stored) == cold["compiles"]
@@ -110,8 +110,8 @@ def test_greedy_tokens_identical_to_torch_xla_on_the_same_weights(llama_dir):
 
 
 def test_sampler_noise_is_the_torch_samplers_bit_for_bit():
-    from tpu_engine.jax_backend.sampler import uniform_noise as jax_noise
-    from tpu_engine.sampler import uniform_noise as torch_noise
+    from tpu_engine.backends.jax.sampler import uniform_noise as jax_noise
+    from tpu_engine.backends.torch_xla.sampler import uniform_noise as torch_noise
     rng = np.random.default_rng(0)
     seeds = rng.integers(0, 2**32, size=64, dtype=np.uint64)
     counters = rng.integers(0, 2**20, size=64, dtype=np.uint64)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tpu_engine import LLM, SamplingParams
-from tpu_engine.sampler import uniform_noise
+from tpu_engine.backends.torch_xla.sampler import uniform_noise
 
 VOCAB = 512
 

@@ -10,20 +10,20 @@ Nothing here imports torch_xla: the backend (`runner.py`) owns devices and graph
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import operator
-import dataclasses
 import random
 import time
 from typing import Any, Iterable, Sequence
 
-from .config import DEFAULT_MODEL
+from .backends.torch_xla.sampler import SamplingRow
 from .compile import CompileStats
+from .config import DEFAULT_MODEL
 from .events import EventBus, PhaseEvent, SlotEvent, StepRecord
 from .info import EngineInfo
-from .sampler import SamplingRow
-from .scheduler import Decode, ExpectedRequests, Prefill, Scheduler, ShapePlan, plan_shapes
 from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, SamplingParams
+from .scheduler import Decode, ExpectedRequests, Prefill, Scheduler, ShapePlan, plan_shapes
 
 
 @dataclasses.dataclass

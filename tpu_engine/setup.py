@@ -1,9 +1,8 @@
 """Turn an EngineConfig into a ready backend: check every setting, then load the model."""
 from __future__ import annotations
 
-
+from .backends.torch_xla.platform import device_count, select_device
 from .compile import default_cache_dir
-from .platform import device_count, select_device
 from .weights import resolve_model
 
 DEFAULT_MAX_MODEL_LEN = 2048
@@ -41,9 +40,10 @@ BACKENDS = ("torch_xla", "jax")
 def _backend(name: str):
     """(runner class, platform(), device_count()) of a backend, imported only when chosen."""
     if name == "jax":
-        from .jax_backend.runner import JaxRunner, device_count as jax_devices, platform
+        from .backends.jax.runner import JaxRunner, platform
+        from .backends.jax.runner import device_count as jax_devices
         return JaxRunner, platform, jax_devices
-    from .runner import XlaRunner
+    from .backends.torch_xla.runner import XlaRunner
     return XlaRunner, select_device, device_count
 
 
@@ -67,7 +67,7 @@ def build_runner(config):
         dtype = "float32" if device == "CPU" else "bfloat16"
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype {config.dtype!r} is not supported; expected auto, float32 or bfloat16.")
-    from .sharding import check_tp
+    from .backends.torch_xla.sharding import check_tp
     check_tp(cfg, config.tensor_parallel_size, devices())
 
     cache_dir = config.compilation_cache_dir

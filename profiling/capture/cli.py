@@ -15,11 +15,10 @@ import argparse
 import os
 import sys
 
+from tpu_engine.backends.torch_xla.profiler import DEFAULT_PORT
 from tpu_engine.cli import add_engine_args, run_cli
 
 from .windows import plan_window
-from .xla_profiler import DEFAULT_PORT
-
 
 MAX_PASSES = 1_000_000
 

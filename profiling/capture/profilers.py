@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import jax_profiler, xla_profiler
+from tpu_engine.backends.jax import profiler as jax_profiler
+from tpu_engine.backends.torch_xla import profiler as xla_profiler
 
 BACKENDS = {"torch_xla": xla_profiler, "jax": jax_profiler}
 

@@ -13,13 +13,7 @@ from collections.abc import Callable
 
 from ..runs.layout import runs_in
 from ..runs.parts import Verification, Window
-from ..runs.record import (
-    CaptureTiming,
-    RunRecord,
-    read_run_record,
-    write_manifest,
-    write_run_record,
-)
+from ..runs.record import CaptureTiming, RunRecord, read_run_record, write_manifest, write_run_record
 from ..table import number_ranges
 from .record import StepLog
 from .store import Staging, free_run_name, name_capture, stale_stagings

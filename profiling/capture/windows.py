@@ -16,10 +16,10 @@ import threading
 import time
 from typing import Callable
 
+from tpu_engine.backends.torch_xla import profiler as xla_profiler
 from tpu_engine.events import PhaseEvent
 
 from ..runs.parts import Window
-from . import xla_profiler
 
 DELAY_ENV, DURATION_ENV = "VLLM_TPU_PROFILE_DELAY_MS", "VLLM_TPU_PROFILE_DURATION_MS"
 DEFAULT_DELAY_MS, DEFAULT_DURATION_MS = 0, 3000

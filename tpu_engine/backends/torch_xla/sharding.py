@@ -10,7 +10,7 @@ import re
 import numpy as np
 import torch
 
-from .config import ModelConfig
+from ...config import ModelConfig
 
 # name pattern -> partition spec over the tensor's dims ('model' = split, None = replicated).
 # Projection weights are stored transposed, (in, out).

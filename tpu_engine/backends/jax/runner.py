@@ -14,17 +14,17 @@ from typing import Sequence
 
 import numpy as np
 
-from ..backend import GREEDY, SamplingInputs, StepResult, decode_rows, prefill_rows, read_back, release_freed_memory
-from ..buckets import Buckets
-from ..compile import CompileGuard, CompileStats
-from ..config import ModelConfig
-from ..graphs import pack_prompts
-from ..info import DeviceInfo
-from ..model import rope_inv_freq
-from ..sampler import MAX_LOGPROBS, SamplingRow
-from ..scheduler import ShapePlan
-from ..warmup import run_warmup
-from ..weights import ModelSource, checkpoint_tensors, dummy_tensors
+from ...buckets import Buckets
+from ...compile import CompileGuard, CompileStats
+from ...config import ModelConfig
+from ...info import DeviceInfo
+from ...scheduler import ShapePlan
+from ...warmup import run_warmup
+from ...weights import ModelSource, checkpoint_tensors, dummy_tensors
+from ..base import GREEDY, SamplingInputs, StepResult, decode_rows, prefill_rows, read_back, release_freed_memory
+from ..torch_xla.graphs import pack_prompts
+from ..torch_xla.model import rope_inv_freq
+from ..torch_xla.sampler import MAX_LOGPROBS, SamplingRow
 from . import compile as jcompile
 from .graphs import compile_steps
 from .model import build_params

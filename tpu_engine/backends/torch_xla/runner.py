@@ -21,19 +21,19 @@ from typing import Sequence
 
 import torch
 
-from .backend import GREEDY, SamplingInputs, StepResult, decode_rows, prefill_rows, read_back, release_freed_memory
-from .buckets import Buckets
-from .compile import CompileGuard, CompileStats, compile_stats, init_persistent_cache
-from .config import ModelConfig
+from ...buckets import Buckets
+from ...compile import CompileGuard, CompileStats, compile_stats, init_persistent_cache
+from ...config import ModelConfig
+from ...info import DeviceInfo
+from ...scheduler import ShapePlan
+from ...warmup import run_warmup
+from ...weights import ModelSource, checkpoint_tensors, dummy_tensors, load_weights
+from ..base import GREEDY, SamplingInputs, StepResult, decode_rows, prefill_rows, read_back, release_freed_memory
 from .dynamo_scopes import compile_with_scopes
-from .info import DeviceInfo
 from .graphs import decode_forward, gather_rows, head_and_sample, pack_prompts, prefill_forward
 from .model import CausalLM, rope_inv_freq
 from .platform import select_device
-from .scheduler import ShapePlan
 from .sampler import MAX_LOGPROBS, SamplingRow
-from .warmup import run_warmup
-from .weights import ModelSource, checkpoint_tensors, dummy_tensors, load_weights
 
 log = logging.getLogger(__name__)
 

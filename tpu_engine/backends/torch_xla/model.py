@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig, RopeScaling
+from ...config import ModelConfig, RopeScaling
 
 Scope = Callable[[str], ContextManager]
 

@@ -16,8 +16,8 @@ import ctypes
 import dataclasses
 from typing import Callable, Sequence
 
-from .compile import CompileStats
-from .sampler import SamplingRow
+from ..compile import CompileStats
+from .torch_xla.sampler import SamplingRow
 
 
 def release_freed_memory() -> None:
