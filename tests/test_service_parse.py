@@ -140,9 +140,12 @@ def test_batches_match_xla_manifest(served):
 
     forwards = read_csv(os.path.join(served["out"], "forward.csv"))
     assert [(int(f["step"]), f["phase"]) for f in forwards] == [(int(b["step"]), b["phase"]) for b in batches]
+    tokens = {m["step"]: m["num_tokens"] for m in manifest}
     for f, b in zip(forwards, batches):
         assert float(b["start_time"]) <= float(f["start_time"]) <= float(f["end_time"]) <= float(b["end_time"])
         assert int(f["batch_size"]) == int(b["batch_size"])
+        # a prefill's tokens are its prompts' (the default symbols sum them), a decode's one per sequence
+        assert int(f["num_tokens"]) == tokens[int(f["step"])], (f, tokens[int(f["step"])])
 
 
 def test_kvcache(served):

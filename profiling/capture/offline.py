@@ -14,6 +14,8 @@ import time
 
 from tqdm import tqdm
 
+from tpu_engine.cli import check_profiler_port
+
 from ..runs.parts import Peaks
 from ..runs.record import CaptureTiming, Compiles, Latencies, RunRecord
 from . import peaks, store, workload
@@ -75,7 +77,7 @@ class Profiler:
             tuple((args.input_len, n) for n in self.workload.output_lengths))
         self.root = store.check_writable_dir(args.profile_result_dir)
         self.profiler = profiler_for(config.backend)  # torch_xla's or JAX's, as the engine
-        self.profiler.check_port_free(args.profiler_port)
+        check_profiler_port(args.profiler_port)
         self.problems: list[str] = []
         self.published: list[str] = []
         self.peaks: Peaks | None = None

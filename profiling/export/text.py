@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import textwrap
 
+from tpu_engine.backends import registry
+
 from ..analysis import tables
 from ..analysis.analysis import Analysis
 from ..analysis.breakdown import breakdown_table
@@ -62,8 +64,7 @@ def _phase_text(a: Analysis, phase: str, top: int, detail: bool) -> list[str]:
         model = model.with_rows(r for r in model.rows if r.depth == 0)
     out = [_heading(phase), model.render()]
     if all(r.name == UNSCOPED for r in model.rows if r.depth == 0):
-        why = ("its JAX program names no `jax.named_scope`" if a.record and a.record.backend == "jax" else
-               "it was made with XLA_HLO_DEBUG unset or 0 (profiling.py sets it to 1 unless told otherwise)")
+        why = registry.get(a.record.backend if a.record else registry.DEFAULT).no_scopes_why
         out.append(_note(f"no module names in this capture's HLO metadata; {why}."))
     out += [_note(f"{o.layer} takes {o.layer_ms:.1f} ms, the layers' median {o.median_ms:.1f} ms: {o.op} "
                   f"{o.op_ms:.1f} ms against {o.sibling_op_ms:.1f} ms in the others; {o.reason}.")

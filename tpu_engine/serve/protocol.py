@@ -7,7 +7,7 @@ import dataclasses
 import math
 from typing import Any
 
-from ..backends.torch_xla.sampler import MAX_LOGPROBS
+from ..sampling import MAX_LOGPROBS
 from ..outputs import SamplingParams
 from .chat import render_chat
 from .errors import RequestError

@@ -1,4 +1,4 @@
-"""The JAX runner: the torch_xla runner's interface (backend.py) over jitted JAX functions.
+"""The JAX runner: the runner contract (backends/base.py) over jitted JAX functions.
 
 The same rules keep the set of executables finite and fixed after warm-up: every input that
 changes between calls is a device array built on the host; the only static arguments are
@@ -7,60 +7,34 @@ place; results are read back once per step, after the sampler.
 """
 from __future__ import annotations
 
-import logging
-import sys
-import time
-from typing import Sequence
-
 import numpy as np
 
 from ...buckets import Buckets
 from ...compile import CompileGuard, CompileStats
 from ...config import ModelConfig
 from ...info import DeviceInfo
-from ...scheduler import ShapePlan
-from ...warmup import run_warmup
+from ...memory import release_freed_memory
+from ...rope import rope_inv_freq
 from ...weights import ModelSource, checkpoint_tensors, dummy_tensors
-from ..base import GREEDY, SamplingInputs, StepResult, decode_rows, prefill_rows, read_back, release_freed_memory
-from ..torch_xla.graphs import pack_prompts
-from ..torch_xla.model import rope_inv_freq
-from ..torch_xla.sampler import MAX_LOGPROBS, SamplingRow
+from ..base import Runner
+from ..inputs import SamplingInputs
 from . import compile as jcompile
 from .graphs import compile_steps
 from .model import build_params
+from .platform import platform
 from .programs import ProgramStore, StepProgram, context
 from .sharding import Placement
 
-log = logging.getLogger(__name__)
-_announced = False
-
-
-def platform() -> str:
-    """JAX's default platform, upper-case as PJRT names it ("CPU", "TPU", "GPU"); says once
-    when JAX falls back to CPU."""
-    global _announced
-    import jax
-    name = jax.default_backend().upper()
-    if name == "CPU" and not _announced:
-        print("tpu_engine: no TPU found; JAX runs on CPU.", file=sys.stderr)
-    _announced = True
-    return name
-
-
-def device_count() -> int:
-    import jax
-    return jax.device_count()
-
 
 def _host_arrays(source: ModelSource, cfg: ModelConfig, seed: int):
-    """The same tensors the torch runner loads (checkpoint or seeded dummy init), as float32
-    numpy arrays (numpy has no bfloat16; the cast to the model dtype happens on placement)."""
+    """The same arrays the torch runner loads (checkpoint or seeded dummy init), as float32;
+    the cast to the model dtype happens on placement."""
     tensors = checkpoint_tensors(source.weights_dir, cfg) if source.weights_dir else dummy_tensors(cfg, seed)
-    for name, t in tensors:
-        yield name, t.float().numpy()
+    for name, array in tensors:
+        yield name, np.asarray(array, dtype=np.float32)
 
 
-class JaxRunner:
+class JaxRunner(Runner):
     def __init__(self, source: ModelSource, *, dtype: str, max_model_len: int, max_num_seqs: int,
                  tensor_parallel_size: int, seed: int, compilation_cache_dir: str | None,
                  strict_compiles: bool, max_prefill: int, enforce_eager: bool = False):
@@ -81,7 +55,7 @@ class JaxRunner:
         self.enforce_eager = enforce_eager
         self.params = build_params(self.cfg, _host_arrays(source, self.cfg, seed), self._place_param)
         self.inv_freq = self.place.input(rope_inv_freq(self.cfg.head_dim, self.cfg.rope_theta,
-                                                       self.cfg.rope_scaling).numpy())
+                                                       self.cfg.rope_scaling))
         self.scratch_row = max_num_seqs * max_model_len  # a packed prefill's padding writes here
         shape = (self.scratch_row + 1, self.cfg.num_key_value_heads, self.cfg.head_dim)
         self.kv_caches = [(self.place.kv_cache(shape, self.jdtype), self.place.kv_cache(shape, self.jdtype))
@@ -90,9 +64,9 @@ class JaxRunner:
             if self.cache_dir else None
         self._prefill_fn, self._gather_fn, self._decode_fn, self._head_fn = (
             StepProgram(fn.__name__, fn, store) for fn in compile_steps(self.cfg, self.place.constrain))
-        self.guard = CompileGuard(strict=strict_compiles, stats=jcompile.compile_stats,
+        self.guard = CompileGuard(jcompile.compile_stats, strict=strict_compiles,
                                   hint="run with JAX_LOG_COMPILES=1 to see which function and shapes")
-        self._sampling = SamplingInputs(self.cfg.vocab_size, lambda floats, ints: (
+        self.sampling = SamplingInputs(self.cfg.vocab_size, lambda floats, ints: (
             self.place.input(np.asarray(floats, dtype=np.float32)),
             self.place.input(np.asarray(ints, dtype=np.uint32))))
         release_freed_memory()
@@ -125,55 +99,26 @@ class JaxRunner:
         """One engine step as a step in the trace (XProf's step markers)."""
         return self._jax.profiler.StepTraceAnnotation(phase, step_num=step)
 
-    # ---- inputs ---------------------------------------------------------------------------
-    def _ints(self, rows) -> object:
+    # ---- the device side of a step (base.Runner runs the steps) ----------------------------
+    def _ints(self, rows):
         return self.place.input(np.asarray(rows, dtype=np.int32))
 
-    # ---- steps ----------------------------------------------------------------------------
-    def prefill(self, slots: Sequence[int], prompts: Sequence[Sequence[int]],
-                sampling: Sequence[SamplingRow]) -> StepResult:
-        """Run the prompts, packed, into their slots and sample each one's first token."""
-        lens = [len(p) for p in prompts]
-        T, N = self.buckets.prefill_batch_shape(lens)
-        before = jcompile.compile_stats()
-        ints = self._ints(pack_prompts(slots, [list(p) for p in prompts], T, self.max_model_len,
-                                       self.scratch_row))
+    def _counters(self, values: list[int]):
+        return self.place.input(np.asarray(values, dtype=np.uint32))
+
+    def _prefill_forward(self, ints, T: int):
         hidden, self.kv_caches = self._prefill_fn(self.params, ints, self.kv_caches, self.inv_freq,
                                                   cache_len=self.max_model_len)
-        last, counters = prefill_rows(lens, N)
-        hidden = self._gather_fn(hidden, self._ints(last))
-        out = self._sample(hidden, list(sampling) + [GREEDY] * (N - len(lens)), counters, before,
-                           f"prefill of {len(lens)} prompt(s), {sum(lens)} tokens")
-        return out.first(len(lens))
+        return hidden
 
-    def decode(self, slots: Sequence[int], last_tokens: Sequence[int], positions: Sequence[int],
-               sampling: Sequence[SamplingRow]) -> StepResult:
-        """One token for each active slot. positions[i]: where last_tokens[i] goes."""
-        B, span = self.buckets.decode_shape(slots, positions)
-        before = jcompile.compile_stats()
-        tok, pos, rows, counters = decode_rows(B, slots, last_tokens, positions, sampling)
-        hidden, self.kv_caches = self._decode_fn(self.params, self._ints([tok, pos]), self.kv_caches,
-                                                 self.inv_freq, span=span, cache_len=self.max_model_len)
-        out = self._sample(hidden, rows, counters, before, f"decode of batch {len(slots)}")
-        return out.select(slots)
+    def _gather(self, hidden, last):
+        return self._gather_fn(hidden, last)
 
-    def _sample(self, hidden, rows: Sequence[SamplingRow], counters: list[int], before, what) -> StepResult:
-        n = len(counters)
-        floats, ints = self._sampling(rows, n)
-        counters = self.place.input(np.asarray(counters, dtype=np.uint32))
-        want = max(r.num_logprobs for r in rows)
-        tokens, lps, top = self._head_fn(self.params, hidden, floats, ints, counters,
-                                         random=any(r.temperature > 0 for r in rows),
-                                         num_logprobs=MAX_LOGPROBS if want else 0)
-        tokens, lps, top = self._jax.device_get((tokens, lps, top))  # the step's one read-back
-        return read_back(tokens, lps, top, rows, self.guard.check(before, what))
+    def _decode_forward(self, ints, B: int, span: int):
+        hidden, self.kv_caches = self._decode_fn(self.params, ints, self.kv_caches, self.inv_freq, span=span,
+                                                 cache_len=self.max_model_len)
+        return hidden
 
-    # ---- warm-up --------------------------------------------------------------------------
-    def warmup(self, plan: ShapePlan, variants: Sequence[SamplingRow], progress=None) -> CompileStats:
-        """Compile the plan's shapes, with inputs built as real ones are; then arm the guard."""
-        t0 = time.perf_counter()
-        run_warmup(self, plan, variants, progress)
-        self.guard.arm()
-        log.info("warm-up compiled %d executables in %.1fs", self.guard.warmup.compiles,
-                 time.perf_counter() - t0)
-        return self.guard.warmup
+    def _head(self, hidden, floats, ints, counters, random: bool, num_logprobs: int) -> tuple:
+        out = self._head_fn(self.params, hidden, floats, ints, counters, random=random, num_logprobs=num_logprobs)
+        return self._jax.device_get(out)  # the step's one read-back
