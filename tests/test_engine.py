@@ -15,6 +15,7 @@ import shutil
 import pytest
 
 from tpu_engine import LLM, SamplingParams, StepRecord
+from tpu_engine.backends import registry
 from tpu_engine.scheduler import ExpectedRequests
 
 VOCAB = 512
@@ -26,7 +27,7 @@ PREFILL_BUCKETS = [16, 32, 64, 128, 256]
 ENGINE_ONLY = pytest.mark.parametrize("llm", ["torch_xla"], indirect=True)
 
 
-@pytest.fixture(scope="module", params=["torch_xla", "jax"])
+@pytest.fixture(scope="module", params=registry.names())
 def llm(llama_dir, request):
     """One strict engine per backend: every test here runs on both."""
     return LLM(llama_dir, backend=request.param, max_model_len=MAX_LEN, max_num_seqs=MAX_SEQS,

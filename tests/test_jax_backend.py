@@ -129,5 +129,5 @@ def test_bad_settings_get_the_same_sentence_on_both_backends(llama_dir):
                 LLM(llama_dir, backend=backend, **kwargs)
             messages.append(str(err.value))
         assert messages[0] == messages[1], kwargs
-    with pytest.raises(ValueError, match="backend 'tensorflow' is not supported; expected torch_xla or jax."):
+    with pytest.raises(ValueError, match="backend 'tensorflow' is not supported; expected one of torch_xla, jax."):
         LLM(llama_dir, backend="tensorflow")

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from tpu_engine import LLM, SamplingParams
+from tpu_engine.backends import registry
 from tpu_engine.backends.torch_xla.sampler import uniform_noise
 
 VOCAB = 512
 
 
-@pytest.fixture(scope="module", params=["torch_xla", "jax"])
+@pytest.fixture(scope="module", params=registry.names())
 def llm(llama_dir, request):
     """Every test here runs on both backends."""
     return LLM(llama_dir, backend=request.param, max_model_len=128, max_num_seqs=4)
