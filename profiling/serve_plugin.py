@@ -70,7 +70,7 @@ def setup(server, args):
         for problem in done.problems:
             print(f"warning: {problem}", file=sys.stderr, flush=True)
         return {"status": "saved", "run": done.run_dir, "bytes": v.bytes, "steps": v.steps,
-                "num_steps": v.num_steps, "duration_s": stopped.closed_at - stopped.opened_at,
+                "num_steps": v.num_steps, "duration_s": stopped.window.closed_at - stopped.window.opened_at,
                 "problems": done.problems}
 
     server.app.add_api_route("/start_profile", start_profile, methods=["POST"])

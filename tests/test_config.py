@@ -6,8 +6,8 @@ import shutil
 import pytest
 import torch
 
-from tpu_engine.rope import rope_inv_freq
 from tpu_engine.config import REGISTRY, ModelConfig, config_from_hf
+from tpu_engine.rope import rope_inv_freq
 from tpu_engine.weights import find_in_hf_cache, resolve_model
 
 LLAMA31_4X = dict(REGISTRY["meta-llama/Llama-3.1-8B-Instruct"])

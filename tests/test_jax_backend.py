@@ -16,6 +16,8 @@ from tests.models import make_hf_model
 from tpu_engine import LLM, SamplingParams
 from tpu_engine.scheduler import ExpectedRequests
 
+pytestmark = [pytest.mark.slow, pytest.mark.jax]
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = [[1, 2, 3, 4, 5, 6, 7], list(range(3, 33))]
 RUN = """

@@ -9,6 +9,8 @@ from tpu_engine import LLM, SamplingParams
 from tpu_engine.backends import registry
 from tpu_engine.scheduler import ExpectedRequests
 
+pytestmark = pytest.mark.slow
+
 PROMPT_LENS = [5, 23, 17, 40]  # uneven, none a bucket size
 STEPS = 14
 

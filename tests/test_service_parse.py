@@ -18,6 +18,8 @@ import pytest
 
 from tests.servers import JAX, ROOT, SMALL, Server, switch_collection
 
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
 ENV = {**os.environ, "PJRT_DEVICE": "CPU"}
 # (prompt length, max_tokens): mixed, with a one-token request (no decode, no TPOT).
 WORKLOAD = [(5, 1), (9, 2), (3, 7), (12, 4), (6, 9), (4, 3), (10, 6), (7, 5), (8, 8), (11, 2)]

@@ -18,6 +18,8 @@ from profiling.runs.record import read_manifest
 from tests.servers import ROOT, SMALL, Server, switch_collection
 from tpu_engine.config import DEFAULT_MODEL, REGISTRY
 
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
 CUSTOM_YAML = """
 - symbol: tpu_engine.engine:LLMEngine.validate
   domain: Custom
