@@ -11,11 +11,12 @@ import argparse
 import os
 import sys
 
+from tpu_engine.backends import registry
+from tpu_engine.cli import PROFILER_PORT
 from tpu_engine.cli import run_cli
 from tpu_engine.paths import writable_dir
 
 from .capture import cli as capture_cli
-from .capture.xla_profiler import DEFAULT_PORT
 
 
 def count(least: int):
@@ -61,9 +62,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     m.add_argument("b", help="the same, compared against A")
     m.add_argument("--top", type=count(1), default=15, help="rows per table (default 15)")
     d = sub.add_parser("doctor", help="check versions, the profile plugin, the port and the profile dir")
-    d.add_argument("--profiler-port", type=int, default=DEFAULT_PORT)  # a bad one is a FAIL of its check
+    d.add_argument("--profiler-port", type=int, default=PROFILER_PORT)  # a bad one is a FAIL of its check
     d.add_argument("--profile-result-dir", type=dir_path, default="profiles")
-    d.add_argument("--backend", default="torch_xla", choices=["torch_xla", "jax"], help="the backend to check")
+    d.add_argument("--backend", default=registry.DEFAULT, choices=registry.names(), help="the backend to check")
     sv = sub.add_parser("service", help="the service profiler's recorded spans")
     svsub = sv.add_subparsers(dest="service_command", metavar="{parse}", required=True)
     sp = svsub.add_parser("parse", help="events.jsonl files -> chrome_tracing.json, profiler.db, CSV tables")

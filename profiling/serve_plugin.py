@@ -23,7 +23,7 @@ def check(args) -> None:
             raise ValueError(f"{DIR_ENV}: {e}") from None
     from .service.config import read_config
     from .service.install import check_config
-    from .service.symbols import SYMBOLS_ENV
+    from .service.symbols import DEFAULT_SYMBOLS, SYMBOLS_ENV, check_names, load_symbols
     config_path = check_config()
     if config_path is None:
         return
@@ -32,6 +32,7 @@ def check(args) -> None:
     symbols = os.environ.get(SYMBOLS_ENV, "").strip()
     if symbols and not os.path.exists(symbols):  # the default symbols get copied there
         store.check_creatable_dir(os.path.dirname(os.path.abspath(symbols)), f"the directory of {SYMBOLS_ENV}")
+    check_names(load_symbols(symbols if symbols and os.path.exists(symbols) else DEFAULT_SYMBOLS)[0])
 
 
 def setup(server, args):
@@ -69,7 +70,7 @@ def setup(server, args):
         for problem in done.problems:
             print(f"warning: {problem}", file=sys.stderr, flush=True)
         return {"status": "saved", "run": done.run_dir, "bytes": v.bytes, "steps": v.steps,
-                "num_steps": v.num_steps, "duration_s": stopped.closed_at - stopped.opened_at,
+                "num_steps": v.num_steps, "duration_s": stopped.window.closed_at - stopped.window.opened_at,
                 "problems": done.problems}
 
     server.app.add_api_route("/start_profile", start_profile, methods=["POST"])

@@ -19,6 +19,8 @@ from profiling.trace.ops import Op
 from tests.captures import capture, proc_output, profiling_env
 from tests.models import make_hf_model
 
+pytestmark = pytest.mark.slow
+
 TESTDATA = "/work/shared/testdata"
 TPU_XPLANE = os.path.join(TESTDATA, "tpu_v6e4_jax_xprof_tpu_inference_2.xplane.pb")
 GPU_XPLANE = os.path.join(TESTDATA, "gpu_mi300x_jax08_attention.xplane.pb")

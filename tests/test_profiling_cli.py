@@ -17,6 +17,8 @@ import pytest
 
 from tests.captures import PROFILING, ROOT, SMALL, free_port, profiling_env, run_profiling
 
+pytestmark = pytest.mark.slow
+
 # Well-formed for the small model: batch 2 x 8 tokens, 4 output tokens, within SMALL's limits.
 GOOD = ["--input-len", "8", "--output-len", "4", "--batch-size", "2"]
 

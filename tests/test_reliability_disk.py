@@ -6,9 +6,13 @@ from __future__ import annotations
 import os
 import shutil
 
+import pytest
+
 from profiling.cli import cli
 from tests.captures import capture, profiling_env, proc_output
 from tests.reliability import failed, fill, listing, one_sentence, run_main, small_tmpfs
+
+pytestmark = pytest.mark.slow
 
 
 def test_export_into_a_full_disk_says_where_and_leaves_nothing(all_capture, tmp_path):

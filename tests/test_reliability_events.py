@@ -20,6 +20,8 @@ from profiling.service.engine_spans import EngineSpans
 from tests.reliability import JSON, failed, one_sentence, run_main
 from tpu_engine.events import PhaseEvent
 
+pytestmark = pytest.mark.slow
+
 
 # ---- events.jsonl (service parse) ----------------------------------------------------------------
 @pytest.fixture(scope="module")

@@ -18,6 +18,8 @@ from profiling.runs.record import read_manifest
 from tests.servers import ROOT, SMALL, Server, switch_collection
 from tpu_engine.config import DEFAULT_MODEL, REGISTRY
 
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
 CUSTOM_YAML = """
 - symbol: tpu_engine.engine:LLMEngine.validate
   domain: Custom
@@ -174,7 +176,8 @@ def _serve(*args, env=None):
                           cwd=ROOT, timeout=120, env={**os.environ, "PJRT_DEVICE": "CPU", **(env or {})})
 
 
-@pytest.mark.parametrize("case", ["port in use", "bad config", "unwritable capture dir", "bad flag value"])
+@pytest.mark.parametrize("case", ["port in use", "bad config", "unwritable capture dir", "bad flag value",
+                                  "misspelt symbol parameter"])
 def test_bad_server_settings_exit_2_with_one_line_before_loading(tmp_path, case):
     env, args, sock = {}, [], None
     if case == "port in use":
@@ -191,6 +194,13 @@ def test_bad_server_settings_exit_2_with_one_line_before_loading(tmp_path, case)
         (tmp_path / "file").write_text("")
         env = {"VLLM_TORCH_PROFILER_DIR": str(tmp_path / "file")}
         expected = "exists and is not a directory"
+    elif case == "misspelt symbol parameter":  # `prompt` for the runner's `prompts`
+        (tmp_path / "s.yaml").write_text("- symbol: tpu_engine.backends.base:Runner.prefill\n  attributes:\n"
+                                         "    - name: num_tokens\n      expr: prompt | len\n")
+        env = {"SERVICE_PROF_CONFIG_PATH": str(tmp_path / "c.json"), "PROFILING_SYMBOLS_PATH": str(tmp_path / "s.yaml")}
+        expected = ("symbol tpu_engine.backends.base:Runner.prefill: attribute 'num_tokens' ('prompt | len') reads "
+                    "'prompt', which is not a parameter of Runner.prefill (its parameters: self, slots, prompts, "
+                    "sampling).")
     else:
         args = ["--max-model-len", "0"]
         expected = "max_model_len 0 must be a positive integer"

@@ -7,13 +7,14 @@ import socket
 import sys
 from typing import Any, Callable
 
+from .backends import registry
 from .config import DEFAULT_MODEL
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = parser.add_argument_group("engine")
-    g.add_argument("--backend", default="torch_xla", choices=["torch_xla", "jax"],
-                   help="the XLA front end that compiles and runs the model (default torch_xla)")
+    g.add_argument("--backend", default=registry.DEFAULT, choices=registry.names(),
+                   help=f"the XLA front end that compiles and runs the model (default {registry.DEFAULT})")
     g.add_argument("--model", default=DEFAULT_MODEL,
                    help="local HF model dir, or a model id (HF cache, or built-in config with --load-format dummy)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
@@ -52,6 +53,13 @@ def run_cli(main: Callable[[], Any]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+PROFILER_PORT = 9012  # the profiler server's port (--profiler-port), for every backend
+
+
+def check_profiler_port(port: int) -> None:
+    check_port("profiler port", port, "--profiler-port")
 
 
 def check_port(what: str, port: int, flag: str, host: str = "") -> None:

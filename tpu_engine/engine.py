@@ -10,26 +10,27 @@ Nothing here imports torch_xla: the backend (`runner.py`) owns devices and graph
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import operator
-import dataclasses
 import random
 import time
 from typing import Any, Iterable, Sequence
 
-from .config import DEFAULT_MODEL
+from .backends import registry
 from .compile import CompileStats
+from .config import DEFAULT_MODEL
 from .events import EventBus, PhaseEvent, SlotEvent, StepRecord
 from .info import EngineInfo
-from .sampler import SamplingRow
-from .scheduler import Decode, ExpectedRequests, Prefill, Scheduler, ShapePlan, plan_shapes
 from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, SamplingParams
+from .sampling import SamplingRow
+from .scheduler import Decode, ExpectedRequests, Prefill, Scheduler, ShapePlan, plan_shapes
 
 
 @dataclasses.dataclass
 class EngineConfig:
     model: str = DEFAULT_MODEL
-    backend: str = "torch_xla"              # or "jax": the runner that compiles and runs the model
+    backend: str = registry.DEFAULT         # the runner that compiles and runs the model (backends/registry.py)
     dtype: str = "auto"
     max_model_len: int | None = None        # default: min(model's max positions, 2048)
     tensor_parallel_size: int = 1

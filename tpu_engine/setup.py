@@ -1,9 +1,9 @@
 """Turn an EngineConfig into a ready backend: check every setting, then load the model."""
 from __future__ import annotations
 
-
+from .backends import registry
 from .compile import default_cache_dir
-from .platform import device_count, select_device
+from .config import ModelConfig
 from .weights import resolve_model
 
 DEFAULT_MAX_MODEL_LEN = 2048
@@ -35,46 +35,38 @@ def resolve_limits(config):
     return source, max_len, min(max_prefill, max_len)
 
 
-BACKENDS = ("torch_xla", "jax")
-
-
-def _backend(name: str):
-    """(runner class, platform(), device_count()) of a backend, imported only when chosen."""
-    if name == "jax":
-        from .jax_backend.runner import JaxRunner, device_count as jax_devices, platform
-        return JaxRunner, platform, jax_devices
-    from .runner import XlaRunner
-    return XlaRunner, select_device, device_count
-
-
-def backend_device_count(name: str) -> int:
-    """Start the backend's runtime (if not yet) and count its devices."""
-    return _backend(name)[2]()
+def check_tp(cfg: ModelConfig, tp: int, devices: int) -> None:
+    if tp < 1:
+        raise ValueError(f"tensor_parallel_size {tp} must be at least 1.")
+    if tp > devices:
+        raise ValueError(f"tensor_parallel_size {tp} exceeds the {devices} available device(s).")
+    for what, n in (("attention heads", cfg.num_attention_heads),
+                    ("key/value heads", cfg.num_key_value_heads),
+                    ("MLP intermediate size", cfg.intermediate_size)):
+        if n % tp:
+            raise ValueError(f"tensor_parallel_size {tp} does not divide the model's {n} {what}.")
 
 
 def build_runner(config):
     """Returns (runner, model config, model source, max_model_len, longest prefill)."""
-    if config.backend not in BACKENDS:
-        raise ValueError(f"backend {config.backend!r} is not supported; expected torch_xla or jax.")
+    backend = registry.get(config.backend)
     source, max_len, max_prefill = resolve_limits(config)
     cfg = source.config
     _positive("tensor_parallel_size", config.tensor_parallel_size)
 
-    runner_cls, platform, devices = _backend(config.backend)
-    device = platform()
+    device = backend.platform()
     dtype = config.dtype
     if dtype == "auto":
         dtype = "float32" if device == "CPU" else "bfloat16"
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype {config.dtype!r} is not supported; expected auto, float32 or bfloat16.")
-    from .sharding import check_tp
-    check_tp(cfg, config.tensor_parallel_size, devices())
+    check_tp(cfg, config.tensor_parallel_size, backend.device_count())
 
     cache_dir = config.compilation_cache_dir
     if cache_dir is None and device == "TPU":
-        cache_dir = default_cache_dir() if config.backend == "torch_xla" else default_cache_dir("jax")
-    runner = runner_cls(source, dtype=dtype, max_model_len=max_len, max_num_seqs=config.max_num_seqs,
-                        tensor_parallel_size=config.tensor_parallel_size, seed=config.seed,
-                        compilation_cache_dir=cache_dir or None, strict_compiles=config.strict_compiles,
-                        max_prefill=max_prefill, enforce_eager=config.enforce_eager)
+        cache_dir = default_cache_dir(backend.cache_dir_name)
+    runner = backend.runner_class()(source, dtype=dtype, max_model_len=max_len, max_num_seqs=config.max_num_seqs,
+                                    tensor_parallel_size=config.tensor_parallel_size, seed=config.seed,
+                                    compilation_cache_dir=cache_dir or None, strict_compiles=config.strict_compiles,
+                                    max_prefill=max_prefill, enforce_eager=config.enforce_eager)
     return runner, cfg, source, max_len, max_prefill

@@ -3,6 +3,8 @@ would add it. The framework is read from the capture itself (program and op name
 or from our run record, so a JAX capture is never told about XLA_HLO_DEBUG."""
 from __future__ import annotations
 
+from tpu_engine.backends import registry
+
 from ..trace.categories import UNSCOPED
 from .analysis import Analysis
 from .phases import backward_program
@@ -32,6 +34,8 @@ def training_program(a: Analysis) -> str:
 
 
 def _why_unscoped(a: Analysis) -> str:
+    if a.record and a.record.backend in registry.names():  # our engine's capture: its backend says
+        return registry.get(a.record.backend).no_scopes_why
     fw = framework(a)
     if fw == "jax":
         return ("its JAX program names no `jax.named_scope` around them (Flax linen modules get one each; NNX "

@@ -155,8 +155,8 @@ def main(argv=None) -> None:
         return run_side_by_side(args)
     from tpu_engine import LLM, SamplingParams
     kw = engine_kwargs_checked(args)
-    from tpu_engine.setup import backend_device_count
-    backend_device_count(args.backend)  # start the runtime: the baseline includes it
+    from tpu_engine.backends import registry
+    registry.get(args.backend).device_count()  # start the runtime: the baseline includes it
     baseline_rss = rss_bytes()
     print("loading the model and compiling every shape it will use...", flush=True)
     t0 = time.perf_counter()

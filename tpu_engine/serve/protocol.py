@@ -7,8 +7,8 @@ import dataclasses
 import math
 from typing import Any
 
+from ..sampling import MAX_LOGPROBS
 from ..outputs import SamplingParams
-from ..sampler import MAX_LOGPROBS
 from .chat import render_chat
 from .errors import RequestError
 

@@ -63,16 +63,3 @@ def head_and_sample(model: CausalLM, hidden, floats, ints, counters, random: boo
     with model.scope("sampler"):
         return sample(logits, floats[:, 0], ints[:, 0], floats[:, 1], ints[:, 1], counters,
                       random=random, num_logprobs=num_logprobs)
-
-
-def pack_prompts(slots, prompts, T: int, cache_len: int, scratch_row: int) -> list[list[int]]:
-    """The (4, T) rows prefill_forward reads, built on the host."""
-    tokens, pos, seq, rows = [], [], [], []
-    for i, (slot, prompt) in enumerate(zip(slots, prompts)):
-        n = len(prompt)
-        tokens += prompt
-        pos += range(n)
-        seq += [i] * n
-        rows += range(slot * cache_len, slot * cache_len + n)
-    pad = T - len(tokens)
-    return [tokens + [0] * pad, pos + [0] * pad, seq + [-1] * pad, rows + [scratch_row] * pad]

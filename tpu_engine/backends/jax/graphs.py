@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ..config import ModelConfig
+from ...config import ModelConfig
 from . import model
 from .sampler import sample
 
