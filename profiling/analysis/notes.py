@@ -9,22 +9,22 @@ from ..trace.categories import UNSCOPED
 from .analysis import Analysis
 from .phases import backward_program
 
+JAX, TORCH, TENSORFLOW = "JAX", "PyTorch/XLA", "TensorFlow"  # frameworks, not our backends' names
 UNSCOPED_NOTE_PCT = 5.0  # below this share of op time, missing scopes are not worth a note
 
 
 def framework(a: Analysis) -> str:
-    """"jax", "torch_xla", "tensorflow" or "" (unknown), from the run record or the capture."""
-    if a.record and a.record.backend:
-        return a.record.backend
+    """JAX, TORCH or TENSORFLOW (the framework that built the programs), or "" (unknown),
+    read from the capture itself (program and op names, its device lines)."""
     cap = a.capture
     modules = {r.module for r in cap.runs} | {k.rsplit("(", 1)[0] for k in cap.modules} if cap else \
         {o.module for o in a.ops}
     if cap and any(line.startswith("TensorFlow") for line in cap.device_lines) and not a.ops:
-        return "tensorflow"
+        return TENSORFLOW
     if any(o.framework_op.startswith("aten__") for o in a.ops[:2000]) or any("SyncTensorsGraph" in m for m in modules):
-        return "torch_xla"
+        return TORCH
     if any(m.startswith("jit_") or m.startswith("jit(") for m in modules):
-        return "jax"
+        return JAX
     return ""
 
 
@@ -37,10 +37,10 @@ def _why_unscoped(a: Analysis) -> str:
     if a.record and a.record.backend in registry.names():  # our engine's capture: its backend says
         return registry.get(a.record.backend).no_scopes_why
     fw = framework(a)
-    if fw == "jax":
+    if fw == JAX:
         return ("its JAX program names no `jax.named_scope` around them (Flax linen modules get one each; NNX "
                 "modules and plain functions do not): wrap the model's modules in `jax.named_scope`")
-    if fw == "torch_xla":
+    if fw == TORCH:
         return "torch_xla records module names only with XLA_HLO_DEBUG=1 set as the process starts " \
                "(profiling.py sets it unless told otherwise)"
     return "the capture's ops carry no scope metadata"
@@ -50,7 +50,7 @@ def notes(a: Analysis) -> list[str]:
     out = []
     fw = framework(a)
     if not a.ops:
-        if fw == "tensorflow":
+        if fw == TENSORFLOW:
             out.append("this capture holds no XLA op executions: it is a TensorFlow capture without XLA (its "
                        "device planes hold `TensorFlow Ops` lines), and the tables cover XLA programs only.")
         else:
