@@ -6,6 +6,7 @@ from __future__ import annotations
 from tpu_engine.backends import registry
 
 from ..trace.categories import UNSCOPED
+from ..trace.chrome_json import XPROF_EVENT_CAP
 from .analysis import Analysis
 from .phases import backward_program
 
@@ -49,6 +50,14 @@ def _why_unscoped(a: Analysis) -> str:
 def notes(a: Analysis) -> list[str]:
     out = []
     fw = framework(a)
+    cap = a.capture
+    if cap and cap.format == "chrome-json" and cap.events >= XPROF_EVENT_CAP:
+        out.append(f"this trace JSON holds {cap.events:,} events, the most XProf writes: the capture it was "
+                   f"made from may hold more (its .xplane.pb has them all).")
+    if cap and not a.ops and cap.unread_cpu_ops:
+        out.append(f"this trace JSON is an XLA:CPU capture: its {cap.unread_cpu_ops:,} op executions are on host "
+                   f"threads, without the HLO that names their scopes; summarize the .xplane.pb it came from.")
+        return out
     if not a.ops:
         if fw == TENSORFLOW:
             out.append("this capture holds no XLA op executions: it is a TensorFlow capture without XLA (its "

@@ -137,7 +137,7 @@ def assign(steps, modules: dict[str, hlo.Module], run_dir: str, records: dict) -
             "; a generate loop's iterations are decode, the part before it prefill" if how == "loop" else "")
         return PhaseRule(how, f"phases: from the {text}")
     if not any(s.runs for s in steps) and not steps:
-        return PhaseRule("none", "phases: none (the capture holds no XLA program run): one phase, `all`")
+        return PhaseRule("none", "phases: none (no XLA program run read from the capture): one phase, `all`")
     train = backward_program(modules)
     if train:
         return PhaseRule("none", f"phases: none: a training capture (`{train}` runs a backward pass): one phase, "

@@ -66,7 +66,7 @@ def find(cap: Capture) -> tuple[list[Found], StepRule]:
         if found:
             return found
     return [], StepRule("capture", "steps: none found (no step annotation, no engine step function, no XLA "
-                                   "program run): the whole capture is one step, `all`")
+                                   "program run read): the whole capture is one step, `all`")
 
 
 def _outermost(marks: list[Mark]) -> list[Mark]:

@@ -61,6 +61,8 @@ class Capture:
     device_lines: frozenset[str]           # line names on device planes (`XLA Ops`, `TensorFlow Ops`...)
     space: xspace.Space | None = None
     runs_timed: bool = True                # runs are the device's own (`XLA Modules`), not made from ops
+    events: int = 0                        # trace JSON: events it holds
+    unread_cpu_ops: int = 0                # trace JSON: XLA:CPU op events on host threads (not read)
 
     @property
     def device_runs(self) -> list[Run]:
@@ -177,7 +179,7 @@ def load_xplane(path: str) -> Capture:
 
 def load_chrome_json(path: str) -> Capture:
     from . import chrome_json
-    found, runs, host = chrome_json.read(path)
+    found, runs, host, facts = chrome_json.read(path)
     marks = []
     for _, thread, ev in host:
         name, args = str(ev.get("name", "")), ev.get("args") or {}
@@ -192,7 +194,8 @@ def load_chrome_json(path: str) -> Capture:
     spans = sorted((r.start_ns, r.end_ns) for r in runs)
     devices = tuple(sorted({r.device for r in runs} | {o.device for o in found}))
     return Capture(path, "chrome-json", found, spans, runs, sorted(marks, key=lambda m: m.start_ns), {},
-                   devices + ("/host:CPU",) * bool(host), frozenset(o.timeline.split(" ", 1)[-1] for o in found))
+                   devices + ("/host:CPU",) * bool(host), frozenset(o.timeline.split(" ", 1)[-1] for o in found),
+                   events=facts["events"], unread_cpu_ops=facts["cpu_ops"])
 
 
 def is_chrome_json(path: str) -> bool:

@@ -95,8 +95,13 @@ def _number(v) -> float:
         return 0.0
 
 
+XPROF_EVENT_CAP = 1_000_000  # XProf's trace viewer writes at most this many events
+
+
 def read(path: str):
-    """(ops, program runs, host events as (process, thread, event)) of a Chrome-trace JSON."""
+    """(ops, program runs, host events as (process, thread, event), facts) of a Chrome-trace
+    JSON; facts: how many events it holds, and how many host events are XLA:CPU op executions
+    (which this reader leaves to the `.xplane.pb`: the JSON has no HLO to scope them)."""
     events = _load(path)["traceEvents"]
     procs, threads = {}, {}
     for ev in events:
@@ -106,7 +111,7 @@ def read(path: str):
                 procs[ev.get("pid")] = str(args.get("name", ""))
             elif ev.get("name") == "thread_name":
                 threads[(ev.get("pid"), ev.get("tid"))] = str(args.get("name", ""))
-    runs, op_events, host = [], [], []
+    runs, op_events, host, cpu_ops = [], [], [], 0
     for ev in events:
         if not isinstance(ev, dict) or ev.get("ph") != "X":
             continue
@@ -119,8 +124,11 @@ def read(path: str):
             elif lane == "XLA Ops" or (lane.startswith("Stream #") and "hlo_op" in (ev.get("args") or {})):
                 op_events.append((proc, lane, ev))
         elif proc.startswith("/host:"):
-            host.append((proc, lane, ev))
-    return _ops(op_events, runs), runs, host
+            if "hlo_op" in (ev.get("args") or {}):
+                cpu_ops += 1
+            else:
+                host.append((proc, lane, ev))
+    return _ops(op_events, runs), runs, host, {"events": len(events), "cpu_ops": cpu_ops}
 
 
 def _ops(op_events, runs: list[Run]) -> list[Op]:
