@@ -87,7 +87,8 @@ def hf_model(llm):
         model = transformers.AutoModelForCausalLM.from_config(hf_cfg, torch_dtype=torch.float32)
     tensors = (checkpoint_tensors(src.weights_dir, cfg) if src.weights_dir
                else dummy_tensors(cfg, eng.config.seed))
-    model.load_state_dict({n: t.float() for n, t in tensors}, strict=False, assign=True)
+    model.load_state_dict({n: torch.from_numpy(np.asarray(t, dtype=np.float32)) for n, t in tensors},
+                          strict=False, assign=True)
     if cfg.tie_word_embeddings:
         model.tie_weights()
     model.model.rotary_emb = type(model.model.rotary_emb)(config=hf_cfg)  # rebuild meta buffers
