@@ -27,7 +27,7 @@ def check(args) -> None:
     config_path = check_config()
     if config_path is None:
         return
-    store.check_creatable_dir(read_config(config_path)["output_dir"],
+    store.check_creatable_dir(read_config(config_path).output_dir,
                               f"the service profiler's output_dir (set in {config_path})")
     symbols = os.environ.get(SYMBOLS_ENV, "").strip()
     if symbols and not os.path.exists(symbols):  # the default symbols get copied there

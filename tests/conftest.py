@@ -1,6 +1,10 @@
 import os
 
 os.environ.setdefault("PJRT_DEVICE", "CPU")
+# Subprocesses (scripts/*.py, servers, CLIs) import this checkout, not whatever copy of the
+# package is installed: the suite tests the code beside it.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join([_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
 import pytest  # noqa: E402
 

@@ -234,7 +234,7 @@ def test_capture_entry_points_share_one_parser():
 
 def test_script_outside_an_install_says_how_to_install(tmp_path):
     """The scripts hold no code: run with a Python that lacks the package, they say so in one line."""
-    env = {**profiling_env(), "PYTHONNOUSERSITE": "1"}
+    env = {**{k: v for k, v in profiling_env().items() if k != "PYTHONPATH"}, "PYTHONNOUSERSITE": "1"}
     proc = subprocess.run([sys.executable, "-S", PROFILING, "--help"], capture_output=True, text=True,
                           env=env, timeout=120, cwd=str(tmp_path))
     assert proc.returncode == 2, proc.stderr

@@ -197,6 +197,7 @@ def test_bad_server_settings_exit_2_with_one_line_before_loading(tmp_path, case)
     elif case == "misspelt symbol parameter":  # `prompt` for the runner's `prompts`
         (tmp_path / "s.yaml").write_text("- symbol: tpu_engine.backends.base:Runner.prefill\n  attributes:\n"
                                          "    - name: num_tokens\n      expr: prompt | len\n")
+        (tmp_path / "c.json").write_text('{"enable": 0}')
         env = {"SERVICE_PROF_CONFIG_PATH": str(tmp_path / "c.json"), "PROFILING_SYMBOLS_PATH": str(tmp_path / "s.yaml")}
         expected = ("symbol tpu_engine.backends.base:Runner.prefill: attribute 'num_tokens' ('prompt | len') reads "
                     "'prompt', which is not a parameter of Runner.prefill (its parameters: self, slots, prompts, "

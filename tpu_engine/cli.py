@@ -32,15 +32,17 @@ def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    kw = dict(backend=args.backend, dtype=args.dtype, max_model_len=args.max_model_len,
-              tensor_parallel_size=args.tensor_parallel_size, enforce_eager=args.enforce_eager,
-              load_format=args.load_format, seed=args.seed,
-              max_num_batched_tokens=args.max_num_batched_tokens,
-              compilation_cache_dir=args.compilation_cache_dir)
-    if args.max_num_seqs is not None:
-        kw["max_num_seqs"] = args.max_num_seqs
-    return kw
+def engine_config(args: argparse.Namespace, **defaults: Any):
+    """The EngineConfig the engine flags ask for, made once: `defaults` fill what a flag left
+    unset (a command's own default, e.g. one decode slot per request of a batch)."""
+    from .engine import EngineConfig
+    kw = dict(model=args.model, backend=args.backend, dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size,
+              enforce_eager=args.enforce_eager, load_format=args.load_format, seed=args.seed,
+              compilation_cache_dir=args.compilation_cache_dir, **defaults)
+    for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
+    return EngineConfig(**kw)
 
 
 def run_cli(main: Callable[[], Any]) -> None:

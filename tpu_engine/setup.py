@@ -1,10 +1,12 @@
 """Turn an EngineConfig into a ready backend: check every setting, then load the model."""
 from __future__ import annotations
 
+import dataclasses
+
 from .backends import registry
 from .compile import default_cache_dir
 from .config import ModelConfig
-from .weights import resolve_model
+from .weights import ModelSource, resolve_model
 
 DEFAULT_MAX_MODEL_LEN = 2048
 
@@ -14,9 +16,17 @@ def _positive(name: str, value) -> None:
         raise ValueError(f"{name} {value!r} must be a positive integer.")
 
 
-def resolve_limits(config):
-    """Check the model and the length/slot settings without loading anything heavy.
-    Returns (model source, max_model_len, longest prefill)."""
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """A config's model and length limits as resolved (defaults filled in, every value checked)."""
+    source: ModelSource
+    max_model_len: int
+    max_prefill: int     # the longest prefill step, in tokens
+
+
+def resolve_limits(config) -> Limits:
+    """Check the model and the length/slot settings without loading anything heavy (read it
+    as `EngineConfig.limits`, which resolves once per config)."""
     source = resolve_model(config.model, config.load_format)
     cfg = source.config
     max_len = config.max_model_len
@@ -32,7 +42,7 @@ def resolve_limits(config):
     if max_prefill < config.max_num_seqs:
         raise ValueError(f"max_num_batched_tokens {max_prefill} is smaller than max_num_seqs "
                          f"{config.max_num_seqs}.")
-    return source, max_len, min(max_prefill, max_len)
+    return Limits(source, max_len, min(max_prefill, max_len))
 
 
 def check_tp(cfg: ModelConfig, tp: int, devices: int) -> None:
@@ -48,9 +58,10 @@ def check_tp(cfg: ModelConfig, tp: int, devices: int) -> None:
 
 
 def build_runner(config):
-    """Returns (runner, model config, model source, max_model_len, longest prefill)."""
+    """The backend's runner for `config` (an EngineConfig), its weights loaded."""
     backend = registry.get(config.backend)
-    source, max_len, max_prefill = resolve_limits(config)
+    limits = config.limits
+    source, max_len, max_prefill = limits.source, limits.max_model_len, limits.max_prefill
     cfg = source.config
     _positive("tensor_parallel_size", config.tensor_parallel_size)
 
@@ -69,4 +80,4 @@ def build_runner(config):
                                     tensor_parallel_size=config.tensor_parallel_size, seed=config.seed,
                                     compilation_cache_dir=cache_dir or None, strict_compiles=config.strict_compiles,
                                     max_prefill=max_prefill, enforce_eager=config.enforce_eager)
-    return runner, cfg, source, max_len, max_prefill
+    return runner

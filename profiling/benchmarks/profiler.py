@@ -15,7 +15,7 @@ import statistics
 import tempfile
 import time
 
-from tpu_engine.cli import add_engine_args, engine_kwargs, run_cli
+from tpu_engine.cli import add_engine_args, engine_config, run_cli
 
 
 def parse_args(argv=None):
@@ -38,7 +38,7 @@ def main(argv=None) -> None:
     from profiling.runs.parts import Window
     from tpu_engine import LLM, SamplingParams
     args = parse_args(argv)
-    llm = LLM(args.model, **engine_kwargs(args))
+    llm = LLM.from_config(engine_config(args))
     engine = llm.llm_engine
     prompts = workload.random_prompts(args.batch_size, args.input_len, engine.model_config.vocab_size, args.seed)
     params = SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=args.output_len)

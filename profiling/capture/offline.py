@@ -59,23 +59,18 @@ class Profiler:
     the user's input runs in the constructor, before the model loads."""
 
     def __init__(self, args):
-        from tpu_engine.cli import engine_kwargs
-        from tpu_engine.engine import EngineConfig
+        from tpu_engine.cli import engine_config
         from tpu_engine.scheduler import ExpectedRequests
-        from tpu_engine.setup import resolve_limits
         self.args = args
         self.window = plan_window(args)
         self.workload = workload.plan(args.mode, args.batch_size, args.output_len, args.n)
-        self.engine_kwargs = engine_kwargs(args)
-        if args.max_num_seqs is None:  # one decode slot per request of the batch
-            self.engine_kwargs["max_num_seqs"] = args.batch_size
-        config = EngineConfig(model=args.model, **self.engine_kwargs)
-        _, max_len, max_batched = resolve_limits(config)
-        check_limits(args, self.workload.output_lengths, max_len, max_batched)
-        self.queue_note = queue_note(args.batch_size, args.input_len, config.max_num_seqs, max_batched)
-        # The run knows its requests: warm-up compiles only the shapes they use.
-        self.engine_kwargs["expected"] = ExpectedRequests(
-            tuple((args.input_len, n) for n in self.workload.output_lengths))
+        # One decode slot per request of the batch unless asked; the run knows its requests, so
+        # warm-up compiles only the shapes they use.
+        self.config = config = engine_config(args, max_num_seqs=args.batch_size, expected=ExpectedRequests(
+            tuple((args.input_len, n) for n in self.workload.output_lengths)))
+        limits = config.limits
+        check_limits(args, self.workload.output_lengths, limits.max_model_len, limits.max_prefill)
+        self.queue_note = queue_note(args.batch_size, args.input_len, config.max_num_seqs, limits.max_prefill)
         self.root = store.check_writable_dir(args.profile_result_dir)
         self.profiler = profiler_for(config.backend)  # torch_xla's or JAX's, as the engine
         check_profiler_port(args.profiler_port)
@@ -141,7 +136,7 @@ class Profiler:
     def _load(self) -> None:
         from tpu_engine import LLM, SamplingParams
         args = self.args
-        self.llm = LLM(args.model, **self.engine_kwargs)
+        self.llm = LLM.from_config(self.config)
         self.engine = self.llm.llm_engine
         self.server = self.profiler.start_server(args.profiler_port)  # kept alive while we run
         self.prompts = workload.random_prompts(args.batch_size, args.input_len,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..cli import add_engine_args, check_port, engine_kwargs, run_cli
+from ..cli import add_engine_args, check_port, engine_config, run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -26,10 +26,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     check_port("server port", args.port, "--port", args.host)
-    from ..engine import EngineConfig, LLMEngine
-    from ..setup import resolve_limits
-    config = EngineConfig(model=args.model, **engine_kwargs(args))
-    resolve_limits(config)  # bad model or lengths: fail before anything loads
+    from ..engine import LLMEngine
+    config = engine_config(args)
+    config.limits  # bad model or lengths: fail before anything loads
     from .plugins import check_plugins, setup_plugins
     plugins = check_plugins(args)
     from .api import OpenAIServer
