@@ -226,14 +226,18 @@ class LLMEngine:
         self.step_count += 1
         return outputs
 
-    def _run(self, phase: str, reqs: Sequence[_Request], bucket: int, num_tokens: int, padded: int,
-             kv_lens: Sequence[int], kv_bucket: int, call):
+    def _run(self, phase: str, reqs: Sequence[_Request], shape: tuple[int, int], tokens: Sequence[int],
+             padded: int, kv_lens: Sequence[int], kv_bucket: int, rows: Sequence[SamplingRow], call):
         """Run `call` as engine step `phase` (number `step_count`), in its profiler scope,
-        with begin/end events."""
-        record = StepRecord(step=self.step_count, phase=phase, bucket=bucket, batch_size=len(reqs),
-                            num_tokens=num_tokens, padded_tokens=padded, kv_len_min=min(kv_lens),
+        with begin/end events. `shape`: (bucket, sequences compiled); `tokens` and `kv_lens`:
+        each request's tokens in the step and context after it."""
+        record = StepRecord(step=self.step_count, phase=phase, bucket=shape[0], batch_size=len(reqs),
+                            num_tokens=sum(tokens), padded_tokens=padded, kv_len_min=min(kv_lens),
                             kv_len_max=max(kv_lens), kv_bucket=kv_bucket,
-                            request_ids=tuple(r.request_id for r in reqs), wall_start=time.time())
+                            request_ids=tuple(r.request_id for r in reqs), wall_start=time.time(),
+                            request_tokens=tuple(tokens), request_kv=tuple(kv_lens),
+                            arrivals=tuple(r.metrics.arrival_time for r in reqs) if phase == "prefill" else (),
+                            seq_bucket=shape[1], sampling=_variant(rows))
         if self.events:
             self.events.publish(PhaseEvent("begin", record))
         with self.runner.step_scope(phase, self.step_count):
@@ -247,14 +251,14 @@ class LLMEngine:
 
     def _prefill(self, reqs: list[_Request], slots: list[int]) -> list[RequestOutput]:
         lens = [len(r.prompt) for r in reqs]
-        T, _ = self.runner.buckets.prefill_batch_shape(lens)
+        T, N = self.runner.buckets.prefill_batch_shape(lens)
         now = time.time()
         for req, slot in zip(reqs, slots):
             self._allocate_slot(req, slot)
             req.metrics.first_scheduled_time = now
-        result, now = self._run("prefill", reqs, T, sum(lens), T, lens, T,
-                                lambda: self.runner.prefill(slots, [r.prompt for r in reqs],
-                                                            [self._row(r) for r in reqs]))
+        rows = [self._row(r) for r in reqs]
+        result, now = self._run("prefill", reqs, (T, N), lens, T, lens, T, rows,
+                                lambda: self.runner.prefill(slots, [r.prompt for r in reqs], rows))
         for req in reqs:
             req.metrics.first_token_time = now
         return [self._append(r, result, i, now) for i, r in enumerate(reqs)]
@@ -263,10 +267,10 @@ class LLMEngine:
         slots = [r.slot for r in reqs]
         positions = [r.kv_len for r in reqs]
         B, span = self.runner.buckets.decode_shape(slots, positions)
+        rows = [self._row(r) for r in reqs]
         result, now = self._run(
-            "decode", reqs, B, len(reqs), B, [p + 1 for p in positions], span,
-            lambda: self.runner.decode(slots, [r.output[-1] for r in reqs], positions,
-                                       [self._row(r) for r in reqs]))
+            "decode", reqs, (B, B), [1] * len(reqs), B, [p + 1 for p in positions], span, rows,
+            lambda: self.runner.decode(slots, [r.output[-1] for r in reqs], positions, rows))
         return [self._append(r, result, i, now) for i, r in enumerate(reqs)]
 
     def _row(self, req: _Request) -> SamplingRow:
@@ -304,3 +308,10 @@ class LLMEngine:
                                       list(req.logprobs) if req.params.logprobs is not None else None,
                                       req.finish_reason)
         return RequestOutput(req.request_id, req.prompt, [completion], done, req.metrics)
+
+
+def _variant(rows: Sequence[SamplingRow]) -> str:
+    """The sampler program a step's rows select (one is compiled per row count and variant):
+    random when any row samples, +logprobs when any asks for alternatives."""
+    kind = "random" if any(r.temperature > 0 for r in rows) else "greedy"
+    return kind + ("+logprobs" if any(r.num_logprobs for r in rows) else "")
