@@ -202,9 +202,7 @@ def request_table(a: Analysis, served: Served | None = None) -> Table[RequestRow
         own.setdefault(s.request_id, []).append(s)
     served_reqs = served.requests if served else {}
     rows = [_row(a, rid, ss, served_reqs.get(rid)) for rid, ss in own.items()]
-    return Table("Requests (ms; device = busy time less padding, shared by tokens in a prefill, equally in "
-                 "decode; ttft = queue + its prefill step = prefill + padding + host + batched, + other)",
-                 RequestRow, rows)
+    return Table("Requests (ms; device time less padding, a step's share by tokens or equally)", RequestRow, rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,5 +255,5 @@ def percentiles(table: Table[RequestRow], which: str = "ttft") -> Table[Percenti
                      ("mean", statistics.fmean)):
         out.append(PercentileRow(stat, len(rows), *[fn(c) if c else None for c in cols]))
     what = "TTFT = queue + device + padding + host + batched + other" if which == "ttft" else \
-        "TPOT (per output token) = device + padding + host + batched + other"
-    return Table(f"Requests: {what} (ms, each column's own percentile)", PercentileRow, out)
+        "TPOT = device + padding + host + batched + other"
+    return Table(f"{what} (ms; each column's own percentile)", PercentileRow, out)

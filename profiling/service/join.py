@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import collections
 
+from tpu_engine.events import StepRecord
+
 from ..analysis.analysis import Analysis
 from ..analysis.requests import Served, ServedRequest
 from .events import find_event_files, read_events
@@ -54,3 +56,15 @@ def coverage_note(data: Served, a: Analysis) -> str:
     known = sum(1 for s in numbered if s.step in data.step_requests)
     return (f"service profile joined by step number: {known} of the capture's {len(numbered)} steps are in its "
             f"batch table, {len(data.requests)} of its requests rode in them.")
+
+
+def step_records(data: ServiceData) -> list[StepRecord]:
+    """The engine's record of every step the service profile saw (its batch spans carry it);
+    spans from events files written before they did are skipped."""
+    out = []
+    for span in data.by[("Schedule", "batch")]:
+        try:
+            out.append(StepRecord.from_json(span.attrs))
+        except (ValueError, TypeError, KeyError):
+            continue
+    return out

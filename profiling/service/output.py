@@ -53,10 +53,12 @@ def parse(path: str, output_path: str | None = None, capture: str | None = None)
     <path>/output). With `capture` (an XLA capture of the same server), also the `requests`
     table: each request's device time, joined by step number. ValueError (nothing written) for
     unusable input."""
-    from .join import load
+    from ..analysis.recompiles import compile_rows
+    from .join import load, step_records
     files = find_event_files(path)
     data = load(path)
     tables = tables_of(data)
+    tables["compiles"] = compile_rows(step_records(data))  # over the server's life, while collecting
     db_tables = list(ROW_TYPES)
     if capture is not None:
         from ..analysis.analysis import Analysis
@@ -92,5 +94,11 @@ def run(path: str, output_path: str | None = None, capture: str | None = None) -
     print(f"  throughput: {fmt(svc['request_throughput'], '.2f')} req/s, "
           f"{fmt(svc['output_token_throughput'], '.1f')} output tok/s; "
           f"engine busy {fmt(svc['engine_busy_fraction'], '.1%')}")
+    for c in res.tables["compiles"].rows:
+        print(f"  step {c.step} compiled {c.compiles} program(s) in {c.compile_s or 0:.2f} s ({c.phase} "
+              f"{c.tokens_bucket} x {c.sequences}, KV span {c.kv_span}, `{c.sampling}`), brought by request "
+              f"{c.request}; {c.avoid}")
+    if "requests" in res.tables:
+        print(f"  requests joined to the capture by step number: {len(res.tables['requests'].rows)}")
     print(f"Wrote {res.out}: {', '.join(res.written)}")
     return 0
