@@ -21,6 +21,7 @@ def check(args) -> None:
             store.check_writable_dir(root)
         except ValueError as e:
             raise ValueError(f"{DIR_ENV}: {e}") from None
+    _check_otlp()
     from .service.config import read_config
     from .service.install import check_config
     from .service.symbols import DEFAULT_SYMBOLS, SYMBOLS_ENV, check_names, load_symbols
@@ -33,6 +34,11 @@ def check(args) -> None:
     if symbols and not os.path.exists(symbols):  # the default symbols get copied there
         store.check_creatable_dir(os.path.dirname(os.path.abspath(symbols)), f"the directory of {SYMBOLS_ENV}")
     check_names(load_symbols(symbols if symbols and os.path.exists(symbols) else DEFAULT_SYMBOLS)[0])
+
+
+def _check_otlp() -> None:
+    from .service.otlp import endpoint
+    endpoint()
 
 
 def setup(server, args):
@@ -79,7 +85,18 @@ def setup(server, args):
         print(f"XLA profiling: POST /start_profile and /stop_profile write captures to {live.root}",
               file=sys.stderr)
 
-    return _shutdown_hook(live, _start_service_profiler(server.engine.engine))
+    return _shutdown_hook(live, _start_service_profiler(server.engine.engine), _start_otlp(server.engine.engine))
+
+
+def _start_otlp(engine):
+    """The OTLP request spans' close function, or None when no endpoint is set."""
+    from .service import otlp
+    url = otlp.endpoint()
+    if url is None:
+        return None
+    close = otlp.install(engine, url)
+    print(f"OpenTelemetry: request spans go to {url} (OTLP/HTTP)", file=sys.stderr)
+    return close
 
 
 def _start_service_profiler(engine):
@@ -97,7 +114,7 @@ def _start_service_profiler(engine):
         return None
 
 
-def _shutdown_hook(live, close_service):
+def _shutdown_hook(live, close_service, close_otlp=None):
     def close():
         try:
             if live is not None and live.running:  # a capture left open at shutdown is not lost
@@ -108,6 +125,7 @@ def _shutdown_hook(live, close_service):
                 except Exception as e:  # noqa: BLE001 -- say it; the service profiler still closes
                     print(f"warning: the capture open at shutdown could not be saved: {e}", file=sys.stderr)
         finally:
-            if close_service:
-                close_service()
+            for closer in (close_service, close_otlp):
+                if closer:
+                    closer()
     return close

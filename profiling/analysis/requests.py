@@ -78,6 +78,14 @@ def step_requests(step: Step, served: Served | None = None) -> list[tuple[str, i
     return [(r, None) for r in dict.fromkeys(ids)]
 
 
+def token_weights(tokens: list[int | None]) -> list[float]:
+    """Each request's fraction of a step: by its tokens where every request's are known (a
+    packed prefill), else equal (decode, or a capture that does not say)."""
+    w = tokens if tokens and all(tokens) else [1] * len(tokens)
+    total = sum(w)
+    return [x / total for x in w]
+
+
 def shares(a: Analysis, served: Served | None = None) -> list[Share]:
     """Every request's part of every step; computed once per analysis (and service profile)."""
     key = ("request_shares", id(served))
@@ -95,10 +103,7 @@ def _shares(a: Analysis, served: Served | None) -> list[Share]:
         busy, total = step.busy_s() * 1e3, step.duration_s * 1e3
         rec = step.record
         pad = 1 - rec.num_tokens / rec.padded_tokens if rec and rec.padded_tokens else 0.0
-        weights = [t for _, t in reqs] if all(t for _, t in reqs) else [1] * len(reqs)
-        whole = sum(weights)
-        for (rid, tokens), w in zip(reqs, weights):
-            f = w / whole
+        for (rid, tokens), f in zip(reqs, token_weights([t for _, t in reqs])):
             phase = step.phase if step.phase in ("prefill", "decode") else ("decode" if rid in seen else "prefill")
             out.append(Share(rid, step, phase, busy * (1 - pad) * f, busy * pad * f, (total - busy) * f, tokens))
             seen.add(rid)
