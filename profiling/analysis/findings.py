@@ -30,7 +30,7 @@ class Rule:
 
 
 RULES = (
-    Rule("padding", 20.0, "% of the phase's device time on padded tokens", measures.padding,
+    Rule("padding", 20.0, "% of the phase's compiled tokens that are padding", measures.padding,
          "pad less: smaller or more bucket sizes (prefill token buckets, decode slot counts), or pack more "
          "prompts per prefill step (max_num_batched_tokens)"),
     Rule("host", 30.0, "% of step time with no XLA program running (dispatch, sampling read-back)",

@@ -52,7 +52,7 @@ def padding(x: Inputs) -> list[Measure]:
         pad = [b * (1 - s.record.num_tokens / s.record.padded_tokens) for s, b in zip(steps, busy)]
         real, padded = sum(s.record.num_tokens for s in steps), sum(s.record.padded_tokens for s in steps)
         n = x.phase_requests(phase)
-        out.append(Measure(phase, 100 * sum(pad) / sum(busy) if sum(busy) else 0.0, sum(pad) / len(steps),
+        out.append(Measure(phase, 100 * (padded - real) / padded, sum(pad) / len(steps),
                            sum(pad) / n if n else None, sum(pad),
                            f"{phase}: {padded - real} of {padded} compiled tokens are padding ({real} real) over "
                            f"{len(steps)} step(s): {sum(pad):.2f} ms of {sum(busy):.2f} ms device time"))
