@@ -37,7 +37,8 @@ def served(data: ServiceData, a: Analysis | None = None) -> Served:
             by_src[span.src][step] = tuple(str(r) for r in ids)
     src = max(by_src, key=lambda k: _agreement(by_src[k], a), default=None)
     steps = by_src.get(src, {})
-    wanted = {r for ids in steps.values() for r in ids}
+    captured = {s.step for s in a.steps if s.source == "annotation"} if a is not None else set(steps)
+    wanted = {r for step, ids in steps.items() if step in captured for r in ids}  # by step number only
     reqs = {r.request_id: ServedRequest(r.request_id, r.arrival_time, r.queue_ms, r.ttft_ms, r.tpot_ms, r.e2e_ms,
                                         r.output_tokens)
             for r in data.request if r.request_id in wanted}
