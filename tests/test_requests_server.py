@@ -8,7 +8,6 @@ import glob
 import http.server
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys

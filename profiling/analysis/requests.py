@@ -138,7 +138,7 @@ class RequestRow:
     output_tokens: int | None = hidden()
 
 
-def _arrival(shares_of: list[Share], served_req: ServedRequest | None) -> float | None:
+def _arrival(shares_of: list[Share]) -> float | None:
     """Its arrival on the engine's clock (our manifest's prefill record)."""
     for s in shares_of:
         rec = s.step.record
@@ -177,7 +177,7 @@ def _tpot(own: list[Share], first: Step | None, served_req: ServedRequest | None
 def _row(a: Analysis, rid: str, own: list[Share], served_req: ServedRequest | None) -> RequestRow:
     pre = next((s for s in own if s.phase == "prefill"), None)
     first = pre.step if pre else None
-    arrival = _arrival(own, served_req)
+    arrival = _arrival(own)
     queue = ttft = batched = other = None
     if served_req is not None:
         queue, ttft = served_req.queue_ms, served_req.ttft_ms
