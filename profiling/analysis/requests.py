@@ -23,6 +23,7 @@ import statistics
 from ..table import Table, hidden, percentile
 from .analysis import Analysis, Step
 
+SHOWN_BEHIND = 3  # prefills a queued request's row names (the first it waited behind)
 _ID_ARG = re.compile(r"^(?:request_?ids?|req_?ids?)\d*$", re.IGNORECASE)
 
 
@@ -153,12 +154,16 @@ def _waited(a: Analysis, arrival: float | None, prefill: Step | None) -> str:
     if arrival is None or prefill is None or prefill.record is None:
         return ""
     behind = [s for s in a.steps if s.record and arrival <= s.record.wall_start < prefill.record.wall_start]
-    pre = [f"prefill {s.step} ({s.record.batch_size} req, {s.record.num_tokens} tok, {s.duration_s * 1e3:.1f} ms)"
-           for s in behind if s.phase == "prefill"]
+    prefills = [s for s in behind if s.phase == "prefill"]
+    out = [f"prefill {s.step} ({s.record.batch_size} req, {s.record.num_tokens} tok, {s.duration_s * 1e3:.1f} ms)"
+           for s in prefills[:SHOWN_BEHIND]]
+    more = prefills[SHOWN_BEHIND:]
+    if more:
+        out.append(f"{len(more)} more prefill(s) ({sum(s.duration_s for s in more) * 1e3:.1f} ms)")
     dec = [s for s in behind if s.phase != "prefill"]
     if dec:
-        pre.append(f"{len(dec)} decode step(s) ({sum(s.duration_s for s in dec) * 1e3:.1f} ms)")
-    return ", ".join(pre)
+        out.append(f"{len(dec)} decode step(s) ({sum(s.duration_s for s in dec) * 1e3:.1f} ms)")
+    return ", ".join(out)
 
 
 def _tpot(own: list[Share], first: Step | None, served_req: ServedRequest | None) -> dict:
