@@ -44,7 +44,7 @@ class EngineConfig:
     progress: bool = True                   # a progress bar on stderr while warm-up compiles
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # identity: finding one among thousands waiting must not compare prompts
 class _Request:
     request_id: str
     prompt: list[int]
@@ -164,14 +164,19 @@ class LLMEngine:
         return int.from_bytes(hashlib.blake2b(str(seed).encode(), digest_size=4).digest(), "little")
 
     def abort_request(self, request_id: str | Iterable[str]) -> None:
+        waiting = set()
         for rid in [request_id] if isinstance(request_id, str) else request_id:
             req = self._requests.pop(rid, None)
             if req is None:
                 continue
             if req.slot >= 0:
                 self._free_slot(req, "abort")
-            elif req in self.scheduler.waiting:
-                self.scheduler.waiting.remove(req)
+            else:
+                waiting.add(req)
+        if waiting:  # one pass over the queue, however many leave it
+            kept = [r for r in self.scheduler.waiting if r not in waiting]
+            self.scheduler.waiting.clear()
+            self.scheduler.waiting.extend(kept)
 
     def has_request(self, request_id: str) -> bool:
         return request_id in self._requests

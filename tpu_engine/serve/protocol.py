@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 from typing import Any
 
 from ..outputs import SamplingParams
 from ..sampler import MAX_LOGPROBS
 from .chat import render_chat
 from .errors import RequestError
+from .limits import check_choices, check_stops, check_text
 
 MAX_N = 128   # samples per prompt: a guard against one request filling every queue
 INT32_MAX = 2**31 - 1
@@ -41,8 +43,15 @@ class CompletionRequest:
 # value is refused rather than silently served differently.
 _NEUTRAL = {"best_of": 1, "suffix": None, "logit_bias": None, "min_tokens": 0, "min_p": 0,
             "prompt_logprobs": None, "presence_penalty": 0, "frequency_penalty": 0,
-            "repetition_penalty": 1}
-_WHY = {"prompt_logprobs": "prompt logprobs would need compiled graphs this engine does not have",
+            "repetition_penalty": 1, "response_format": {"type": "text"}, "tools": None, "tool_choice": "none",
+            "functions": None, "function_call": None, "guided_json": None, "guided_regex": None,
+            "guided_choice": None, "guided_grammar": None, "structured_outputs": None}
+_STRUCTURED = "structured output is not implemented, so the text would not follow it"
+_TOOLS = "tool calling is not implemented, so no tool call would be made"
+_WHY = {**{k: _STRUCTURED for k in ("response_format", "guided_json", "guided_regex", "guided_choice",
+                                    "guided_grammar", "structured_outputs")},
+        **{k: _TOOLS for k in ("tools", "tool_choice", "functions", "function_call")},
+        "prompt_logprobs": "prompt logprobs would need compiled graphs this engine does not have",
         "presence_penalty": "penalties are not applied on device",
         "frequency_penalty": "penalties are not applied on device",
         "repetition_penalty": "penalties are not applied on device"}
@@ -73,11 +82,16 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxlong = 3, 6, 6, 60, 60
+
+
 def show(v, limit: int = 60) -> str:
-    """A value for an error sentence: its repr, cut short (a prompt can be megabytes)."""
+    """A value for an error sentence: its repr, cut short (a prompt can be megabytes, and a
+    list nested hundreds deep must not be walked recursively)."""
     if _is_int(v) and abs(v) > 10**limit:  # (str() refuses ints of over 4300 digits)
         return f"an integer of {len(str(abs(v)))} digits" if v.bit_length() < 14_000 else "a huge integer"
-    text = repr(v)
+    text = _SHORT.repr(v) if isinstance(v, (list, dict, tuple)) else repr(v)
     return text if len(text) <= limit else text[:limit] + "…"
 
 
@@ -97,6 +111,8 @@ def check_model(body: Any, served: list[str]) -> str:
 def _fields(body: dict, integers: dict) -> dict[str, Any]:
     for name, neutral in _NEUTRAL.items():
         value = body.get(name)
+        if name == "tool_choice" and value == "auto" and not body.get("tools"):
+            continue  # "auto" with no tools: nothing to call
         if value is not None and value != neutral and value != [] and value != {}:
             why = f" ({_WHY[name]})" if name in _WHY else ""
             raise RequestError(f"{name}={show(value)} is not supported by this server{why}.")
@@ -138,7 +154,7 @@ def _stop(stop: Any) -> list[str]:
     items = [stop] if isinstance(stop, str) else stop
     if not isinstance(items, list) or not all(isinstance(s, str) and s for s in items):
         raise RequestError(f"stop must be a non-empty string or a list of them, not {show(stop)}.")
-    return items
+    return check_stops(items)
 
 
 def _params(values: dict, logprobs: int | None) -> SamplingParams:
@@ -151,6 +167,7 @@ def _params(values: dict, logprobs: int | None) -> SamplingParams:
 
 
 def _request(prompts, texts, values, params, model, echo) -> CompletionRequest:
+    check_choices(len(prompts), values["n"])
     if values["stop"] and not values.get("has_tokenizer", True):
         raise RequestError("stop strings need a tokenizer, which this model does not have; use stop_token_ids.")
     return CompletionRequest(prompts, texts, params, values["stream"], values["include_usage"], echo, model,
@@ -165,7 +182,7 @@ def parse_completion(body: Any, served: list[str], tokenizer) -> CompletionReque
     if values["echo"] and values["logprobs"] is not None:
         raise RequestError("echo with logprobs is not supported (prompt logprobs would need compiled "
                            "graphs this engine does not have); drop one of them.")
-    prompts, texts = _prompts(body["prompt"], tokenizer)
+    prompts, texts = _prompts(body["prompt"], tokenizer, values["n"])
     values["has_tokenizer"] = tokenizer is not None
     return _request(prompts, texts, values, _params(values, values["logprobs"]), model, values["echo"])
 
@@ -189,7 +206,7 @@ def parse_chat(body: Any, served: list[str], tokenizer, max_model_len: int) -> C
     if tokenizer is None:
         raise RequestError("chat needs a tokenizer, which this model does not have; use /v1/completions with token ids.")
     text, special = render_chat(body.get("messages"), tokenizer, body.get("add_generation_prompt", True))
-    prompt = tokenizer.encode(text, add_special_tokens=special)
+    prompt = tokenizer.encode(check_text(text, "the messages"), add_special_tokens=special)
     if not prompt:
         raise RequestError("the chat template rendered the messages as an empty prompt.")
     if limit is None:
@@ -199,20 +216,23 @@ def parse_chat(body: Any, served: list[str], tokenizer, max_model_len: int) -> C
     return _request([prompt], [text], values, params, model, False)
 
 
-def _prompts(prompt: Any, tokenizer) -> tuple[list[list[int]], list[str | None]]:
-    """A string, a list of token ids, or a list of either."""
+def _prompts(prompt: Any, tokenizer, n: int) -> tuple[list[list[int]], list[str | None]]:
+    """A string, a list of token ids, or a list of either (counted before any is tokenized)."""
     if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(_is_int(t) for t in prompt)):
         items = [prompt]
     elif isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
         items = prompt
     else:
         raise RequestError("prompt must be a string, a list of token ids, or a non-empty list of those.")
+    check_choices(len(items), n)
     ids, texts = [], []
     for p in items:
         if isinstance(p, str):
             if tokenizer is None:
                 raise RequestError("this model has no tokenizer (no tokenizer.json); send the prompt as a list of token ids.")
-            ids.append(tokenizer.encode(p))
+            if not p:
+                raise RequestError("the prompt is an empty string; it needs at least one character.")
+            ids.append(tokenizer.encode(check_text(p, "the prompt")))
             texts.append(p)
         elif p and all(_is_int(t) for t in p):
             ids.append(list(p))
