@@ -218,8 +218,9 @@ def test_the_writer_survives_unwritable_events_and_an_insane_interval(tmp_path, 
 
 # ---- custom handlers -------------------------------------------------------------------------
 def _instrument(handler: str, collector):
-    return instrument([Symbol("tests.service_targets:Worker.run", "run", "Test",
-                              handler=f"tests.reliability_handlers:{handler}")], collector)
+    spec = f"tests.reliability_handlers:{handler}"
+    return instrument([Symbol("tests.service_targets:Worker.run", "run", "Test", handler=spec)], collector,
+                      allowed={"timer", spec})
 
 
 @pytest.mark.parametrize("handler, calls", [("raise_before", 1), ("raise_after", 1)])

@@ -42,6 +42,12 @@ CUSTOM_YAML = """
 - symbol: tpu_engine.engine:LLMEngine.has_unfinished_requests
   domain: Custom
   handler: tests.no_such_module:handler
+- symbol: tpu_engine.engine:LLMEngine.num_running
+  domain: Custom
+  handler: os:system
+  attributes:
+    - name: leak
+      expr: args[0] | attr __class__
 """
 
 
@@ -65,7 +71,7 @@ def custom_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("custom")
     (tmp / "symbols.yaml").write_text(CUSTOM_YAML)
     env = {"SERVICE_PROF_CONFIG_PATH": tmp / "config.json", "PROFILING_SYMBOLS_PATH": tmp / "symbols.yaml",
-           "VLLM_TORCH_PROFILER_DIR": tmp / "xla"}
+           "VLLM_TORCH_PROFILER_DIR": tmp / "xla", "PROFILING_HANDLERS": "tests.no_such_module:handler"}
     with Server(SMALL, env=env) as srv:
         srv.tmp = tmp
         yield srv
@@ -78,6 +84,10 @@ def test_custom_symbols_record_their_attributes_and_problems_are_reported(custom
     assert "LLMEngine.no_such_method: 'LLMEngine' has no attribute 'no_such_method'; skipped." in log
     assert "attribute 'bad': expression 'return || len' is not valid" in log
     assert "handler 'tests.no_such_module:handler' cannot be imported" in log and "using the timer" in log
+    # a handler nobody listed is never imported, and an expression may not walk dunder attributes
+    assert "handler 'os:system' is not allowed (only the shipped handlers and those listed in " \
+           "PROFILING_HANDLERS); using the timer." in log
+    assert "attribute 'leak': expression 'args[0] | attr __class__' is not valid (attr __class__ is private" in log
     switch_collection(srv, tmp / "config.json", 1)
     prompts = [[1, 2, 3], list(range(1, 12))]
     for p in prompts:

@@ -190,6 +190,8 @@ class AsyncEngine:
     def _on_phase(self, e) -> None:
         if e.kind == "begin":
             self._in_step = e.record.request_ids
+        elif self.metrics is not None:
+            self.metrics.iteration_tokens.observe(e.record.num_tokens)
 
     def _fail_step(self, error: Exception) -> None:
         # The step's requests, from its begin event; a step that failed before announcing
@@ -287,7 +289,7 @@ class AsyncEngine:
         if len(out.outputs[0].token_ids) == 1:
             m.first_token(out.metrics, len(out.prompt_token_ids))
         elif out.request_id in self._last:
-            m.itl.observe(now - self._last[out.request_id][0])
+            m.inter_token(now - self._last[out.request_id][0])
         if out.finished:
             self._last.pop(out.request_id, None)
             self._ended(out.request_id, (now, out), out.outputs[0].finish_reason)
