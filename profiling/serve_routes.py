@@ -7,15 +7,12 @@ and time. A capture that reaches its limit is stopped and saved at once; the nex
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import sys
 import threading
 
 from .capture.live import DIR_ENV, LiveCapture, ProfileStateError, Stopped
-from .capture.publish import Published
-
-_STORAGE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+from .capture.publish import CaptureWriteError, Published
 
 
 class ProfileRoutes:
@@ -102,9 +99,8 @@ class ProfileRoutes:
         """Export, verify and publish; the answer (a dict, or an error response)."""
         try:
             done = self.live.finish(stopped)
-        except OSError as e:  # a full disk, a read-only or vanished profile dir
-            status = 507 if e.errno in _STORAGE else 500
-            return self._failed(f"{e.strerror or type(e).__name__}", status)
+        except CaptureWriteError as e:  # a full disk, a read-only or removed profile dir
+            return self._failed(str(e).rstrip("."), 507)
         except ValueError as e:
             return self._failed(str(e).rstrip("."), 500)
         return self._saved(done, stopped)

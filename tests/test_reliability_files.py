@@ -237,3 +237,28 @@ def test_any_run_info_damage_is_refused_or_analysed(run_src, all_analysis, tmp_p
     with open(os.path.join(run, "run_info.json"), "w") as f:
         json.dump(doc, f)
     _read_or_refuse(run, all_analysis, "run_info.json")
+
+
+def test_a_staging_symlink_to_a_verified_run_elsewhere_is_skipped_and_said(run_src, tmp_path):
+    """`doctor` (and the next capture or server) settles stale staging: a `.staging-<pid>-<n>`
+    that links to a folder outside the profile dir is never followed, so the verified run there
+    stays where it is; a real stale staging holding a link to a run elsewhere is settled without it."""
+    from profiling.doctor import check_staging
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(run_src, str(outside / "plugins" / "profile" / "run"))
+    before = sorted(os.listdir(outside / "plugins" / "profile" / "run"))
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    pid = 2 ** 22 + 17                                 # above pid_max: no such process
+    (profiles / f".staging-{pid}-1").symlink_to(outside)
+    real = profiles / f".staging-{pid}-2"
+    (real / "plugins" / "profile").mkdir(parents=True)
+    (real / "plugins" / "profile" / "linked").symlink_to(outside / "plugins" / "profile" / "run")
+    ok, line = check_staging(str(profiles))
+    assert ok
+    assert f"skipped {os.path.relpath(profiles / f'.staging-{pid}-1')}: it is named like a staging dir but is " \
+           f"a link or not a directory inside the profile dir, so it is left alone." in line
+    assert "a link inside staging is never followed." in line and "it held no capture" in line
+    assert not (profiles / "plugins").exists()          # nothing was published from elsewhere
+    assert sorted(os.listdir(outside / "plugins" / "profile" / "run")) == before
+    assert os.path.islink(profiles / f".staging-{pid}-1") and not real.exists()

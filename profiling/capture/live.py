@@ -23,7 +23,7 @@ from ..runs.parts import Window
 from ..runs.record import CaptureTiming, Compiles
 from . import peaks, store
 from .profilers import profiler_of
-from .publish import Published, publish, settle_stale_staging
+from .publish import CaptureWriteError, Published, publish, settle_stale_staging
 from .record import StepLog, record_of
 
 DIR_ENV = "VLLM_TORCH_PROFILER_DIR"
@@ -152,10 +152,19 @@ class LiveCapture:
                        self.engine.compile_stats() - o.compiles_before, why)
 
     def finish(self, stopped: Stopped) -> Published:
-        """Export, verify and publish a stopped capture (slow: run it off the engine thread)."""
-        staging = store.Staging(self.root)
+        """Export, verify and publish a stopped capture (slow: run it off the engine thread).
+        CaptureWriteError when it cannot be written, ValueError when it does not verify."""
         try:
-            stopped.session.export(stopped.xspace, staging.path)
+            staging = store.Staging(self.root)
+        except OSError as e:
+            raise CaptureWriteError(f"it could not be written into {self.root} ({e.strerror})") from None
+        try:
+            try:
+                stopped.session.export(stopped.xspace, staging.path)
+            except (OSError, RuntimeError) as e:  # JAX writes with open(), torch_xla's C++ writer raises
+                why = e.strerror if isinstance(e, OSError) and e.strerror else \
+                    (str(e).strip().splitlines() or [type(e).__name__])[-1]
+                raise CaptureWriteError(f"it could not be written into {self.root} ({why})") from None
             runs = staging.runs()
             if not runs:
                 raise ValueError("the profiler exported no capture.")

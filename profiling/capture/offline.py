@@ -282,7 +282,7 @@ class Profiler:
         try:
             done = publish(self.staging, exported, self.steps, record, checkpoint=self.interrupts.checkpoint, **how)
         except ValueError as e:
-            self.problems.append(f"the capture could not be verified and was discarded: {e}")
+            self.problems.append(f"the capture was discarded: {str(e).rstrip('.')}.")
             return
         self.problems += done.problems
         for note in done.notes:

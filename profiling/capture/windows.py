@@ -147,8 +147,9 @@ class PhaseWindow:
             return False
         try:
             self._session.export(self._xspace, logdir)
-        except RuntimeError as e:  # the profiler's C++ writer (a full disk): one line, not a pybind dump
-            reason = str(e).strip().splitlines()[0].rsplit("; ", 1)[-1] if str(e).strip() else type(e).__name__
+        except (RuntimeError, OSError) as e:  # torch_xla's C++ writer, JAX's file write (a full disk)
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else \
+                str(e).strip().splitlines()[0].rsplit("; ", 1)[-1] if str(e).strip() else type(e).__name__
             raise ValueError(f"cannot write the capture into {logdir} ({reason.rstrip('.')}); "
                              f"nothing of it was kept.") from None
         self._xspace = None
