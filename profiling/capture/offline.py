@@ -21,6 +21,7 @@ from .interrupts import PAUSE_ENV, Interrupts, from_interrupt, pause_point
 from .profilers import profiler_for
 from .publish import publish, settle_stale_staging
 from .record import StepLog, record_of
+from .cli import ALL_INTERFACES
 from .windows import DELAY_ENV, DetachedTrace, PhaseWindow, plan_window
 
 
@@ -75,7 +76,10 @@ class Profiler:
             tuple((args.input_len, n) for n in self.workload.output_lengths))
         self.root = store.check_writable_dir(args.profile_result_dir)
         self.profiler = profiler_for(config.backend)  # torch_xla's or JAX's, as the engine
-        self.profiler.check_port_free(args.profiler_port)
+        # XLA's profiler server listens on every interface, so it starts only when asked.
+        self.port = args.profiler_port if args.profiler_host in ALL_INTERFACES else None
+        if self.port is not None:
+            self.profiler.check_port_free(self.port)
         self.problems: list[str] = []
         self.published: list[str] = []
         self.peaks: Peaks | None = None
@@ -140,7 +144,10 @@ class Profiler:
         args = self.args
         self.llm = LLM(args.model, **self.engine_kwargs)
         self.engine = self.llm.llm_engine
-        self.server = self.profiler.start_server(args.profiler_port)  # kept alive while we run
+        if self.port is not None:
+            self.server = self.profiler.start_server(self.port)  # kept alive while we run
+            print(f"note: XLA's profiler server listens on port {self.port} of every interface "
+                  f"(--profiler-host {args.profiler_host}).")
         self.prompts = workload.random_prompts(args.batch_size, args.input_len,
                                                self.engine.model_config.vocab_size, args.seed)
         self.params = [SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=n)
@@ -167,11 +174,13 @@ class Profiler:
         self.passes_start = time.time()
         if self.window.kind == "env":
             self._pause_in_pass()
-            self.detached = detached = DetachedTrace(self.args.profiler_port, self.staging.path,
+            self.detached = detached = DetachedTrace(self.port, self.staging.path,
                                                      self.window.delay_ms, self.window.duration_ms, self.profiler)
             detached.start()
-            if self.window.delay_ms == 0:
+            if self.window.delay_ms == 0 and self.port is not None:
                 time.sleep(1.0)  # the server needs a moment to begin tracing
+            elif self.window.delay_ms == 0:
+                detached.opened.wait(30)
             self.passes_start = time.time()
         for i in tqdm(range(self.args.num_iters), desc="Profile iterations"):
             self.steps.pass_index = i
@@ -258,7 +267,8 @@ class Profiler:
         runs = self.staging.runs()
         if not arrived or not runs:
             why = f" ({trace.error})" if trace.error else ""
-            self.problems.append(f"no capture arrived from the profiler server on port {trace.port}{why}.")
+            source = f"the profiler server on port {trace.port}" if trace.port else "the in-process trace"
+            self.problems.append(f"no capture arrived from {source}{why}.")
             return
         record = self._record(CaptureTiming(opened_at=opens, closed_at=closes, requested_at=trace.requested_at,
                                             passes_wall=(self.passes_start, passes_end)))

@@ -60,20 +60,35 @@ def plan_window(args, environ=os.environ, quiet: bool = False) -> Window:
 
 class DetachedTrace:
     """The env window: ask the profiler server for a trace starting `delay_ms` from now and
-    lasting `duration_ms`, from a background thread; `wait()` for the files to land."""
+    lasting `duration_ms`, from a background thread; `wait()` for the files to land. Without a
+    server (`port` None) the thread traces in process over the same window: the server would
+    run the same session in this process, only reached over the network."""
 
-    def __init__(self, port: int, logdir: str, delay_ms: int, duration_ms: int, profiler=xla_profiler):
+    def __init__(self, port: int | None, logdir: str, delay_ms: int, duration_ms: int, profiler=xla_profiler):
         self.port, self.logdir, self.delay_ms, self.duration_ms = port, logdir, delay_ms, duration_ms
         self.profiler = profiler  # the engine backend's (profilers.py)
         self.error: BaseException | None = None
         self.requested_at: float | None = None
         self._thread = threading.Thread(target=self._run, name="detached-trace", daemon=True)
+        self.opened = threading.Event()   # the trace runs (in process), or the request is out
 
     def _run(self) -> None:
         try:
-            self.profiler.request_trace(self.port, self.logdir, self.delay_ms, self.duration_ms)
+            if self.port is None:
+                self._trace_in_process()
+            else:
+                self.profiler.request_trace(self.port, self.logdir, self.delay_ms, self.duration_ms)
+                self.opened.set()
         except BaseException as e:  # reported by wait()
             self.error = e
+            self.opened.set()
+
+    def _trace_in_process(self) -> None:
+        time.sleep(max(0.0, self.window_opens_at - time.time()))
+        session = self.profiler.Session()
+        self.opened.set()
+        time.sleep(max(0.0, self.window_opens_at + self.duration_ms / 1000 - time.time()))
+        session.export(session.stop(), self.logdir)
 
     def start(self) -> None:
         self.requested_at = time.time()
