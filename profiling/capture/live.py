@@ -46,9 +46,9 @@ class CaptureLimits:
 
     def reached(self, steps: int, seconds: float) -> str | None:
         if steps >= self.max_steps:
-            return f"{steps} engine steps ({MAX_STEPS_ENV}={self.max_steps})"
+            return f"{self.max_steps} engine steps ({MAX_STEPS_ENV}={self.max_steps})"
         if seconds >= self.max_seconds:
-            return f"{seconds:.0f} s ({MAX_SECONDS_ENV}={self.max_seconds})"
+            return f"{self.max_seconds} s ({MAX_SECONDS_ENV}={self.max_seconds})"
         return None
 
 
