@@ -60,8 +60,19 @@ class ApiKey:
 
 
 def _host_of(value: str) -> str:
-    """The host part of a Host header (`name`, `name:port`, `[v6]:port`), lower case."""
-    return (urlsplit(f"//{value}").hostname or "").lower()
+    """The host part of a Host header (`name`, `name:port`, `[v6]:port`), lower case; "" when
+    it cannot be read."""
+    try:
+        return (urlsplit(f"//{value}").hostname or "").lower()
+    except ValueError:  # a malformed IPv6 literal, a bad port
+        return ""
+
+
+def _origin_host(origin: str) -> str:
+    try:
+        return _host_of(urlsplit(origin).netloc)
+    except ValueError:
+        return ""
 
 
 def _own_names(listen_host: str) -> set[str]:
@@ -88,6 +99,6 @@ def admin_check(headers, listen_host: str) -> str | None:
         return (f"the Host header {headers.get('host', '')[:80]!r} does not name this server; profiling routes "
                 f"answer requests addressed to its IP address, localhost or its host name.")
     origin = headers.get("origin")
-    if origin is not None and _host_of(urlsplit(origin).netloc) != host:
+    if origin is not None and _origin_host(origin) != host:
         return f"a cross-origin request (Origin {origin[:80]!r}) may not use the profiling routes."
     return None
