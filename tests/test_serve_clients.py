@@ -6,6 +6,7 @@ under vLLM's names read with the Prometheus client's own parser."""
 from __future__ import annotations
 
 import json
+import os
 
 import httpx
 import openai
@@ -23,8 +24,10 @@ PROMPT = "Hello café 東京 🙂 the engine"
 
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory):
-    log = tmp_path_factory.mktemp("clients") / "server.log"
-    srv = Server(["--served-model-name", MODEL, ALIAS, *SMALL, *JAX], log_path=str(log)).start()
+    tmp = tmp_path_factory.mktemp("clients")
+    srv = Server(["--served-model-name", MODEL, ALIAS, *SMALL, *JAX], log_path=str(tmp / "server.log"),
+                 env={"VLLM_TORCH_PROFILER_DIR": tmp / "xla"}).start()
+    srv.tmp = tmp
     try:
         yield srv
     finally:
@@ -296,3 +299,13 @@ def test_benchmark_serving_sends_text_and_chat(server, tmp_path, mode):
         assert q["output_tokens"] == q["usage_completion_tokens"] == 4
         assert q["prompt_len"] >= 6  # the server's count of the text's tokens
         assert len(q["itl_s"]) == 3
+
+
+def test_sigint_with_a_capture_open_saves_it(server, client):
+    """Last (it stops the module's server): Ctrl-C takes the same shutdown path as SIGTERM
+    (tests/test_reliability_limits.py, and for torch_xla tests/test_service_server.py)."""
+    assert httpx.post(f"{server.url}/start_profile", timeout=60).status_code == 200
+    _greedy(client, [4, 5, 6], 3)
+    assert server.stop() == 0, server.tail()
+    runs = os.listdir(server.tmp / "xla" / "plugins" / "profile")
+    assert len(runs) == 1 and runs[0].endswith("_serve-prefill-decode") and "Capture (open at shutdown)" in server.log()

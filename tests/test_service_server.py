@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -130,8 +131,8 @@ def test_start_and_stop_profile_capture_prefill_and_decode_of_live_traffic(custo
     r = httpx.post(f"{srv.url}/stop_profile", timeout=300)
     assert r.status_code == 200, r.text
     result = r.json()
-    run = result["run"]
-    assert os.path.dirname(run) == str(srv.tmp / "xla" / "plugins" / "profile")
+    assert os.path.dirname(result["run"]) == "plugins/profile"    # relative: no server path in answers
+    run = str(srv.tmp / "xla" / result["run"])
     assert re.fullmatch(r"\d{4}(_\d\d){5}_serve-prefill-decode", os.path.basename(run)), run
     assert [f for f in os.listdir(run) if f.endswith(".xplane.pb")] == [f"{socket.gethostname()}.xplane.pb"]
     assert not glob.glob(str(srv.tmp / "xla" / ".staging-*"))
@@ -156,6 +157,22 @@ def test_start_and_stop_profile_capture_prefill_and_decode_of_live_traffic(custo
     assert "peaks: not measured" in summary.stdout and "0.0 GFLOP/s" not in summary.stdout
     stop = httpx.post(f"{srv.url}/stop_profile", timeout=60)
     assert stop.status_code == 409 and "no profile capture is running" in stop.json()["error"]["message"]
+
+
+def test_sigterm_with_a_capture_open_saves_it(custom_server):
+    """Last of custom_server's tests (it stops the server): SIGTERM, what containers and
+    systemd send, saves an open capture as SIGINT does (uvicorn re-raises the signal once it
+    has stopped serving, which used to kill the process before the shutdown hooks ran)."""
+    srv = custom_server
+    before = set(glob.glob(str(srv.tmp / "xla" / "plugins" / "profile" / "*")))
+    assert httpx.post(f"{srv.url}/start_profile", timeout=60).status_code == 200
+    _complete(srv.url, [4, 5, 6], 3)
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.proc.wait(120) == 0, srv.tail()
+    new = set(glob.glob(str(srv.tmp / "xla" / "plugins" / "profile" / "*"))) - before
+    assert len(new) == 1 and "Capture (open at shutdown)" in srv.log() and "Traceback" not in srv.log()
+    info = json.load(open(os.path.join(new.pop(), "run_info.json")))
+    assert info["verification"]["steps"]["prefill"] and info["verification"]["steps"]["decode"]
 
 
 def test_malformed_symbols_yaml_is_reported_and_the_server_serves(tmp_path):
