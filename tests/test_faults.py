@@ -15,6 +15,7 @@ import glob
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -132,8 +133,21 @@ def test_ctrl_c_in_a_pass_keeps_what_it_captured_recorded_as_interrupted(started
     assert f"Capture: {os.path.relpath(path, ROOT)}" in run.out and "interrupted: 1 verified capture(s) kept." in run.out
 
 
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
 def test_ctrl_c_in_an_env_window_pass_still_collects_its_trace(started):
+    """Also: no profiler server listens (XLA's binds every interface, so it starts only with
+    --profiler-host 0.0.0.0); the env window is traced in process."""
     run = started["env"]
+    run.wait_for(_paused("pass"))
+    port = int(run.proc.args[run.proc.args.index("--profiler-port") + 1])
+    assert not _listening(port), f"something listens on the profiler port {port}"
     _clean_exit(run, run.signal_at(_paused("pass")))
     assert "interrupted: the profiled passes stop here; saving the env window's capture" in run.out
     _, info = _one_verified_run(run)

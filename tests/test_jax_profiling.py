@@ -27,7 +27,9 @@ RUNS = {  # name -> (flags, extra environment)
     "decode": (["--backend", "jax", "--profile-phase", "decode"], {}),
     # The env window is timed, so its passes must outlast delay + duration on a fast machine too:
     # 20 passes took 0.2 s on CI and ended before a 200 ms delay. 300 passes there take ~3 s.
-    "env": (["--backend", "jax", "--num-iters", "300"],
+    # (through XLA's profiler server, which --profiler-host 0.0.0.0 starts; the torch_xla env window
+    # of conftest.py is traced in process, the default)
+    "env": (["--backend", "jax", "--num-iters", "300", "--profiler-host", "0.0.0.0"],
             {"VLLM_TPU_PROFILE_DELAY_MS": 200, "VLLM_TPU_PROFILE_DURATION_MS": 500}),
     "torch_prefill": (["--profile-phase", "prefill", "--enforce-eager"], {"XLA_HLO_DEBUG": 1}),
 }
