@@ -1,33 +1,56 @@
-"""A small table type shared by the terminal, CSV and JSON outputs."""
+"""The table type shared by the analysis, service and capture sides, and its terminal, CSV and
+JSON forms. A table's rows are instances of one dataclass (its row type): the fields are the
+columns, in order, so code reads `row.total_ms`, never `row["total_ms"]`. A field made with
+`hidden()` travels in JSON but is not a column of the text and CSV forms."""
 from __future__ import annotations
 
 import csv
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable, Generic, Iterable, TypeVar
+
+R = TypeVar("R")
+
+
+def hidden(default: Any = dataclasses.MISSING) -> Any:
+    """A row field carried in JSON (and by code) that is not a column of the text and CSV tables."""
+    return dataclasses.field(default=default, metadata={"column": False})
 
 
 @dataclasses.dataclass
-class Table:
+class Table(Generic[R]):
     title: str
-    columns: list[str]
-    rows: list[dict[str, Any]]
+    row_type: type[R]
+    rows: list[R]
+
+    @property
+    def columns(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self.row_type) if f.metadata.get("column", True)]
+
+    def with_rows(self, rows: Iterable[R]) -> "Table[R]":
+        return Table(self.title, self.row_type, list(rows))
+
+    def values(self, row: R) -> list[Any]:
+        return [getattr(row, c) for c in self.columns]
 
     def to_dict(self) -> dict:
-        return {"title": self.title, "columns": self.columns, "rows": self.rows}
+        return {"title": self.title, "columns": self.columns, "rows": [dataclasses.asdict(r) for r in self.rows]}
 
     def write_csv(self, path: str) -> None:
         with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
-            w.writeheader()
+            w = csv.writer(f)
+            w.writerow(self.columns)
             for r in self.rows:
-                w.writerow({k: _plain(r.get(k)) for k in self.columns})
+                w.writerow([_plain(v) for v in self.values(r)])
 
-    def render(self, width: int = 100, limit: int | None = None, columns: list[str] | None = None) -> str:
-        """Fixed-width text no wider than `width`; the first column is cut to fit."""
+    def render(self, width: int = 100, limit: int | None = None, columns: list[str] | None = None,
+               cell: Callable[[R, str, Any], Any] | None = None) -> str:
+        """Fixed-width text no wider than `width`; the first column is cut to fit. `cell(row,
+        column, value)` may replace what a cell shows (a marker, "absent")."""
         columns = columns or self.columns
         rows = self.rows[:limit] if limit else self.rows
-        cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+        show = cell or (lambda r, c, v: v)
+        cells = [[_fmt(show(r, c, getattr(r, c))) for c in columns] for r in rows]
         widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
         rest = sum(widths[1:]) + 2 * (len(widths) - 1)
         widths[0] = max(8, min(widths[0], width - rest))

@@ -32,12 +32,12 @@ def test_layer_table_has_one_row_per_decoder_layer(all_capture, all_analysis):
     assert n >= 1
     assert all_analysis.phases == ["prefill", "decode"]
     for phase in all_analysis.phases:
-        rows = [r for r in tables.model_table(all_analysis, phase).rows if r["depth"] == 0]
-        names = [r["module"] for r in rows]
-        layers = [r for r in rows if r["module"].startswith("model.layers.")]
-        assert [r["module"] for r in layers] == [f"model.layers.{i}" for i in range(n)], (phase, names)
+        rows = [r for r in tables.model_table(all_analysis, phase).rows if r.depth == 0]
+        names = [r.module for r in rows]
+        layers = [r for r in rows if r.module.startswith("model.layers.")]
+        assert [r.module for r in layers] == [f"model.layers.{i}" for i in range(n)], (phase, names)
         for r in layers:
-            assert r["total_ms"] > 0, (phase, r)
+            assert r.total_ms > 0, (phase, r)
         assert "lm_head" in names, (phase, names)
         assert "sampler" in names, (phase, names)
 
@@ -45,39 +45,39 @@ def test_layer_table_has_one_row_per_decoder_layer(all_capture, all_analysis):
 # ---- phase times and table totals ----------------------------------------------------------------
 def test_phase_times_match_manifest(all_capture, all_analysis):
     manifest = all_capture.manifest()
-    summary = {r["phase"]: r for r in tables.phase_summary(all_analysis).rows}
+    summary = {r.phase: r for r in tables.phase_summary(all_analysis).rows}
     assert set(summary) == {m["phase"] for m in manifest} == {"prefill", "decode"}
     for phase, row in summary.items():
         recs = [m for m in manifest if m["phase"] == phase]
-        assert row["steps"] == len(recs), (phase, row, len(recs))
+        assert row.steps == len(recs), (phase, row, len(recs))
         assert [s.step for s in all_analysis.phase_steps(phase)] == [m["step"] for m in recs]
         wall_ms = 1e3 * sum(m["wall_end"] - m["wall_start"] for m in recs)
-        assert row["total_ms"] == pytest.approx(wall_ms, rel=0.05), (phase, row["total_ms"], wall_ms)
+        assert row.total_ms == pytest.approx(wall_ms, rel=0.05), (phase, row.total_ms, wall_ms)
 
 
 def test_model_and_summary_tables_sum_to_same_total(all_analysis):
     for phase in all_analysis.phases:
-        layer_rows = [r for r in tables.model_table(all_analysis, phase).rows if r["depth"] == 0]
+        layer_rows = [r for r in tables.model_table(all_analysis, phase).rows if r.depth == 0]
         cat_rows = tables.summary_table(all_analysis, phase).rows
-        layer_total = sum(r["total_ms"] for r in layer_rows)
-        cat_total = sum(r["total_ms"] for r in cat_rows)
+        layer_total = sum(r.total_ms for r in layer_rows)
+        cat_total = sum(r.total_ms for r in cat_rows)
         assert layer_total > 0
         assert layer_total == pytest.approx(cat_total, rel=1e-6), phase
-        assert sum(r["ops"] for r in layer_rows) == sum(r["ops"] for r in cat_rows), phase
-        assert sum(r["pct"] for r in layer_rows) == pytest.approx(100, abs=1e-6), phase
-        assert sum(r["pct"] for r in cat_rows) == pytest.approx(100, abs=1e-6), phase
+        assert sum(r.ops for r in layer_rows) == sum(r.ops for r in cat_rows), phase
+        assert sum(r.pct for r in layer_rows) == pytest.approx(100, abs=1e-6), phase
+        assert sum(r.pct for r in cat_rows) == pytest.approx(100, abs=1e-6), phase
 
 
 # ---- categories ----------------------------------------------------------------------------------
 def test_categories_matmul_and_attention_and_matmuls_are_dots(all_analysis):
     for phase in all_analysis.phases:
-        cats = {r["category"] for r in tables.summary_table(all_analysis, phase).rows}
+        cats = {r.category for r in tables.summary_table(all_analysis, phase).rows}
         assert {"matmul", "attention"} <= cats, (phase, cats)
         opcode = {(o.module, o.name): o.opcode for o in all_analysis.phase_ops(phase)}
-        matmuls = [r for r in tables.top_ops(all_analysis, phase).rows if r["category"] == "matmul"]
+        matmuls = [r for r in tables.top_ops(all_analysis, phase).rows if r.category == "matmul"]
         assert matmuls, phase
         for r in matmuls:
-            assert opcode[(r["module"], r["op"])] == "dot", (phase, r)
+            assert opcode[(r.module, r.op)] == "dot", (phase, r)
         assert {o.opcode for o in all_analysis.phase_ops(phase) if o.category == "matmul"} == {"dot"}
 
 
@@ -125,12 +125,12 @@ def test_compare_in_process_same_run_has_zero_deltas(all_capture):
     for t in result:
         assert t.rows, t.title
         for r in t.rows:
-            assert r["delta_ms"] == 0, (t.title, r)
-            assert r["a_ms"] == r["b_ms"], (t.title, r)
-            if r["a_ms"]:
-                assert r["ratio"] == 1, (t.title, r)
+            assert r.delta_ms == 0, (t.title, r)
+            assert r.a_ms == r.b_ms, (t.title, r)
+            if r.a_ms:
+                assert r.ratio == 1, (t.title, r)
             else:
-                assert r["ratio"] is None, (t.title, r)
+                assert r.ratio is None, (t.title, r)
 
 
 # ---- bad captures --------------------------------------------------------------------------------
@@ -172,13 +172,13 @@ def test_tpu_capture_device_ops(tmp_path):
     devices = {o.device for o in a.ops}
     assert all(re.fullmatch(r"/device:TPU:\d+", d) for d in devices), devices
     assert len(devices) == 4, devices
-    cats = {r["category"]: r for r in tables.summary_table(a, "all").rows}
+    cats = {r.category: r for r in tables.summary_table(a, "all").rows}
     assert "collective" in cats, cats.keys()
-    assert cats["collective"]["total_ms"] > 0
+    assert cats["collective"].total_ms > 0
     assert any(o.category == "collective" and o.opcode.startswith("all-reduce") for o in a.ops)
     top = tables.top_ops(a, "all", 10).rows
     assert top
-    assert all(r["total_ms"] > 0 for r in top), top
+    assert all(r.total_ms > 0 for r in top), top
     start, stop = xspace.session_times_ns(a.space)
     duration = stop - start
     assert duration > 0

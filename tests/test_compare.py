@@ -47,34 +47,34 @@ B = _analysis([_decode(0, 4, 1), _decode(10, 4, 2)])
 
 
 def _rows(table) -> dict:
-    return {r["name"]: r for r in table.rows}
+    return {r.name: r for r in table.rows}
 
 
 def test_ops_land_in_their_steps_and_tables_sum():
     assert [len(s.ops) for s in A.steps] == [2, 3, 3] and A.outside == []
     assert A.phases == ["prefill", "decode"] and B.phases == ["decode"]
-    layers = {r["module"]: r["per_step_ms"] for r in tables.model_table(B, "decode").rows if r["depth"] == 0}
+    layers = {r.module: r.per_step_ms for r in tables.model_table(B, "decode").rows if r.depth == 0}
     assert layers == {"model.layers.0": 1, "model.layers.1": 4, "lm_head": 1.5}
-    assert sum(r["pct"] for r in tables.summary_table(B, "decode").rows) == pytest.approx(100)
+    assert sum(r.pct for r in tables.summary_table(B, "decode").rows) == pytest.approx(100)
 
 
 def test_compare_signs_and_sizes_of_deltas():
     phases, layers, ops = compare(A, B)
     p = _rows(phases)
-    assert (p["decode"]["a_ms"], p["decode"]["b_ms"], p["decode"]["delta_ms"]) == (10, 10, 0)
+    assert (p["decode"].a_ms, p["decode"].b_ms, p["decode"].delta_ms) == (10, 10, 0)
     # a phase only A has: A's time, no value (not 0) for B, and so no delta or ratio
-    assert (p["prefill"]["a_ms"], p["prefill"]["b_ms"], p["prefill"]["a_steps"], p["prefill"]["b_steps"]) == \
+    assert (p["prefill"].a_ms, p["prefill"].b_ms, p["prefill"].a_steps, p["prefill"].b_steps) == \
         (20, None, 1, 0)
-    assert p["prefill"]["delta_ms"] is None and p["prefill"]["ratio"] is None
-    assert [r["name"] for r in phases.rows] == ["prefill", "decode"]  # largest change first
+    assert p["prefill"].delta_ms is None and p["prefill"].ratio is None
+    assert [r.name for r in phases.rows] == ["prefill", "decode"]  # largest change first
     lay = _rows(layers)
-    assert lay["model.layers.1"]["delta_ms"] == pytest.approx(2) and lay["model.layers.1"]["ratio"] == pytest.approx(2)
-    assert lay["lm_head"]["delta_ms"] == pytest.approx(-1.5) and lay["lm_head"]["ratio"] == pytest.approx(0.5)
-    assert lay["model.layers.0"]["delta_ms"] == 0 and lay["model.layers.0"]["ratio"] == 1
-    assert [r["name"] for r in layers.rows] == ["model.layers.1", "lm_head", "model.layers.0"]
+    assert lay["model.layers.1"].delta_ms == pytest.approx(2) and lay["model.layers.1"].ratio == pytest.approx(2)
+    assert lay["lm_head"].delta_ms == pytest.approx(-1.5) and lay["lm_head"].ratio == pytest.approx(0.5)
+    assert lay["model.layers.0"].delta_ms == 0 and lay["model.layers.0"].ratio == 1
+    assert [r.name for r in layers.rows] == ["model.layers.1", "lm_head", "model.layers.0"]
     key = op_key(_op(0, 1, "lm_head"))
     assert key == "lm_head aten__mm [matmul]"
-    assert _rows(ops)[key]["delta_ms"] == pytest.approx(-1.5)
+    assert _rows(ops)[key].delta_ms == pytest.approx(-1.5)
 
 
 def test_compare_only_tables_phases_both_runs_have():
@@ -105,7 +105,7 @@ def test_an_op_one_run_lacks_is_absent_and_a_ratio_over_zero_is_not():
     only_b = _analysis([_decode(0, 2, 3)[:3] + ([(0, 1, "model.norm")],)])
     rows = _rows(compare(A, only_b)[2])  # decode ops: A has no model.norm op
     norm = rows["model.norm aten__mm [matmul]"]
-    assert (norm["a_ms"], norm["b_ms"], norm["ratio"]) == (None, 1, None)
+    assert (norm.a_ms, norm.b_ms, norm.ratio) == (None, 1, None)
     assert _text_rows(compare_text(compare(A, only_b)[1]))["model.norm"] == ["absent", "1.00", "absent", "absent"]
     zero = _analysis([_decode(0, 0, 3)])  # layer 1's op takes no time in both runs
     layers = compare_text(compare(zero, zero)[1])

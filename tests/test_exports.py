@@ -98,7 +98,7 @@ def test_csv_round_trip(summarized, all_analysis):
         for i, (line, row) in enumerate(zip(cells, table.rows)):
             assert len(line) == len(header), (name, i, line)
             for col, cell in zip(header, line):
-                want = row.get(col)
+                want = getattr(row, col)
                 if not _same(_cell_value(cell, want), want):
                     mismatches.append(f"{name} row {i} {col}: csv {cell!r}, Analysis {want!r}")
     assert not mismatches, f"{len(mismatches)} CSV cells differ from Analysis by more than {REL:g} relative:\n" + \

@@ -118,17 +118,17 @@ def test_default_jax_capture_has_one_layer_row_per_model_layer(runs):
     assert "XLA_HLO_DEBUG" not in info["env"] and info["engine"]["enforce_eager"] is False
     assert "XLA_HLO_DEBUG" not in cap.proc.stdout + cap.proc.stderr  # torch_xla's note is not printed
     table = tables.model_table(Analysis.load(cap.run), "prefill")
-    top = [r["name"] for r in table.rows if r["depth"] == 0]
+    top = [r.name for r in table.rows if r.depth == 0]
     layers = [n for n in top if n.startswith("model.layers.")]
     n_layers = info["model_config"]["num_hidden_layers"]
     assert layers == [f"model.layers.{i}" for i in range(n_layers)], top
     for name in ("model.embed_tokens", "model.norm", "lm_head", "sampler"):
         assert name in top, top
-    subs = {r["name"] for r in table.rows if r["depth"] == 1}
+    subs = {r.name for r in table.rows if r.depth == 1}
     for part in ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp"):
         assert f"model.layers.0.{part}" in subs, sorted(subs)
-    unscoped = sum(r["total_ms"] for r in table.rows if r["name"] == UNSCOPED)
-    assert unscoped < 0.05 * sum(r["total_ms"] for r in table.rows if r["depth"] == 0)
+    unscoped = sum(r.total_ms for r in table.rows if r.name == UNSCOPED)
+    assert unscoped < 0.05 * sum(r.total_ms for r in table.rows if r.depth == 0)
 
 
 def test_executables_from_the_persistent_cache_keep_their_layer_table(runs):
@@ -138,11 +138,11 @@ def test_executables_from_the_persistent_cache_keep_their_layer_table(runs):
     warmup = cap.run_info()["compiles"]["warmup"]
     assert warmup["cache_hits"] > 0 and warmup["cache_misses"] == 0, warmup
     table = tables.model_table(Analysis.load(cap.run), "decode")
-    top = [r["name"] for r in table.rows if r["depth"] == 0]
+    top = [r.name for r in table.rows if r.depth == 0]
     n_layers = cap.run_info()["model_config"]["num_hidden_layers"]
     assert [n for n in top if n.startswith("model.layers.")] == [f"model.layers.{i}" for i in range(n_layers)], top
-    unscoped = sum(r["total_ms"] for r in table.rows if r["name"] == UNSCOPED)
-    assert unscoped < 0.05 * sum(r["total_ms"] for r in table.rows if r["depth"] == 0)
+    unscoped = sum(r.total_ms for r in table.rows if r.name == UNSCOPED)
+    assert unscoped < 0.05 * sum(r.total_ms for r in table.rows if r.depth == 0)
 
 
 # ---- the env window ------------------------------------------------------------------------------

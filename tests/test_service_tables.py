@@ -49,23 +49,23 @@ def two_requests() -> list[Span]:
 
 def test_request_rows_time_each_request_from_its_http_arrival():
     data = build(two_requests(), [Marker("enable", 0, 0)], {0: 123})
-    rows = {r["request_id"]: r for r in data.rows["request"]}
+    rows = {r.request_id: r for r in data.request}
     h1, h2 = rows["h1-0"], rows["h2-0"]
-    assert (h1["http_id"], h1["prompt_tokens"], h1["output_tokens"], h1["max_tokens"]) == ("h1", 3, 3, 3)
-    assert (h1["queue_ms"], h1["ttft_ms"], h1["e2e_ms"]) == (10, 30, 61)
-    assert h1["tpot_ms"] == pytest.approx((61 - 30) / 2)
-    assert (h2["queue_ms"], h2["ttft_ms"], h2["e2e_ms"], h2["tpot_ms"]) == (25, 33, 34, None)
-    assert h1["complete"] == h2["complete"] == 1
-    assert [r["request_id"] for r in data.rows["request"]] == ["h1-0", "h2-0"]  # by arrival
+    assert (h1.http_id, h1.prompt_tokens, h1.output_tokens, h1.max_tokens) == ("h1", 3, 3, 3)
+    assert (h1.queue_ms, h1.ttft_ms, h1.e2e_ms) == (10, 30, 61)
+    assert h1.tpot_ms == pytest.approx((61 - 30) / 2)
+    assert (h2.queue_ms, h2.ttft_ms, h2.e2e_ms, h2.tpot_ms) == (25, 33, 34, None)
+    assert h1.complete == h2.complete == 1
+    assert [r.request_id for r in data.request] == ["h1-0", "h2-0"]  # by arrival
 
 
 def test_batch_forward_and_kvcache_rows():
     data = build(two_requests(), [], {0: 1})
-    assert [(b["step"], b["phase"], b["duration_ms"], b["request_ids"]) for b in data.rows["batch"]] == \
+    assert [(b.step, b.phase, b.duration_ms, b.request_ids) for b in data.batch] == \
         [(0, "prefill", 20, "h1-0"), (1, "prefill", 8, "h2-0"), (2, "decode", 10, "h1-0"), (3, "decode", 10, "h1-0")]
-    assert [(f["phase"], f["step"], f["duration_ms"]) for f in data.rows["forward"]] == \
+    assert [(f.phase, f.step, f.duration_ms) for f in data.forward] == \
         [("prefill", 0, 16), ("decode", 2, 8)]
-    kv = [(r["action"], r["request_id"], r["slots_used"], r["tokens_held"]) for r in data.rows["kvcache"]]
+    kv = [(r.action, r.request_id, r.slots_used, r.tokens_held) for r in data.kvcache]
     # h1-0 holds 3, h2-0 adds 5 and leaves; h1-0's two decodes add a token each before it leaves
     assert kv == [("allocate", "h1-0", 1, 3), ("allocate", "h2-0", 2, 8), ("free", "h2-0", 1, 3),
                   ("free", "h1-0", 0, 0)]
@@ -76,17 +76,17 @@ def test_batch_forward_and_kvcache_rows():
 def test_summaries_count_requests_tokens_and_busy_time():
     data = build(two_requests(), [Marker("enable", 0, 0)], {0: 1})
     t = summaries(data)
-    svc = {r["metric"]: r["value"] for r in t["service_summary"].rows}
+    svc = {r.metric: r.value for r in t["service_summary"].rows}
     assert svc["duration_s"] == pytest.approx(0.1)       # first span to last, collection on throughout
     assert (svc["requests"], svc["incomplete"], svc["failed"], svc["steps"]) == (2, 0, 0, 4)
     assert svc["output_token_throughput"] == pytest.approx(4 / 0.1)
     assert svc["engine_busy_fraction"] == pytest.approx(0.048 / 0.1)
-    batch = {r["phase"]: r for r in t["batch_summary"].rows}
-    assert batch["prefill"]["count"] == 2 and batch["prefill"]["padding_waste"] == pytest.approx(1 - 8 / 32)
-    assert batch["all"]["total_tokens"] == 10
-    req = {r["metric"]: r for r in t["request_summary"].rows}
-    assert req["ttft_ms"]["count"] == 2 and req["ttft_ms"]["mean"] == pytest.approx((30 + 33) / 2)
-    assert req["tpot_ms"]["count"] == 1
+    batch = {r.phase: r for r in t["batch_summary"].rows}
+    assert batch["prefill"].count == 2 and batch["prefill"].padding_waste == pytest.approx(1 - 8 / 32)
+    assert batch["all"].total_tokens == 10
+    req = {r.metric: r for r in t["request_summary"].rows}
+    assert req["ttft_ms"].count == 2 and req["ttft_ms"].mean == pytest.approx((30 + 33) / 2)
+    assert req["tpot_ms"].count == 1
 
 
 def test_collected_time_leaves_out_periods_with_collection_off():
@@ -123,9 +123,9 @@ def test_engine_events_become_batch_and_kvcache_spans(tmp_path):
         collector.close()
     header, recorded, markers = read_events(collector.path, 0)
     data = build(recorded, markers, {0: header["pid"]})
-    assert [(b["step"], b["phase"], b["batch_size"], b["request_ids"], b["padded_tokens"], b["kv_len_max"])
-            for b in data.rows["batch"]] == [(6, "prefill", 1, "b", 16, 7)]
-    assert [(r["action"], r["request_id"], r["slot"], r["tokens"], r["slots_used"]) for r in data.rows["kvcache"]] \
+    assert [(b.step, b.phase, b.batch_size, b.request_ids, b.padded_tokens, b.kv_len_max)
+            for b in data.batch] == [(6, "prefill", 1, "b", 16, 7)]
+    assert [(r.action, r.request_id, r.slot, r.tokens, r.slots_used) for r in data.kvcache] \
         == [("allocate", "b", 2, 7, 1), ("free", "b", 2, 7, 0)]
-    row = data.rows["request"][0]
-    assert (row["request_id"], row["output_tokens"], row["finish_reason"]) == ("b", 1, "abort")
+    row = data.request[0]
+    assert (row.request_id, row.output_tokens, row.finish_reason) == ("b", 1, "abort")

@@ -117,20 +117,31 @@ def _breakdowns(a: Analysis, phase: str) -> list[StepBreakdown]:
     return out
 
 
-def breakdown_table(a: Analysis, phase: str) -> Table:
+@dataclasses.dataclass(frozen=True)
+class BreakdownRow:
+    """One device's mean step, by kind (ms); the kinds add up to `step_ms`."""
+    device: str
+    step_ms: float
+    compute_ms: float
+    collective_ms: float
+    copy_ms: float
+    waiting_ms: float
+    host_ms: float
+    idle_ms: float
+    overlap_pct: float | None  # share of collective time with compute running
+
+
+def breakdown_table(a: Analysis, phase: str) -> Table[BreakdownRow]:
     """Mean per step, per device: the kinds add up to the step time."""
     per_device = collections.defaultdict(list)
     for b in breakdowns(a, phase):
         per_device[b.device].append(b)
     rows = []
     for device, bs in per_device.items():
-        mean = {f: sum(getattr(b, f) for b in bs) / len(bs) / 1e6
+        mean = {f[:-3] + "_ms": sum(getattr(b, f) for b in bs) / len(bs) / 1e6
                 for f in ("step_ns", "compute_ns", "collective_ns", "copy_ns", "waiting_ns", "host_ns", "idle_ns")}
         coll = sum(b.collective_ns for b in bs)
-        row = {"device": device.removeprefix("/device:").lstrip("/")}
-        row.update({f[:-3] + "_ms": v for f, v in mean.items()})
-        row["overlap_pct"] = 100 * sum(b.collective_overlap_ns for b in bs) / coll if coll else None
-        rows.append(row)
+        rows.append(BreakdownRow(device.removeprefix("/device:").lstrip("/"), **mean,
+                                 overlap_pct=100 * sum(b.collective_overlap_ns for b in bs) / coll if coll else None))
     return Table(f"{phase}: step time by kind (mean per step; overlap = collective time with compute running)",
-                 ["device", "step_ms", "compute_ms", "collective_ms", "copy_ms", "waiting_ms", "host_ms",
-                  "idle_ms", "overlap_pct"], rows)
+                 BreakdownRow, rows)

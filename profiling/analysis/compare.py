@@ -5,37 +5,58 @@ over a time of 0 is None too."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 
 from ..table import Table
 from .analysis import Analysis
 from .tables import phase_summary
 
 
-def _delta_row(key: str, a: float | None, b: float | None, **extra) -> dict:
+@dataclasses.dataclass(frozen=True)
+class DeltaRow:
+    """A phase, layer or op in run A against run B; None where a run lacks it (or a ratio over 0)."""
+    name: str
+    a_ms: float | None
+    b_ms: float | None
+    delta_ms: float | None
+    ratio: float | None
+
+    @property
+    def absent(self) -> bool:
+        """One of the runs lacks this row's phase, layer or op."""
+        return self.a_ms is None or self.b_ms is None
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseDeltaRow(DeltaRow):
+    a_steps: int = 0
+    b_steps: int = 0
+
+
+def _delta_row(key: str, a: float | None, b: float | None, row_type=DeltaRow, **extra) -> DeltaRow:
     both = a is not None and b is not None
-    return dict(name=key, a_ms=a, b_ms=b, delta_ms=b - a if both else None,
-                ratio=b / a if both and a else None, **extra)
+    return row_type(name=key, a_ms=a, b_ms=b, delta_ms=b - a if both else None,
+                    ratio=b / a if both and a else None, **extra)
 
 
-def _impact(r: dict) -> float:
+def _impact(r: DeltaRow) -> float:
     """The change in time; for a row one run lacks, the time the other run has."""
-    if r["delta_ms"] is not None:
-        return abs(r["delta_ms"])
-    return abs(r["a_ms"] if r["a_ms"] is not None else r["b_ms"] or 0.0)
+    if r.delta_ms is not None:
+        return abs(r.delta_ms)
+    return abs(r.a_ms if r.a_ms is not None else r.b_ms or 0.0)
 
 
 def _sorted(rows):
     return sorted(rows, key=lambda r: -_impact(r))
 
 
-def phases(a: Analysis, b: Analysis) -> Table:
-    ta = {r["phase"]: r for r in phase_summary(a).rows}
-    tb = {r["phase"]: r for r in phase_summary(b).rows}
-    rows = [_delta_row(p, ta.get(p, {}).get("mean_ms"), tb.get(p, {}).get("mean_ms"),
-                       a_steps=ta.get(p, {}).get("steps", 0), b_steps=tb.get(p, {}).get("steps", 0))
+def phases(a: Analysis, b: Analysis) -> Table[PhaseDeltaRow]:
+    ta = {r.phase: r for r in phase_summary(a).rows}
+    tb = {r.phase: r for r in phase_summary(b).rows}
+    rows = [_delta_row(p, ta[p].mean_ms if p in ta else None, tb[p].mean_ms if p in tb else None, PhaseDeltaRow,
+                       a_steps=ta[p].steps if p in ta else 0, b_steps=tb[p].steps if p in tb else 0)
             for p in list(dict.fromkeys(list(ta) + list(tb)))]
-    return Table("phases: mean step time (ms), B vs A", ["name", "a_ms", "b_ms", "delta_ms", "ratio",
-                                                         "a_steps", "b_steps"], _sorted(rows))
+    return Table("phases: mean step time (ms), B vs A", PhaseDeltaRow, _sorted(rows))
 
 
 def _per_step(analysis: Analysis, phase: str, key) -> dict[str, float]:
@@ -46,11 +67,10 @@ def _per_step(analysis: Analysis, phase: str, key) -> dict[str, float]:
     return out
 
 
-def _table(a: Analysis, b: Analysis, phase: str, key, title: str) -> Table:
+def _table(a: Analysis, b: Analysis, phase: str, key, title: str) -> Table[DeltaRow]:
     ca, cb = _per_step(a, phase, key), _per_step(b, phase, key)
     rows = [_delta_row(k, ca.get(k), cb.get(k)) for k in dict.fromkeys(list(ca) + list(cb))]
-    return Table(f"{phase}: {title} per step (ms), B vs A", ["name", "a_ms", "b_ms", "delta_ms", "ratio"],
-                 _sorted(rows))
+    return Table(f"{phase}: {title} per step (ms), B vs A", DeltaRow, _sorted(rows))
 
 
 def layers(a: Analysis, b: Analysis, phase: str) -> Table:

@@ -7,12 +7,28 @@ import collections
 import dataclasses
 import statistics
 
-from ..table import Table, percentile
+from ..table import Table, hidden, percentile
 from ..trace.categories import CATEGORIES
 from .analysis import Analysis
 
 
-def phase_summary(a: Analysis) -> Table:
+@dataclasses.dataclass(frozen=True)
+class PhaseRow:
+    phase: str
+    steps: int
+    total_ms: float
+    mean_ms: float
+    p50_ms: float
+    p99_ms: float
+    busy_ms: float        # per step: an XLA program running
+    host_ms: float        # per step: the rest
+    ops_ms: float         # per step: op time in the tables
+    tokens: int | None    # from the manifest
+    tok_s: float | None
+    pad_pct: float | None
+
+
+def phase_summary(a: Analysis) -> Table[PhaseRow]:
     rows = []
     for phase in a.phases:
         steps = a.phase_steps(phase)
@@ -23,7 +39,7 @@ def phase_summary(a: Analysis) -> Table:
         real = sum(r.num_tokens for r in recs)
         padded = sum(r.padded_tokens for r in recs)
         total_s = sum(times) / 1e3
-        rows.append(dict(
+        rows.append(PhaseRow(
             phase=phase, steps=len(steps), total_ms=sum(times), mean_ms=statistics.fmean(times),
             p50_ms=percentile(times, 50), p99_ms=percentile(times, 99),
             busy_ms=statistics.fmean(busy), host_ms=statistics.fmean(t - b for t, b in zip(times, busy)),
@@ -32,9 +48,7 @@ def phase_summary(a: Analysis) -> Table:
             tok_s=(real / total_s) if recs and total_s > 0 else None,
             pad_pct=(100 * (1 - real / padded)) if padded else None))
     return Table("Phases (per step: busy = an XLA program running, host = the rest, "
-                 "ops = op time in the tables)",
-                 ["phase", "steps", "total_ms", "mean_ms", "p50_ms", "p99_ms", "busy_ms", "host_ms",
-                  "ops_ms", "tokens", "tok_s", "pad_pct"], rows)
+                 "ops = op time in the tables)", PhaseRow, rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,18 +102,44 @@ def _grouped(a: Analysis, phase: str, key: str):
     return steps, total or 1.0, groups
 
 
-def _time_row(label_column, label, key, depth, ops, total, nsteps) -> dict:
-    """One table row: `label` as shown (indented for sub-modules), `key` the full name;
-    `cpu_ms` the ops' CPU time (on CPU captures, with their thread-pool work), `inh_ms` the
-    time of ops whose scope was inherited from the HLO graph."""
+@dataclasses.dataclass(frozen=True)
+class ModuleRow:
+    """A layer or one of its sub-modules: `module` as shown (indented for sub-modules), `name`
+    the full scope; `cpu_ms` the ops' CPU time (on CPU captures, with their thread-pool work),
+    `inh_ms` the time of ops whose scope was inherited from the HLO graph."""
+    module: str
+    total_ms: float
+    pct: float
+    per_step_ms: float
+    ops: int
+    cpu_ms: float
+    inh_ms: float
+    name: str = hidden()
+    depth: int = hidden()     # 0: a layer (or a top-level scope), 1: a sub-module of it
+
+
+@dataclasses.dataclass(frozen=True)
+class CategoryRow:
+    category: str
+    total_ms: float
+    pct: float
+    per_step_ms: float
+    ops: int
+    cpu_ms: float
+
+
+def _times(ops, total, nsteps) -> dict:
     t = sum(o.self_ns for o in ops) / 1e6
-    return {label_column: label, "name": key, "depth": depth, "total_ms": t, "pct": 100 * t * 1e6 / total,
-            "per_step_ms": t / max(1, nsteps), "ops": len(ops),
-            "cpu_ms": sum(o.cpu_time_ns for o in ops) / 1e6,
-            "inh_ms": sum(o.self_ns for o in ops if o.inherited) / 1e6}
+    return dict(total_ms=t, pct=100 * t * 1e6 / total, per_step_ms=t / max(1, nsteps), ops=len(ops),
+                cpu_ms=sum(o.cpu_time_ns for o in ops) / 1e6)
 
 
-def model_table(a: Analysis, phase: str) -> Table:
+def _module_row(label, key, depth, ops, total, nsteps) -> ModuleRow:
+    return ModuleRow(label, **_times(ops, total, nsteps), inh_ms=sum(o.self_ns for o in ops if o.inherited) / 1e6,
+                     name=key, depth=depth)
+
+
+def model_table(a: Analysis, phase: str) -> Table[ModuleRow]:
     """Op time by module scope, grouped under its layer (the seed's 'model table')."""
     steps, total, by_scope = _grouped(a, phase, "scope")
     by_layer = collections.defaultdict(list)
@@ -108,26 +148,40 @@ def model_table(a: Analysis, phase: str) -> Table:
     rows = []
     for layer in sorted(by_layer, key=scope_order):
         layer_ops = [o for sc in by_layer[layer] for o in by_scope[sc]]
-        rows.append(_time_row("module", layer, layer, 0, layer_ops, total, len(steps)))
+        rows.append(_module_row(layer, layer, 0, layer_ops, total, len(steps)))
         if by_layer[layer] != [layer]:
             for scope in sorted(by_layer[layer], key=scope_order):
-                rows.append(_time_row("module", "  " + scope[len(layer) + 1:], scope, 1, by_scope[scope],
-                                      total, len(steps)))
+                rows.append(_module_row("  " + scope[len(layer) + 1:], scope, 1, by_scope[scope], total, len(steps)))
     return Table(f"{phase}: op time by module (self time, summed over {len(steps)} step(s); on CPU with the "
-                 f"thread pool's work)",
-                 ["module", "total_ms", "pct", "per_step_ms", "ops", "cpu_ms", "inh_ms"], rows)
+                 f"thread pool's work)", ModuleRow, rows)
 
 
-def summary_table(a: Analysis, phase: str) -> Table:
+def summary_table(a: Analysis, phase: str) -> Table[CategoryRow]:
     """Op time by category (the seed's 'summary table')."""
     steps, total, by_cat = _grouped(a, phase, "category")
-    rows = [_time_row("category", c, c, 0, by_cat[c], total, len(steps)) for c in CATEGORIES if c in by_cat]
-    rows.sort(key=lambda r: -r["total_ms"])
-    return Table(f"{phase}: op time by category", ["category", "total_ms", "pct", "per_step_ms", "ops", "cpu_ms"],
-                 rows)
+    rows = [CategoryRow(c, **_times(by_cat[c], total, len(steps))) for c in CATEGORIES if c in by_cat]
+    rows.sort(key=lambda r: -r.total_ms)
+    return Table(f"{phase}: op time by category", CategoryRow, rows)
 
 
-def top_ops(a: Analysis, phase: str, limit: int | None = None) -> Table:
+@dataclasses.dataclass(frozen=True)
+class TopOpRow:
+    op: str
+    category: str
+    count: int
+    total_ms: float
+    cpu_ms: float
+    avg_ms: float
+    min_ms: float
+    max_ms: float
+    pct: float
+    scope: str
+    inherited: bool       # the scope came from the HLO graph: the op has no metadata of its own
+    framework_op: str
+    module: str
+
+
+def top_ops(a: Analysis, phase: str, limit: int | None = None) -> Table[TopOpRow]:
     ops = a.phase_ops(phase)
     total = sum(o.self_ns for o in ops) or 1.0
     groups = collections.defaultdict(list)
@@ -136,15 +190,12 @@ def top_ops(a: Analysis, phase: str, limit: int | None = None) -> Table:
     rows = []
     for (module, name), g in groups.items():
         t = [o.self_ns / 1e6 for o in g]
-        rows.append(dict(op=name, module=module, scope=g[0].scope, inherited=g[0].inherited, category=g[0].category,
-                         framework_op=g[0].framework_op, count=len(g), total_ms=sum(t),
-                         cpu_ms=sum(o.cpu_time_ns for o in g) / 1e6,
-                         avg_ms=statistics.fmean(t), min_ms=min(t), max_ms=max(t),
-                         pct=100 * sum(t) * 1e6 / total))
-    rows.sort(key=lambda r: -r["total_ms"])
-    return Table(f"{phase}: top ops", ["op", "category", "count", "total_ms", "cpu_ms", "avg_ms", "min_ms", "max_ms",
-                                       "pct", "scope", "inherited", "framework_op", "module"],
-                 rows[:limit] if limit else rows)
+        rows.append(TopOpRow(op=name, module=module, scope=g[0].scope, inherited=g[0].inherited,
+                             category=g[0].category, framework_op=g[0].framework_op, count=len(g), total_ms=sum(t),
+                             cpu_ms=sum(o.cpu_time_ns for o in g) / 1e6, avg_ms=statistics.fmean(t), min_ms=min(t),
+                             max_ms=max(t), pct=100 * sum(t) * 1e6 / total))
+    rows.sort(key=lambda r: -r.total_ms)
+    return Table(f"{phase}: top ops", TopOpRow, rows[:limit] if limit else rows)
 
 
 def scope_order(scope: str):

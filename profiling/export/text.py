@@ -59,9 +59,9 @@ def render(a: Analysis, top: int = 15, detail: bool = False) -> str:
 def _phase_text(a: Analysis, phase: str, top: int, detail: bool) -> list[str]:
     model = tables.model_table(a, phase)
     if not detail:
-        model = Table(model.title, model.columns, [r for r in model.rows if r["depth"] == 0])
+        model = model.with_rows(r for r in model.rows if r.depth == 0)
     out = [_heading(phase), model.render()]
-    if all(r["name"] == UNSCOPED for r in model.rows if r["depth"] == 0):
+    if all(r.name == UNSCOPED for r in model.rows if r.depth == 0):
         why = ("its JAX program names no `jax.named_scope`" if a.record and a.record.backend == "jax" else
                "it was made with XLA_HLO_DEBUG unset or 0 (profiling.py sets it to 1 unless told otherwise)")
         out.append(_note(f"no module names in this capture's HLO metadata; {why}."))
@@ -69,14 +69,13 @@ def _phase_text(a: Analysis, phase: str, top: int, detail: bool) -> list[str]:
                   f"{o.op_ms:.1f} ms against {o.sibling_op_ms:.1f} ms in the others; {o.reason}.")
             for o in layer_outliers(a, phase)]
     top_ops = tables.top_ops(a, phase, top)
-    rows = [dict(r, scope=r["scope"] + "*") if r["inherited"] else r for r in top_ops.rows]
-    out += ["", tables.summary_table(a, phase).render(), "",
-            Table(top_ops.title, top_ops.columns, rows).render(columns=TOP_OPS_COLUMNS)]
-    if any(r["inherited"] for r in rows):
+    marked = lambda r, c, v: v + "*" if c == "scope" and r.inherited else v  # noqa: E731
+    out += ["", tables.summary_table(a, phase).render(), "", top_ops.render(columns=TOP_OPS_COLUMNS, cell=marked)]
+    if any(r.inherited for r in top_ops.rows):
         out.append("* scope inherited from the HLO graph: the op has no metadata of its own")
-    waits = [r for r in tables.top_ops(a, phase).rows if r["op"].split(".")[0].endswith("-done")]
-    if sum(r["pct"] for r in waits) >= 50:
-        out.append(_note(f"{sum(r['pct'] for r in waits):.0f}% of op time is `-done` ops, the end of an async copy "
+    waits = sum(r.pct for r in tables.top_ops(a, phase).rows if r.op.split(".")[0].endswith("-done"))
+    if waits >= 50:
+        out.append(_note(f"{waits:.0f}% of op time is `-done` ops, the end of an async copy "
                          f"or collective: time the device waited, not work (see the breakdown)."))
     return out + ["", breakdown_table(a, phase).render()]
 
@@ -136,6 +135,4 @@ def compare_text(t: Table, limit: int | None = None) -> str:
     """A `compare` table: in a row one run lacks (no a_ms or no b_ms), every empty cell reads
     "absent"; elsewhere an empty cell (a ratio over a time of 0) stays "-". The rows keep None,
     so CSV and JSON say nothing rather than 0."""
-    rows = [{k: ABSENT if v is None else v for k, v in r.items()} if r["a_ms"] is None or r["b_ms"] is None
-            else r for r in t.rows]
-    return Table(t.title, t.columns, rows).render(limit=limit)
+    return t.render(limit=limit, cell=lambda r, c, v: ABSENT if v is None and r.absent else v)

@@ -11,7 +11,7 @@ import sqlite3
 from ..runs.files import Outputs
 from ..table import Table
 from .events import find_event_files, read_events
-from .tables import COLUMNS, build, summaries
+from .tables import ROW_TYPES, build, summaries, tables_of
 from .trace import chrome_trace
 
 
@@ -33,7 +33,7 @@ def _write_db(path: str, tables: dict[str, Table]) -> None:
         for name, tab in tables.items():
             con.execute(f"CREATE TABLE {name} ({', '.join(tab.columns)})")
             con.executemany(f"INSERT INTO {name} VALUES ({', '.join('?' * len(tab.columns))})",
-                            [[r.get(c) for c in tab.columns] for r in tab.rows])
+                            [tab.values(r) for r in tab.rows])
         con.commit()
     finally:
         con.close()
@@ -59,7 +59,7 @@ def parse(path: str, output_path: str | None = None) -> Parsed:
         spans += s
         markers += m
     data = build(spans, markers, pids)
-    tables = {k: Table(k, COLUMNS[k], data.rows[k]) for k in COLUMNS}
+    tables = tables_of(data)
     tables.update(summaries(data))
     out = output_path or os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "output")
     try:
@@ -68,7 +68,7 @@ def parse(path: str, output_path: str | None = None) -> Parsed:
         raise ValueError(f"output path {out!r} cannot be created ({e.strerror}).") from None
     trace, outputs = chrome_trace(data), Outputs()
     written = [_atomic(outputs, out, "chrome_tracing.json", lambda p: _write_json(p, trace))]
-    written.append(_atomic(outputs, out, "profiler.db", lambda p: _write_db(p, {k: tables[k] for k in COLUMNS})))
+    written.append(_atomic(outputs, out, "profiler.db", lambda p: _write_db(p, {k: tables[k] for k in ROW_TYPES})))
     for name, tab in tables.items():
         written.append(_atomic(outputs, out, f"{name}.csv", tab.write_csv))
     return Parsed(files, out, written, tables, len(spans) + len(markers))
@@ -76,14 +76,14 @@ def parse(path: str, output_path: str | None = None) -> Parsed:
 
 def run(path: str, output_path: str | None = None) -> int:
     res = parse(path, output_path)
-    svc = {r["metric"]: r["value"] for r in res.tables["service_summary"].rows}
+    svc = {r.metric: r.value for r in res.tables["service_summary"].rows}
     batches = res.tables["batch"].rows
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     print(f"Service profile: {res.events} events from {len(res.files)} file(s) over "
           f"{svc['duration_s']:.3f} s")
     print(f"  requests: {svc['requests']} complete, {svc['incomplete']} incomplete, {svc['failed']} failed; "
-          f"steps: {svc['steps']} ({sum(b['phase'] == 'prefill' for b in batches)} prefill, "
-          f"{sum(b['phase'] == 'decode' for b in batches)} decode)")
+          f"steps: {svc['steps']} ({sum(b.phase == 'prefill' for b in batches)} prefill, "
+          f"{sum(b.phase == 'decode' for b in batches)} decode)")
     print(f"  throughput: {fmt(svc['request_throughput'], '.2f')} req/s, "
           f"{fmt(svc['output_token_throughput'], '.1f')} output tok/s; "
           f"engine busy {fmt(svc['engine_busy_fraction'], '.1%')}")

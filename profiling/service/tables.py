@@ -13,15 +13,64 @@ import dataclasses
 from ..table import Table, percentile
 from .events import Marker, Span
 
-COLUMNS = {
-    "request": ["request_id", "http_id", "arrival_time", "scheduled_time", "first_token_time", "finish_time",
-                "prompt_tokens", "output_tokens", "max_tokens", "finish_reason", "queue_ms", "ttft_ms",
-                "tpot_ms", "e2e_ms", "complete"],
-    "batch": ["step", "phase", "start_time", "end_time", "duration_ms", "batch_size", "num_tokens",
-              "padded_tokens", "kv_len_max", "request_ids"],
-    "forward": ["phase", "start_time", "end_time", "duration_ms", "batch_size", "num_tokens", "step"],
-    "kvcache": ["time", "action", "request_id", "slot", "tokens", "slots_used", "tokens_held"],
-}
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestRow:
+    request_id: str
+    http_id: str | None
+    arrival_time: float | None
+    scheduled_time: float | None
+    first_token_time: float | None
+    finish_time: float | None
+    prompt_tokens: int | None
+    output_tokens: int | None
+    max_tokens: int | None
+    finish_reason: str | None
+    queue_ms: float | None
+    ttft_ms: float | None
+    tpot_ms: float | None
+    e2e_ms: float | None
+    complete: int           # 1: arrived, scheduled and freed inside the collection
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchRow:
+    step: int | None
+    phase: str | None
+    start_time: float
+    end_time: float
+    duration_ms: float
+    batch_size: int | None
+    num_tokens: int | None
+    padded_tokens: int | None
+    kv_len_max: int | None
+    request_ids: str        # space-separated engine request ids
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardRow:
+    phase: str
+    start_time: float
+    end_time: float
+    duration_ms: float
+    batch_size: int | None
+    num_tokens: int | None
+    step: int | None        # the step of the batch that contains it
+
+
+@dataclasses.dataclass(frozen=True)
+class KVRow:
+    time: float
+    action: str             # allocate or free
+    request_id: str | None
+    slot: int | None
+    tokens: int | None
+    slots_used: int
+    tokens_held: int
+
+
+ROW_TYPES = {"request": RequestRow, "batch": BatchRow, "forward": ForwardRow, "kvcache": KVRow}
 ARRIVE, HTTP, STEP, BATCH = ("Request", "arrive"), ("Request", "http"), ("Schedule", "step"), ("Schedule", "batch")
 PREFILL, DECODE = ("ModelExecute", "prefill"), ("ModelExecute", "decode")
 ALLOCATE, FREE = ("KVCache", "allocate"), ("KVCache", "free")
@@ -51,7 +100,10 @@ class ServiceData:
     pids: dict[int, int]                        # events file -> server process id
     by: dict[tuple[str, str] | None, list[Span]]  # known (domain, name) -> spans; None: the rest
     requests: dict[str, RequestSpans]
-    rows: dict[str, list[dict]]                 # table name (COLUMNS) -> rows
+    request: list[RequestRow]                   # the tables of ROW_TYPES, by name
+    batch: list[BatchRow]
+    forward: list[ForwardRow]
+    kvcache: list[KVRow]
     counters: list[tuple[int, int, int, int]]   # (time, source, KV slots used, KV tokens held)
 
 
@@ -79,9 +131,13 @@ def build(spans: list[Span], markers: list[Marker], pids: dict[int, int]) -> Ser
         by[s.key if s.key in KNOWN else None].append(s)
     requests = _requests(by)
     kv_rows, counters = _kvcache(by)
-    rows = {"batch": _batches(by), "forward": _forward(by), "kvcache": kv_rows,
-            "request": _request_rows(requests)}
-    return ServiceData(spans, markers, pids, by, requests, rows, counters)
+    return ServiceData(spans, markers, pids, by, requests, _request_rows(requests), _batches(by), _forward(by),
+                       kv_rows, counters)
+
+
+def tables_of(d: ServiceData) -> dict[str, Table]:
+    """The request, batch, forward and kvcache tables."""
+    return {name: Table(name, row_type, getattr(d, name)) for name, row_type in ROW_TYPES.items()}
 
 
 def _requests(by) -> dict[str, RequestSpans]:
@@ -104,18 +160,18 @@ def _requests(by) -> dict[str, RequestSpans]:
     return reqs
 
 
-def _batches(by) -> list[dict]:
+def _batches(by) -> list[BatchRow]:
     rows = []
     for b in by[BATCH]:
         a = b.attrs
-        rows.append(dict(step=_int(a.get("step")), phase=a.get("phase"), start_time=_s(b.start),
+        rows.append(BatchRow(step=_int(a.get("step")), phase=a.get("phase"), start_time=_s(b.start),
                          end_time=_s(b.end), duration_ms=_ms(b.start, b.end), batch_size=_int(a.get("batch_size")),
                          num_tokens=_int(a.get("num_tokens")), padded_tokens=_int(a.get("padded_tokens")),
-                         kv_len_max=_int(a.get("kv_len_max")), request_ids=" ".join(batch_ids(b))))
+                             kv_len_max=_int(a.get("kv_len_max")), request_ids=" ".join(batch_ids(b))))
     return rows
 
 
-def _forward(by) -> list[dict]:
+def _forward(by) -> list[ForwardRow]:
     """ModelExecute spans, each with the step of the batch (same thread) that contains it."""
     batches = collections.defaultdict(list)
     for b in by[BATCH]:
@@ -126,13 +182,14 @@ def _forward(by) -> list[dict]:
         i = bisect.bisect_right(starts.get(f.thread, []), f.start) - 1
         b = batches[f.thread][i] if i >= 0 and batches[f.thread][i].end >= f.end else None
         ba = b.attrs if b else {}
-        rows.append(dict(phase=f.name, start_time=_s(f.start), end_time=_s(f.end), duration_ms=_ms(f.start, f.end),
-                         batch_size=_int(f.attrs.get("batch_size", ba.get("batch_size"))),
-                         num_tokens=_int(f.attrs.get("num_tokens")), step=_int(ba.get("step"))))
-    return sorted(rows, key=lambda r: r["start_time"])
+        rows.append(ForwardRow(phase=f.name, start_time=_s(f.start), end_time=_s(f.end),
+                               duration_ms=_ms(f.start, f.end),
+                               batch_size=_int(f.attrs.get("batch_size", ba.get("batch_size"))),
+                               num_tokens=_int(f.attrs.get("num_tokens")), step=_int(ba.get("step"))))
+    return sorted(rows, key=lambda r: r.start_time)
 
 
-def _kvcache(by) -> tuple[list[dict], list[tuple[int, int, int, int]]]:
+def _kvcache(by) -> tuple[list[KVRow], list[tuple[int, int, int, int]]]:
     """KV cache: slots in use and tokens held, per server process, at every allocate, free and
     decode step (a decode adds one token to each of its requests)."""
     timeline = sorted([(s.start, s.name, s) for k in (ALLOCATE, FREE) for s in by[k]]
@@ -155,13 +212,13 @@ def _kvcache(by) -> tuple[list[dict], list[tuple[int, int, int, int]]]:
                 st["total"] += st["held"][rid]
             used = _int(a.get("slots_used"))
             st["slots"] = used if used is not None else max(0, st["slots"] + (1 if action == "allocate" else -1))
-            rows.append(dict(time=_s(t), action=action, request_id=rid, slot=_int(a.get("slot")),
-                             tokens=_int(a.get("tokens")), slots_used=st["slots"], tokens_held=st["total"]))
+            rows.append(KVRow(time=_s(t), action=action, request_id=rid, slot=_int(a.get("slot")),
+                              tokens=_int(a.get("tokens")), slots_used=st["slots"], tokens_held=st["total"]))
         counters.append((t, s.src, st["slots"], st["total"]))
     return rows, counters
 
 
-def _request_rows(requests: dict[str, RequestSpans]) -> list[dict]:
+def _request_rows(requests: dict[str, RequestSpans]) -> list[RequestRow]:
     rows = []
     for rid, r in requests.items():
         arrival, alloc = r.arrival, r.alloc.start if r.alloc else None
@@ -174,24 +231,67 @@ def _request_rows(requests: dict[str, RequestSpans]) -> list[dict]:
         prompt = _int(aa.get("prompt_tokens"))
         if prompt is None and r.alloc:
             prompt = _int(r.alloc.attrs.get("tokens"))
-        rows.append(dict(
+        rows.append(RequestRow(
             request_id=rid, http_id=rid.rsplit("-", 1)[0] if r.http else None, arrival_time=_s(arrival),
             scheduled_time=_s(alloc), first_token_time=_s(first), finish_time=_s(finish), prompt_tokens=prompt,
             output_tokens=out, max_tokens=_int(aa.get("max_tokens")), finish_reason=fa.get("finish_reason"),
             queue_ms=_ms(arrival, alloc), ttft_ms=_ms(arrival, first), e2e_ms=_ms(arrival, finish),
             tpot_ms=(finish - first) / 1e6 / (out - 1) if None not in (finish, first, out) and out >= 2 else None,
             complete=int(bool(r.arrive and r.alloc and r.free))))
-    return sorted(rows, key=lambda x: (x["arrival_time"] is None, x["arrival_time"] or 0, x["request_id"]))
+    return sorted(rows, key=lambda x: (x.arrival_time is None, x.arrival_time or 0, x.request_id))
 
 
 # ---- summaries -------------------------------------------------------------------------------
-def _stats(values, keys=("mean", "p50", "p90", "p99", "min", "max")) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Stats:
+    count: int
+    mean: float | None = None
+    p50: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+    min: float | None = None
+    max: float | None = None
+
+
+def _stats(values) -> Stats:
     v = [x for x in values if x is not None]
     if not v:
-        return dict(count=0)
-    d = dict(count=len(v), mean=sum(v) / len(v), min=min(v), max=max(v))
-    d.update({f"p{q}": percentile(v, q) for q in (50, 90, 99)})
-    return {k: d[k] for k in ("count", *keys)}
+        return Stats(0)
+    return Stats(len(v), sum(v) / len(v), percentile(v, 50), percentile(v, 90), percentile(v, 99), min(v), max(v))
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricStatsRow:
+    """request_summary: one request metric over the complete requests (the fields of Stats)."""
+    metric: str
+    count: int
+    mean: float | None
+    p50: float | None
+    p90: float | None
+    p99: float | None
+    min: float | None
+    max: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSummaryRow:
+    phase: str              # prefill, decode or all
+    count: int
+    mean_batch_size: float | None
+    p50_batch_size: float | None
+    p99_batch_size: float | None
+    max_batch_size: float | None
+    mean_duration_ms: float | None
+    p50_duration_ms: float | None
+    p99_duration_ms: float | None
+    total_tokens: int
+    padding_waste: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricRow:
+    metric: str
+    value: float | int | None
 
 
 def collected_seconds(spans: list[Span], markers: list[Marker]) -> float:
@@ -216,38 +316,36 @@ def collected_seconds(spans: list[Span], markers: list[Marker]) -> float:
     return total / 1e9
 
 
-def _batch_summary(batches: list[dict]) -> Table:
+def _batch_summary(batches: list[BatchRow]) -> Table[BatchSummaryRow]:
     rows = []
     for phase in ("prefill", "decode", "all"):
-        bs = [b for b in batches if phase == "all" or b["phase"] == phase]
-        size, dur = _stats([b["batch_size"] for b in bs]), _stats([b["duration_ms"] for b in bs])
-        tokens = sum(b["num_tokens"] or 0 for b in bs)
-        padded = sum(b["padded_tokens"] or 0 for b in bs)
-        rows.append(dict(phase=phase, count=len(bs), mean_batch_size=size.get("mean"), p50_batch_size=size.get("p50"),
-                         p99_batch_size=size.get("p99"), max_batch_size=size.get("max"),
-                         mean_duration_ms=dur.get("mean"), p50_duration_ms=dur.get("p50"),
-                         p99_duration_ms=dur.get("p99"), total_tokens=tokens,
-                         padding_waste=1 - tokens / padded if padded else None))
-    return Table("batch_summary", list(rows[0]), rows)
+        bs = [b for b in batches if phase == "all" or b.phase == phase]
+        size, dur = _stats([b.batch_size for b in bs]), _stats([b.duration_ms for b in bs])
+        tokens = sum(b.num_tokens or 0 for b in bs)
+        padded = sum(b.padded_tokens or 0 for b in bs)
+        rows.append(BatchSummaryRow(phase, len(bs), size.mean, size.p50, size.p99, size.max, dur.mean, dur.p50,
+                                    dur.p99, tokens, 1 - tokens / padded if padded else None))
+    return Table("batch_summary", BatchSummaryRow, rows)
 
 
 def summaries(d: ServiceData) -> dict[str, Table]:
-    requests, batches = d.rows["request"], d.rows["batch"]
-    done = [r for r in requests if r["complete"]]
+    requests, batches = d.request, d.batch
+    done = [r for r in requests if r.complete]
     metrics = ("ttft_ms", "tpot_ms", "e2e_ms", "queue_ms", "prompt_tokens", "output_tokens")
-    req = Table("request_summary", ["metric", "count", "mean", "p50", "p90", "p99", "min", "max"],
-                [dict(metric=m, **_stats([r[m] for r in done])) for m in metrics])
+    req = Table("request_summary", MetricStatsRow,
+                [MetricStatsRow(m, **dataclasses.asdict(_stats([getattr(r, m) for r in done])))
+                 for m in metrics])
     duration = collected_seconds(d.spans, d.markers)
     engines = len({b.src for b in d.by[BATCH]}) or 1  # one per server process
     per_s = (lambda x: x / duration) if duration > 0 else (lambda x: None)
-    out_tokens = sum(r["output_tokens"] or 0 for r in done)
+    out_tokens = sum(r.output_tokens or 0 for r in done)
     service = [("duration_s", duration), ("requests", len(done)),
-               ("failed", sum(1 for r in done if r["finish_reason"] not in ("length", "stop"))),
+               ("failed", sum(1 for r in done if r.finish_reason not in ("length", "stop"))),
                ("incomplete", len(requests) - len(done)),
                ("request_throughput", per_s(len(done))), ("output_token_throughput", per_s(out_tokens)),
-               ("total_token_throughput", per_s(out_tokens + sum(r["prompt_tokens"] or 0 for r in done))),
-               ("mean_concurrency", per_s(sum(r["e2e_ms"] for r in done) / 1e3)),
-               ("engine_busy_fraction", per_s(sum(b["duration_ms"] for b in batches) / 1e3 / engines)),
+               ("total_token_throughput", per_s(out_tokens + sum(r.prompt_tokens or 0 for r in done))),
+               ("mean_concurrency", per_s(sum(r.e2e_ms for r in done) / 1e3)),
+               ("engine_busy_fraction", per_s(sum(b.duration_ms for b in batches) / 1e3 / engines)),
                ("steps", len(batches)), ("events", len(d.spans) + len(d.markers))]
     return {"request_summary": req, "batch_summary": _batch_summary(batches),
-            "service_summary": Table("service_summary", ["metric", "value"], [dict(metric=k, value=v) for k, v in service])}
+            "service_summary": Table("service_summary", MetricRow, [MetricRow(k, v) for k, v in service])}

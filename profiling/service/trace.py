@@ -12,8 +12,8 @@ REQUESTS, ENGINE, OTHER = 1, 2, 3
 def _slices(d: ServiceData, pre) -> list[tuple]:
     """(process, track, sort index, name, start, end, args) for every slice."""
     out = []
-    for i, row in enumerate(d.rows["request"]):
-        rid = row["request_id"]
+    for i, row in enumerate(d.request):
+        rid = row.request_id
         r, track = d.requests[rid], (REQUESTS, rid, i)
         if r.arrival is not None and r.alloc:
             out.append((*track, "queued", r.arrival, r.alloc.start, {"request_id": rid}))
@@ -21,7 +21,7 @@ def _slices(d: ServiceData, pre) -> list[tuple]:
             out.append((*track, "prefill", r.prefill.start, r.prefill.end, {"step": r.prefill.attrs.get("step")}))
             if r.decodes and r.free:
                 out.append((*track, "decode", r.prefill.end, r.free.start,
-                            {"decode_steps": r.decodes, "output_tokens": row["output_tokens"]}))
+                            {"decode_steps": r.decodes, "output_tokens": row.output_tokens}))
         if r.http:
             out.append((*track, "http", r.http.start, r.http.end, r.http.attrs))
     for key, kind, order in ((STEP, "step", 0), (BATCH, "batch", 1), (PREFILL, "forward", 2), (DECODE, "forward", 2)):
