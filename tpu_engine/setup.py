@@ -69,6 +69,9 @@ def build_runner(config):
         raise ValueError(f"dtype {config.dtype!r} is not supported; expected auto, float32 or bfloat16.")
     from .sharding import check_tp
     check_tp(cfg, config.tensor_parallel_size, devices())
+    from .memory import check_fits  # before the cache is allocated: one sentence, not an allocator's traceback
+    check_fits(cfg, max_num_seqs=config.max_num_seqs, max_model_len=max_len, dtype=dtype,
+               tensor_parallel_size=config.tensor_parallel_size, platform=device, backend=config.backend)
 
     cache_dir = config.compilation_cache_dir
     if cache_dir is None and device == "TPU":
