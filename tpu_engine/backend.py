@@ -35,22 +35,44 @@ class StepResult:
     logprobs: list[float]
     top: list[tuple[int, list[tuple[int, float]]]] | None  # per row: chosen token's rank, (token, logprob) best first
     compiles: CompileStats
+    prompt: list[list[PromptPosition]] | None = None  # per prompt: its positions 1.. (prefill, if asked)
 
     def select(self, rows: Sequence[int]) -> "StepResult":
         """These rows only (the real sequences of a padded batch)."""
         return StepResult([self.tokens[r] for r in rows], [self.logprobs[r] for r in rows],
-                          [self.top[r] for r in rows] if self.top else None, self.compiles)
+                          [self.top[r] for r in rows] if self.top else None, self.compiles,
+                          [self.prompt[r] for r in rows] if self.prompt else None)
 
     def first(self, n: int) -> "StepResult":
         return self.select(range(n))
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptPosition:
+    """A prompt token's logprob given the tokens before it, its rank, and the top alternatives."""
+    logprob: float
+    rank: int
+    top: list[tuple[int, float]]
+
+
+def read_prompt_logprobs(lp, rank, ids, lps, lens: Sequence[int]) -> list[list[PromptPosition]]:
+    """prompt_head's outputs on the host, split per packed prompt: position i of a prompt
+    predicts its token i + 1 (so a prompt of n tokens gets n - 1 entries)."""
+    out, start = [], 0
+    for n in lens:
+        out.append([PromptPosition(float(lp[i]), int(rank[i]), list(zip(ids[i].tolist(), lps[i].tolist())))
+                    for i in range(start, start + n - 1)])
+        start += n
+    return out
 
 
 GREEDY = SamplingRow(0.0, 0, 1.0, 0, 0)  # what padded rows sample
 
 
 class SamplingInputs:
-    """Per-row sampling parameters as two device arrays, (n, 2) float [temperature, top_p] and
-    (n, 2) int [top_k (vocab = off), seed], padded to n rows with greedy ones. Cached per batch
+    """Per-row sampling parameters as two device arrays, (n, 5) float [temperature, top_p,
+    presence, frequency and repetition penalties] and (n, 2) int [top_k (vocab = off), seed],
+    padded to n rows with greedy ones. Cached per batch
     composition, which changes rarely; `place(floats, ints)` builds the backend's arrays."""
 
     def __init__(self, vocab_size: int, place: Callable[[list, list], tuple]):
@@ -62,7 +84,8 @@ class SamplingInputs:
         hit = self._cache.get(key)
         if hit is None:
             full = list(rows) + [GREEDY] * (n - len(rows))
-            hit = self.place([[r.temperature, r.top_p] for r in full],
+            hit = self.place([[r.temperature, r.top_p, r.presence_penalty, r.frequency_penalty,
+                               r.repetition_penalty] for r in full],
                              [[r.top_k if r.top_k > 0 else self.vocab, r.seed] for r in full])
             if len(self._cache) > 64:
                 self._cache.clear()

@@ -26,6 +26,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--max-num-seqs", type=int, default=None, help="decode slots (default 8; profiling.py: the batch size); more requests wait in the queue")
     g.add_argument("--max-num-batched-tokens", type=int, default=None)
+    g.add_argument("--enable-prompt-logprobs", action="store_true",
+                   help="compile the LM head over every prompt position at warm-up, so requests may ask for "
+                        "prompt logprobs (echo with logprobs, prompt_logprobs) with no compile after warm-up")
     g.add_argument("--compilation-cache-dir", default=None,
                    help="persistent XLA compilation cache (default on TPU: ~/.cache/tpu_engine/xla_cache)")
     return parser
@@ -36,7 +39,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
               tensor_parallel_size=args.tensor_parallel_size, enforce_eager=args.enforce_eager,
               load_format=args.load_format, seed=args.seed,
               max_num_batched_tokens=args.max_num_batched_tokens,
-              compilation_cache_dir=args.compilation_cache_dir)
+              compilation_cache_dir=args.compilation_cache_dir,
+              enable_prompt_logprobs=args.enable_prompt_logprobs)
     if args.max_num_seqs is not None:
         kw["max_num_seqs"] = args.max_num_seqs
     return kw

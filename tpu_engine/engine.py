@@ -23,7 +23,7 @@ from .events import EventBus, PhaseEvent, SlotEvent, StepRecord
 from .info import EngineInfo
 from .sampler import SamplingRow
 from .scheduler import Decode, ExpectedRequests, Prefill, Scheduler, ShapePlan, plan_shapes
-from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, SamplingParams
+from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, SamplingParams, prompt_entries
 
 
 @dataclasses.dataclass
@@ -42,6 +42,7 @@ class EngineConfig:
     strict_compiles: bool = False           # raise RecompileError on a compile after warm-up
     expected: ExpectedRequests | None = None   # warm up only these requests' shapes (default: all)
     progress: bool = True                   # a progress bar on stderr while warm-up compiles
+    enable_prompt_logprobs: bool = False    # compile the prompt LM head per token bucket at warm-up
 
 
 @dataclasses.dataclass(eq=False)  # identity: finding one among thousands waiting must not compare prompts
@@ -56,6 +57,7 @@ class _Request:
     logprobs: list[dict[int, Logprob]] = dataclasses.field(default_factory=list)
     cumulative: float = 0.0
     finish_reason: str | None = None
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
 
     @property
     def kv_len(self) -> int:  # tokens in the cache once the last sampled token is written
@@ -75,7 +77,7 @@ class LLMEngine:
         self.warmup_plan = self._shape_plan(config.expected)
         t0 = time.perf_counter()
         self.warmup_stats = self.runner.warmup(self.warmup_plan, self._variants(config.expected),
-                                               config.progress)
+                                               config.progress, prompt_logprobs=config.enable_prompt_logprobs)
         self.warmup_s = time.perf_counter() - t0  # compiling (or loading) and first runs, no model load
         self._rng = random.Random(config.seed)
         self._requests: dict[str, _Request] = {}
@@ -140,6 +142,9 @@ class LLMEngine:
             raise ValueError(f"prompt of {len(ids)} tokens exceeds max_model_len {self.max_model_len}.")
         if len(ids) > self.max_prefill:
             raise ValueError(f"prompt of {len(ids)} tokens exceeds max_num_batched_tokens {self.max_prefill}.")
+        if params.prompt_logprobs is not None and not self.config.enable_prompt_logprobs:
+            raise ValueError("prompt logprobs need the prompt LM-head graphs, which this engine did not compile; "
+                             "start it with enable_prompt_logprobs=True (the server: --enable-prompt-logprobs).")
         if len(ids) + params.max_tokens > self.max_model_len:
             asked = params.max_tokens if params.max_tokens < 10**40 else f"of {params.max_tokens.bit_length()} bits"
             raise ValueError(f"prompt of {len(ids)} tokens plus max_tokens {asked} exceeds "
@@ -244,11 +249,14 @@ class LLMEngine:
         for req, slot in zip(reqs, slots):
             self._allocate_slot(req, slot)
             req.metrics.first_scheduled_time = now
+        scored = any(r.params.prompt_logprobs is not None for r in reqs)
         result, now = self._run("prefill", reqs, T, sum(lens), T, lens, T,
                                 lambda: self.runner.prefill(slots, [r.prompt for r in reqs],
-                                                            [self._row(r) for r in reqs]))
-        for req in reqs:
+                                                            [self._row(r) for r in reqs], prompt_logprobs=scored))
+        for i, req in enumerate(reqs):
             req.metrics.first_token_time = now
+            if req.params.prompt_logprobs is not None:
+                req.prompt_logprobs = prompt_entries(req.prompt, result.prompt[i], req.params.prompt_logprobs)
         return [self._append(r, result, i, now) for i, r in enumerate(reqs)]
 
     def _decode(self, reqs: list[_Request]) -> list[RequestOutput]:
@@ -266,7 +274,8 @@ class LLMEngine:
         # A k of the whole vocabulary or more keeps every token: that is "off", and a k that large
         # (2**63, say) must never reach a device tensor.
         top_k = p.top_k if 0 < p.top_k < self.model_config.vocab_size else 0
-        return SamplingRow(float(p.temperature), top_k, float(p.top_p), req.seed, p.logprobs or 0)
+        return SamplingRow(float(p.temperature), top_k, float(p.top_p), req.seed, p.logprobs or 0,
+                           float(p.presence_penalty), float(p.frequency_penalty), float(p.repetition_penalty))
 
     def _append(self, req: _Request, result, i: int, now: float) -> RequestOutput:
         token, lp = result.tokens[i], result.logprobs[i]
@@ -295,4 +304,5 @@ class LLMEngine:
         completion = CompletionOutput(0, list(req.output), req.cumulative,
                                       list(req.logprobs) if req.params.logprobs is not None else None,
                                       req.finish_reason)
-        return RequestOutput(req.request_id, req.prompt, [completion], done, req.metrics)
+        return RequestOutput(req.request_id, req.prompt, [completion], done, req.metrics,
+                             prompt_logprobs=req.prompt_logprobs)

@@ -21,13 +21,15 @@ from typing import Sequence
 
 import torch
 
-from .backend import GREEDY, SamplingInputs, StepResult, decode_rows, prefill_rows, read_back, release_freed_memory
+from .backend import (GREEDY, SamplingInputs, StepResult, decode_rows, prefill_rows, read_back, read_prompt_logprobs,
+                      release_freed_memory)
 from .buckets import Buckets
 from .compile import CompileGuard, CompileStats, compile_stats, init_persistent_cache
 from .config import ModelConfig
 from .dynamo_scopes import compile_with_scopes
 from .info import DeviceInfo
-from .graphs import decode_forward, gather_rows, head_and_sample, pack_prompts, prefill_forward
+from .graphs import (decode_forward, gather_rows, head_and_sample, next_prompt_tokens, pack_prompts, prefill_forward,
+                     prompt_head)
 from .model import CausalLM, rope_inv_freq
 from .platform import select_device
 from .scheduler import ShapePlan
@@ -69,18 +71,24 @@ class XlaRunner:
         self.model = self._load_model(source, seed)
         if enforce_eager:  # lazy tracing every step, each module inside its profiler scope
             self.model.scope = self._scope
-            self._prefill_fn, self._gather_fn, self._decode_fn, self._head_fn = (
-                prefill_forward, gather_rows, decode_forward, head_and_sample)
+            self._prefill_fn, self._gather_fn, self._decode_fn, self._head_fn, self._prompt_fn = (
+                prefill_forward, gather_rows, decode_forward, head_and_sample, prompt_head)
         else:
             # Captured once per shape with dynamo; the backend keeps module names in the HLO
             # metadata (dynamo_scopes.py), so compiled captures have layer tables too.
             # The gather is one op: traced lazily it costs nothing per step, and it saves a
             # dynamo compile per (token bucket, request bucket) at warm-up.
-            self._prefill_fn, self._gather_fn, self._decode_fn, self._head_fn = (
+            self._prefill_fn, self._gather_fn, self._decode_fn, self._head_fn, self._prompt_fn = (
                 compile_with_scopes(prefill_forward), gather_rows,
-                compile_with_scopes(decode_forward), compile_with_scopes(head_and_sample))
+                compile_with_scopes(decode_forward), compile_with_scopes(head_and_sample),
+                compile_with_scopes(prompt_head))
         self.inv_freq = rope_inv_freq(self.cfg.head_dim, self.cfg.rope_theta, self.cfg.rope_scaling).to(self.device)
         self.kv_caches = self._allocate_kv_cache()
+        # Each slot's output token counts and prompt tokens (row S: padding's scratch slot), for
+        # the penalties; kept on the device and updated by the prefill and sampler graphs.
+        vocab_rows = (max_num_seqs + 1, self.cfg.vocab_size)
+        self.penalty_state = (torch.zeros(vocab_rows, dtype=torch.int32).to(self.device),
+                              torch.zeros(vocab_rows, dtype=torch.bool).to(self.device))
         release_freed_memory()
         self._sampling = SamplingInputs(self.cfg.vocab_size, lambda floats, ints: (
             torch.tensor(floats, dtype=torch.float32).to(self.device), self._to_device(ints)))
@@ -151,20 +159,29 @@ class XlaRunner:
 
     # ---- steps ----------------------------------------------------------------------------
     def prefill(self, slots: Sequence[int], prompts: Sequence[Sequence[int]],
-                sampling: Sequence[SamplingRow]) -> StepResult:
-        """Run the prompts, packed, into their slots and sample each one's first token."""
+                sampling: Sequence[SamplingRow], prompt_logprobs: bool = False) -> StepResult:
+        """Run the prompts, packed, into their slots and sample each one's first token; with
+        `prompt_logprobs`, also score every prompt token (the prompt_head graph of this T)."""
         lens = [len(p) for p in prompts]
         T, N = self.buckets.prefill_batch_shape(lens)
         before = compile_stats()
         ints = self._to_device(pack_prompts(slots, [list(p) for p in prompts], T, self.max_model_len,
                                             self.scratch_row))    # one host->device copy
-        hidden = self._prefill_fn(self.model, ints, self.kv_caches, self.inv_freq, T, self.max_model_len)
+        hidden = self._prefill_fn(self.model, ints, self.kv_caches, self.inv_freq, T, self.max_model_len,
+                                  self.penalty_state)
         self._xla.sync()
+        scored = None
+        if prompt_logprobs:
+            scored = self._xla_fetch(*self._prompt_fn(self.model, hidden, self._to_device(
+                next_prompt_tokens(prompts, T)), MAX_LOGPROBS))
         last, counters = prefill_rows(lens, N)
         hidden = self._gather_fn(hidden, self._to_device(last))  # each prompt's last token
         self._xla.sync()  # a graph of its own: the head and sampler below are shared with decode
-        out = self._sample(hidden, list(sampling) + [GREEDY] * (N - len(lens)), counters, before,
+        row_slots = list(slots) + [self.max_num_seqs] * (N - len(lens))
+        out = self._sample(hidden, list(sampling) + [GREEDY] * (N - len(lens)), counters, row_slots, before,
                            f"prefill of {len(lens)} prompt(s), {sum(lens)} tokens")
+        if scored is not None:
+            out.prompt = read_prompt_logprobs(*scored, lens)
         return out.first(len(lens))
 
     def decode(self, slots: Sequence[int], last_tokens: Sequence[int], positions: Sequence[int],
@@ -177,18 +194,20 @@ class XlaRunner:
         hidden = self._decode_fn(self.model, ints, self.kv_caches, self.inv_freq, B, span,
                                  self.max_model_len)
         self._xla.sync()
-        out = self._sample(hidden, rows, counters, before, f"decode of batch {len(slots)}")
+        out = self._sample(hidden, rows, counters, list(range(B)), before, f"decode of batch {len(slots)}")
         return out.select(slots)
 
-    def _sample(self, hidden, rows: Sequence[SamplingRow], counters: list[int], before, what) -> StepResult:
-        """Head and sampler over `hidden` (n, hidden_size): one graph per (n, variant), the same
-        for prefill and decode (every input is a device tensor of its own)."""
+    def _sample(self, hidden, rows: Sequence[SamplingRow], counters: list[int], row_slots: list[int],
+                before, what) -> StepResult:
+        """Head and sampler over `hidden` (n, hidden_size), each row the sequence of slot
+        `row_slots[i]`: one graph per (n, variant), the same for prefill and decode (every input
+        is a device tensor of its own)."""
         n = len(counters)
         floats, ints = self._sampling(rows, n)
-        counters = self._to_device(counters)
+        counters = self._to_device([counters, row_slots])
         random = any(r.temperature > 0 for r in rows)
         want = max(r.num_logprobs for r in rows)
-        tokens, lps, top = self._head_fn(self.model, hidden, floats, ints, counters, random,
+        tokens, lps, top = self._head_fn(self.model, hidden, floats, ints, counters, self.penalty_state, random,
                                          MAX_LOGPROBS if want else 0)
         if top is not None:
             tokens, lps, *top = self._xla_fetch(tokens, lps, *top)
@@ -202,10 +221,11 @@ class XlaRunner:
         return [t.cpu() for t in tensors]
 
     # ---- warm-up --------------------------------------------------------------------------
-    def warmup(self, plan: ShapePlan, variants: Sequence[SamplingRow], progress=None) -> CompileStats:
+    def warmup(self, plan: ShapePlan, variants: Sequence[SamplingRow], progress=None,
+               prompt_logprobs: bool = False) -> CompileStats:
         """Compile the plan's shapes, with inputs built as real ones are; then arm the guard."""
         t0 = time.perf_counter()
-        run_warmup(self, plan, variants, progress)
+        run_warmup(self, plan, variants, progress, prompt_logprobs)
         self.guard.arm()
         log.info("warm-up compiled %d graphs in %.1fs", self.guard.warmup.compiles, time.perf_counter() - t0)
         return self.guard.warmup

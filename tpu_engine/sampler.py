@@ -22,6 +22,9 @@ class SamplingRow:
     top_p: float
     seed: int           # 32-bit
     num_logprobs: int   # top alternatives wanted (0: only the chosen token's)
+    presence_penalty: float = 0.0     # vLLM's penalties: 0, 0 and 1 are off
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
 
 
 def _hash32(x: torch.Tensor) -> torch.Tensor:
@@ -42,16 +45,28 @@ def uniform_noise(seeds: torch.Tensor, counters: torch.Tensor, n: int) -> torch.
     return ((h >> 8).float() + 0.5) * (1.0 / (1 << 24))
 
 
+def apply_penalties(logits: torch.Tensor, counts: torch.Tensor, in_prompt: torch.Tensor,
+                    presence: torch.Tensor, frequency: torch.Tensor, repetition: torch.Tensor) -> torch.Tensor:
+    """vLLM's penalties from each row's token counts: repetition on every token seen in the
+    prompt or the output (a positive logit divided by it, a negative one multiplied), then
+    frequency times the output count and presence once per output token seen. logits (B, V);
+    counts (B, V) int; in_prompt (B, V) bool; the penalties (B,). Neutral values change nothing."""
+    out_seen = counts > 0
+    rep = repetition.unsqueeze(1)
+    logits = torch.where(in_prompt | out_seen, torch.where(logits > 0, logits / rep, logits * rep), logits)
+    return logits - frequency.unsqueeze(1) * counts.to(logits.dtype) - presence.unsqueeze(1) * out_seen.to(logits.dtype)
+
+
 def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
            top_p: torch.Tensor, seeds: torch.Tensor, counters: torch.Tensor,
-           random: bool, num_logprobs: int):
+           random: bool, num_logprobs: int, raw_logits: torch.Tensor | None = None):
     """logits: (B, V) float32. temperature/top_p: (B,) float; top_k: (B,) int (V = off);
     seeds/counters: (B,) int64. Rows with temperature 0 are greedy.
 
     Returns (token ids (B,), their logprobs (B,), and with num_logprobs = n > 0: top ids (B, n),
     top logprobs (B, n), the chosen tokens' ranks (B,)); logprobs are of the unmodified model
-    distribution, as vLLM reports."""
-    logprobs = torch.log_softmax(logits, dim=-1)
+    distribution (`raw_logits`, before penalties, when given), as vLLM reports."""
+    logprobs = torch.log_softmax(logits if raw_logits is None else raw_logits, dim=-1)
     greedy = torch.argmax(logits, dim=-1)
     if random:
         # Sort once; top-k and top-p are both cut-offs on the sorted order.

@@ -14,11 +14,12 @@ from typing import Sequence
 
 import numpy as np
 
-from ..backend import GREEDY, SamplingInputs, StepResult, decode_rows, prefill_rows, read_back, release_freed_memory
+from ..backend import (GREEDY, SamplingInputs, StepResult, decode_rows, prefill_rows, read_back, read_prompt_logprobs,
+                       release_freed_memory)
 from ..buckets import Buckets
 from ..compile import CompileGuard, CompileStats
 from ..config import ModelConfig
-from ..graphs import pack_prompts
+from ..graphs import next_prompt_tokens, pack_prompts
 from ..info import DeviceInfo
 from ..model import rope_inv_freq
 from ..sampler import MAX_LOGPROBS, SamplingRow
@@ -86,9 +87,14 @@ class JaxRunner:
         shape = (self.scratch_row + 1, self.cfg.num_key_value_heads, self.cfg.head_dim)
         self.kv_caches = [(self.place.kv_cache(shape, self.jdtype), self.place.kv_cache(shape, self.jdtype))
                           for _ in range(self.cfg.num_hidden_layers)]
+        # Each slot's output token counts and prompt tokens (row S: the scratch slot), for the
+        # penalties; updated by the prefill and sampler executables (donated, in place).
+        vocab_rows = (max_num_seqs + 1, self.cfg.vocab_size)
+        self.penalty_state = (self.place.input(np.zeros(vocab_rows, dtype=np.int32)),
+                              self.place.input(np.zeros(vocab_rows, dtype=bool)))
         store = ProgramStore(self.cache_dir, context(self.cfg, dtype), self.place.devices) \
             if self.cache_dir else None
-        self._prefill_fn, self._gather_fn, self._decode_fn, self._head_fn = (
+        self._prefill_fn, self._gather_fn, self._decode_fn, self._head_fn, self._prompt_fn = (
             StepProgram(fn.__name__, fn, store) for fn in compile_steps(self.cfg, self.place.constrain))
         self.guard = CompileGuard(strict=strict_compiles, stats=jcompile.compile_stats,
                                   hint="run with JAX_LOG_COMPILES=1 to see which function and shapes")
@@ -131,19 +137,27 @@ class JaxRunner:
 
     # ---- steps ----------------------------------------------------------------------------
     def prefill(self, slots: Sequence[int], prompts: Sequence[Sequence[int]],
-                sampling: Sequence[SamplingRow]) -> StepResult:
-        """Run the prompts, packed, into their slots and sample each one's first token."""
+                sampling: Sequence[SamplingRow], prompt_logprobs: bool = False) -> StepResult:
+        """Run the prompts, packed, into their slots and sample each one's first token; with
+        `prompt_logprobs`, also score every prompt token (the prompt_head executable of this T)."""
         lens = [len(p) for p in prompts]
         T, N = self.buckets.prefill_batch_shape(lens)
         before = jcompile.compile_stats()
         ints = self._ints(pack_prompts(slots, [list(p) for p in prompts], T, self.max_model_len,
                                        self.scratch_row))
-        hidden, self.kv_caches = self._prefill_fn(self.params, ints, self.kv_caches, self.inv_freq,
-                                                  cache_len=self.max_model_len)
+        hidden, self.kv_caches, self.penalty_state = self._prefill_fn(
+            self.params, ints, self.kv_caches, self.penalty_state, self.inv_freq, cache_len=self.max_model_len)
+        scored = None
+        if prompt_logprobs:
+            scored = self._jax.device_get(self._prompt_fn(self.params, hidden, self._ints(
+                next_prompt_tokens(prompts, T)), num_logprobs=MAX_LOGPROBS))
         last, counters = prefill_rows(lens, N)
         hidden = self._gather_fn(hidden, self._ints(last))
-        out = self._sample(hidden, list(sampling) + [GREEDY] * (N - len(lens)), counters, before,
+        row_slots = list(slots) + [self.max_num_seqs] * (N - len(lens))
+        out = self._sample(hidden, list(sampling) + [GREEDY] * (N - len(lens)), counters, row_slots, before,
                            f"prefill of {len(lens)} prompt(s), {sum(lens)} tokens")
+        if scored is not None:
+            out.prompt = read_prompt_logprobs(*scored, lens)
         return out.first(len(lens))
 
     def decode(self, slots: Sequence[int], last_tokens: Sequence[int], positions: Sequence[int],
@@ -154,25 +168,27 @@ class JaxRunner:
         tok, pos, rows, counters = decode_rows(B, slots, last_tokens, positions, sampling)
         hidden, self.kv_caches = self._decode_fn(self.params, self._ints([tok, pos]), self.kv_caches,
                                                  self.inv_freq, span=span, cache_len=self.max_model_len)
-        out = self._sample(hidden, rows, counters, before, f"decode of batch {len(slots)}")
+        out = self._sample(hidden, rows, counters, list(range(B)), before, f"decode of batch {len(slots)}")
         return out.select(slots)
 
-    def _sample(self, hidden, rows: Sequence[SamplingRow], counters: list[int], before, what) -> StepResult:
+    def _sample(self, hidden, rows: Sequence[SamplingRow], counters: list[int], row_slots: list[int],
+                before, what) -> StepResult:
         n = len(counters)
         floats, ints = self._sampling(rows, n)
-        counters = self.place.input(np.asarray(counters, dtype=np.uint32))
+        counters = self.place.input(np.asarray([counters, row_slots], dtype=np.uint32))
         want = max(r.num_logprobs for r in rows)
-        tokens, lps, top = self._head_fn(self.params, hidden, floats, ints, counters,
-                                         random=any(r.temperature > 0 for r in rows),
-                                         num_logprobs=MAX_LOGPROBS if want else 0)
+        (tokens, lps, top), self.penalty_state = self._head_fn(
+            self.params, hidden, floats, ints, counters, self.penalty_state,
+            random=any(r.temperature > 0 for r in rows), num_logprobs=MAX_LOGPROBS if want else 0)
         tokens, lps, top = self._jax.device_get((tokens, lps, top))  # the step's one read-back
         return read_back(tokens, lps, top, rows, self.guard.check(before, what))
 
     # ---- warm-up --------------------------------------------------------------------------
-    def warmup(self, plan: ShapePlan, variants: Sequence[SamplingRow], progress=None) -> CompileStats:
+    def warmup(self, plan: ShapePlan, variants: Sequence[SamplingRow], progress=None,
+               prompt_logprobs: bool = False) -> CompileStats:
         """Compile the plan's shapes, with inputs built as real ones are; then arm the guard."""
         t0 = time.perf_counter()
-        run_warmup(self, plan, variants, progress)
+        run_warmup(self, plan, variants, progress, prompt_logprobs)
         self.guard.arm()
         log.info("warm-up compiled %d executables in %.1fs", self.guard.warmup.compiles,
                  time.perf_counter() - t0)
