@@ -26,7 +26,7 @@ from tests.servers import JAX, Server, wait_until
 KEY = "sk-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 ARGS = ["--max-model-len", "16", "--max-num-seqs", "1", *JAX, "--api-key", KEY,
-        "--max-waiting-queue-length", "4", "--max-request-bytes", "2000000"]
+        "--max-waiting-queue-length", "4", "--max-request-bytes", "2000000", "--enable-prompt-logprobs"]
 LIMIT_STEPS, LIMIT_S = 6, 4
 
 
@@ -243,6 +243,30 @@ def test_metrics_have_vllms_cache_step_and_preemption_series(server):
     assert _metric(server, "vllm:time_per_output_token_seconds_count") == \
         _metric(server, "vllm:inter_token_latency_seconds_count") > 0
     assert 0 <= _metric(server, "vllm:kv_cache_usage_perc") <= 1
+
+
+def test_lm_evals_loglikelihood_request_scores_the_prompt(server):
+    """lm-eval's multiple-choice requests (echo, logprobs=1, max_tokens=1, token-id prompts)
+    through the openai client: the prompt's tokens lead the logprob lists (None first), and a
+    continuation's logprob in the echoed prompt equals the sampler's logprob when the same
+    token is generated greedily."""
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0, timeout=120)
+    context = [1, 40, 41, 42]
+    gen = client.completions.create(model="tpu-engine/tiny-llama", prompt=context, max_tokens=1, temperature=0,
+                                    logprobs=1)
+    greedy = gen.choices[0].model_extra["token_ids"][0]
+    generated_lp = gen.choices[0].logprobs.token_logprobs[0]
+    out = client.completions.create(model="tpu-engine/tiny-llama", prompt=[context + [greedy], context + [7]],
+                                    max_tokens=1, temperature=0, logprobs=1, echo=True)
+    for choice, last in zip(out.choices, (greedy, 7)):
+        lp = choice.logprobs
+        assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(context) + 2
+        assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+        assert all(isinstance(x, float) for x in lp.token_logprobs[1:])
+        assert choice.model_extra["prompt_token_ids"] == context + [last]
+    scored, top = out.choices[0].logprobs.token_logprobs[len(context)], out.choices[0].logprobs.top_logprobs[len(context)]
+    assert abs(scored - generated_lp) < 1e-4 and abs(max(top.values()) - scored) < 1e-6   # lm-eval's is_greedy
+    assert out.choices[1].logprobs.token_logprobs[len(context)] <= scored
 
 
 # ---- the profiling routes: same origin, bounded, no paths -------------------------------------

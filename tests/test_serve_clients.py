@@ -202,8 +202,8 @@ _BAD_CHATS = [
     ("content not text", {"messages": [{"role": "user", "content": {"a": 1}}]}, "messages[0] content must be"),
     ("image part", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
      "content parts other than text"),
-    ("penalty", {"messages": [{"role": "user", "content": "x"}], "presence_penalty": 0.5},
-     "presence_penalty=0.5 is not supported by this server (penalties are not applied on device)"),
+    ("penalty out of range", {"messages": [{"role": "user", "content": "x"}], "presence_penalty": 2.5},
+     "presence_penalty 2.5 must be a number from -2 to 2"),
     ("logprobs not a bool", {"messages": [{"role": "user", "content": "x"}], "logprobs": 3}, "logprobs must be true or false"),
     ("too long", {"messages": [{"role": "user", "content": "x " * 80}]}, "exceeds max_model_len"),
 ]
@@ -274,11 +274,17 @@ def test_metrics_parse_and_count_what_was_sent(server, client):
     assert _value(after, "vllm:num_requests_running") == 0 == _value(after, "vllm:num_requests_waiting")
 
 
-def test_unsupported_fields_are_refused_plainly(server):
-    for field, value in (("frequency_penalty", 0.3), ("repetition_penalty", 1.2), ("prompt_logprobs", 1)):
+def test_unsupported_fields_are_refused_plainly_and_penalties_served(server, client):
+    for field, value in (("best_of", 2), ("min_p", 0.1), ("logit_bias", {"5": 1})):
         r = httpx.post(f"{server.url}/v1/completions", timeout=600,
                        json={"prompt": [1, 2], "max_tokens": 2, field: value})
         assert r.status_code == 400 and json.loads(r.text)["error"]["message"].startswith(f"{field}={value!r} is not supported")
+    # this server was started without --enable-prompt-logprobs: echo with logprobs is refused, saying so
+    with pytest.raises(openai.BadRequestError, match="start it with enable_prompt_logprobs=True .*--enable-prompt-logprobs"):
+        client.completions.create(model=ALIAS, prompt=[1, 2, 3], max_tokens=1, logprobs=1, echo=True)
+    out = client.completions.create(model=ALIAS, prompt=[1, 2, 3], max_tokens=4, temperature=0, presence_penalty=1.0,
+                                    frequency_penalty=0.5, extra_body={"repetition_penalty": 1.3, "ignore_eos": True})
+    assert len(out.choices[0].model_extra["token_ids"]) == 4
 
 
 @pytest.mark.parametrize("mode", [("--prompt-kind", "text"), ("--backend", "openai-chat")], ids=["text", "chat"])

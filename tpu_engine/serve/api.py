@@ -223,7 +223,8 @@ class OpenAIServer:
         if text.stopped is not None:
             finish, stop = "stop", text.stopped.reason
         logprobs = completion.logprobs[sent:end] if completion.logprobs is not None else []
-        return Delta(k, i, completion.token_ids[sent:end], logprobs, piece, finish, stop)
+        return Delta(k, i, completion.token_ids[sent:end], logprobs, piece, finish, stop,
+                     out.prompt_logprobs if sent == 0 else None)
 
     async def _stream(self, request_id: str, req: CompletionRequest, fmt: CompletionFormat):
         created, started, tokens = int(time.time()), set(), 0

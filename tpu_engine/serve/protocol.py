@@ -30,6 +30,7 @@ class CompletionRequest:
     n: int = 1                      # samples per prompt
     stop: list[str] = dataclasses.field(default_factory=list)
     include_stop: bool = False      # include_stop_str_in_output
+    show_prompt_logprobs: bool = False  # vLLM's `prompt_logprobs` field in each choice
 
     def sample_params(self, j: int) -> SamplingParams:
         """Sample j's params: with a seed, sample j uses seed + j (as vLLM does), so sample 0
@@ -42,22 +43,18 @@ class CompletionRequest:
 # Fields this engine cannot honour: a request that sets them to anything but their neutral
 # value is refused rather than silently served differently.
 _NEUTRAL = {"best_of": 1, "suffix": None, "logit_bias": None, "min_tokens": 0, "min_p": 0,
-            "prompt_logprobs": None, "presence_penalty": 0, "frequency_penalty": 0,
-            "repetition_penalty": 1, "response_format": {"type": "text"}, "tools": None, "tool_choice": "none",
+            "response_format": {"type": "text"}, "tools": None, "tool_choice": "none",
             "functions": None, "function_call": None, "guided_json": None, "guided_regex": None,
             "guided_choice": None, "guided_grammar": None, "structured_outputs": None}
 _STRUCTURED = "structured output is not implemented, so the text would not follow it"
 _TOOLS = "tool calling is not implemented, so no tool call would be made"
 _WHY = {**{k: _STRUCTURED for k in ("response_format", "guided_json", "guided_regex", "guided_choice",
                                     "guided_grammar", "structured_outputs")},
-        **{k: _TOOLS for k in ("tools", "tool_choice", "functions", "function_call")},
-        "prompt_logprobs": "prompt logprobs would need compiled graphs this engine does not have",
-        "presence_penalty": "penalties are not applied on device",
-        "frequency_penalty": "penalties are not applied on device",
-        "repetition_penalty": "penalties are not applied on device"}
+        **{k: _TOOLS for k in ("tools", "tool_choice", "functions", "function_call")}}
 
-_NUMBERS = {"temperature": 1.0, "top_p": 1.0}
-_INTEGERS = {"max_tokens": 16, "top_k": -1, "logprobs": None, "seed": None, "n": 1}
+_NUMBERS = {"temperature": 1.0, "top_p": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+            "repetition_penalty": 1.0}   # (the penalties' ranges are SamplingParams')
+_INTEGERS = {"max_tokens": 16, "top_k": -1, "logprobs": None, "seed": None, "n": 1, "prompt_logprobs": None}
 # The integers' ranges, checked where they are parsed: (lowest, highest, what is expected). A
 # seed of any size is hashed to 32 bits and a top_k of the vocabulary or more means "off"
 # (engine.py), so neither reaches a tensor as sent and neither has an upper bound here.
@@ -65,6 +62,7 @@ _RANGES = {"max_tokens": (1, INT32_MAX, "an integer from 1 to 2147483647"),
            "top_k": (-1, math.inf, "-1 or 0 (off) or a positive integer"),
            "logprobs": (0, MAX_LOGPROBS, f"an integer from 0 to {MAX_LOGPROBS}"),
            "top_logprobs": (0, MAX_LOGPROBS, f"an integer from 0 to {MAX_LOGPROBS}"),
+           "prompt_logprobs": (0, MAX_LOGPROBS, f"an integer from 0 to {MAX_LOGPROBS}"),
            "n": (1, MAX_N, f"an integer from 1 to {MAX_N}")}
 _BOOLS = {"stream": False, "ignore_eos": False, "echo": False, "include_stop_str_in_output": False}
 
@@ -157,11 +155,14 @@ def _stop(stop: Any) -> list[str]:
     return check_stops(items)
 
 
-def _params(values: dict, logprobs: int | None) -> SamplingParams:
+def _params(values: dict, logprobs: int | None, prompt_logprobs: int | None = None) -> SamplingParams:
     try:
         return SamplingParams(temperature=values["temperature"], top_p=values["top_p"], top_k=values["top_k"],
                               max_tokens=values["max_tokens"], ignore_eos=values["ignore_eos"],
-                              logprobs=logprobs, seed=values["seed"], stop_token_ids=values["stop_token_ids"])
+                              logprobs=logprobs, seed=values["seed"], stop_token_ids=values["stop_token_ids"],
+                              presence_penalty=values["presence_penalty"],
+                              frequency_penalty=values["frequency_penalty"],
+                              repetition_penalty=values["repetition_penalty"], prompt_logprobs=prompt_logprobs)
     except ValueError as e:
         raise RequestError(str(e)) from None
 
@@ -179,12 +180,15 @@ def parse_completion(body: Any, served: list[str], tokenizer) -> CompletionReque
     values = _fields(body, _INTEGERS)
     if "prompt" not in body:
         raise RequestError("the request has no 'prompt'.")
-    if values["echo"] and values["logprobs"] is not None:
-        raise RequestError("echo with logprobs is not supported (prompt logprobs would need compiled "
-                           "graphs this engine does not have); drop one of them.")
+    # echo with logprobs scores the prompt too (lm-eval's loglikelihood), as vLLM does
+    scored = values["prompt_logprobs"]
+    if values["echo"] and values["logprobs"] is not None and scored is None:
+        scored = values["logprobs"]
     prompts, texts = _prompts(body["prompt"], tokenizer, values["n"])
     values["has_tokenizer"] = tokenizer is not None
-    return _request(prompts, texts, values, _params(values, values["logprobs"]), model, values["echo"])
+    req = _request(prompts, texts, values, _params(values, values["logprobs"], scored), model, values["echo"])
+    req.show_prompt_logprobs = values["prompt_logprobs"] is not None
+    return req
 
 
 def parse_chat(body: Any, served: list[str], tokenizer, max_model_len: int) -> CompletionRequest:
@@ -200,6 +204,8 @@ def parse_chat(body: Any, served: list[str], tokenizer, max_model_len: int) -> C
         if body.get("max_completion_tokens") is not None and str(e).startswith("max_tokens "):
             raise RequestError("max_completion_tokens" + str(e)[len("max_tokens"):]) from None
         raise
+    if body.get("prompt_logprobs") is not None:
+        raise RequestError("prompt_logprobs is not supported for chat completions; use /v1/completions.")
     logprobs = body.get("logprobs")
     if logprobs is not None and not isinstance(logprobs, bool):
         raise RequestError(f"logprobs must be true or false for chat completions, not {show(logprobs)}.")
