@@ -201,7 +201,8 @@ def _serve(*args, env=None):
                           cwd=ROOT, timeout=120, env={**os.environ, "PJRT_DEVICE": "CPU", **(env or {})})
 
 
-@pytest.mark.parametrize("case", ["port in use", "bad config", "unwritable capture dir", "bad flag value"])
+@pytest.mark.parametrize("case", ["port in use", "bad config", "unwritable capture dir", "bad flag value",
+                                  "bad tracer level", "unbounded capture", "bad queue length"])
 def test_bad_server_settings_exit_2_with_one_line_before_loading(tmp_path, case):
     env, args, sock = {}, [], None
     if case == "port in use":
@@ -218,6 +219,14 @@ def test_bad_server_settings_exit_2_with_one_line_before_loading(tmp_path, case)
         (tmp_path / "file").write_text("")
         env = {"VLLM_TORCH_PROFILER_DIR": str(tmp_path / "file")}
         expected = "exists and is not a directory"
+    elif case == "bad tracer level":   # accepted at start once, then every /start_profile was a 500
+        env = {"VLLM_TORCH_PROFILER_DIR": str(tmp_path / "xla"), "TPU_PROFILER_HOST_TRACER_LEVEL": "9"}
+        args, expected = ["--backend", "jax"], "TPU_PROFILER_HOST_TRACER_LEVEL='9' must be a tracer level"
+    elif case == "unbounded capture":
+        env = {"VLLM_TORCH_PROFILER_DIR": str(tmp_path / "xla"), "VLLM_PROFILER_MAX_ITERS": "0"}
+        expected = "VLLM_PROFILER_MAX_ITERS='0' must be a whole number from 1 to 999999999 (a capture is always bounded)"
+    elif case == "bad queue length":
+        args, expected = ["--max-waiting-queue-length", "0"], "--max-waiting-queue-length 0 must be a positive integer"
     else:
         args = ["--max-model-len", "0"]
         expected = "max_model_len 0 must be a positive integer"
