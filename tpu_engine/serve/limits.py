@@ -22,7 +22,7 @@ MAX_DEPTH = 32            # request bodies nest a few levels; deeper is hostile
 MAX_STOP = 64
 MAX_STOP_CHARS = 256
 MAX_CHOICES = 256         # prompts x n in one request (each is an engine request of its own)
-DEFAULT_MAX_BODY_BYTES = 8 << 20
+DEFAULT_MAX_BODY_BYTES = 4 << 20   # a 4 MiB text prompt takes ~5 s of one core to tokenize
 DEFAULT_MAX_WAITING = 1024
 
 
