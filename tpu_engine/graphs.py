@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from .model import CausalLM
-from .sampler import apply_penalties, sample
+from .sampler import apply_penalties, count_tokens, reset_penalty_rows, sample
 
 
 def donate_kv_cache(kv_caches) -> None:
@@ -38,12 +38,9 @@ def prefill_forward(model: CausalLM, ints, kv_caches, inv_freq, T: int, cache_le
     donate_kv_cache(kv_caches)
     tokens, pos, seq, rows = ints[0], ints[1], ints[2], ints[3]
     if penalty_state is not None:
-        counts, in_prompt = penalty_state
         donate_kv_cache([penalty_state])
-        slot = torch.div(rows, cache_len, rounding_mode="floor")
-        counts.index_fill_(0, slot, 0)
-        in_prompt.index_fill_(0, slot, False)
-        in_prompt.index_put_((slot, tokens), torch.ones_like(tokens, dtype=torch.bool))
+        with model.scope("sampler"):
+            reset_penalty_rows(*penalty_state, torch.div(rows, cache_len, rounding_mode="floor"), tokens)
     same_seq = seq.unsqueeze(0) == seq.unsqueeze(1)          # (Tq, Tk)
     causal = pos.unsqueeze(0) <= pos.unsqueeze(1)            # key position <= query position
     hidden = model.hidden(tokens.unsqueeze(0), pos.unsqueeze(0), kv_caches, rows,
@@ -79,11 +76,10 @@ def head_and_sample(model: CausalLM, hidden, floats, ints, counters, penalty_sta
     slots = counters[1]
     raw = model.logits(hidden)
     with model.scope("sampler"):
-        logits = apply_penalties(raw, counts.index_select(0, slots), in_prompt.index_select(0, slots),
-                                 floats[:, 2], floats[:, 3], floats[:, 4])
+        logits = apply_penalties(raw, counts, in_prompt, slots, floats[:, 2], floats[:, 3], floats[:, 4])
         out = sample(logits, floats[:, 0], ints[:, 0], floats[:, 1], ints[:, 1], counters[0],
                      random=random, num_logprobs=num_logprobs, raw_logits=raw)
-        counts.index_put_((slots, out[0]), torch.ones_like(slots, dtype=counts.dtype), accumulate=True)
+        count_tokens(counts, slots, out[0])
     return out
 
 

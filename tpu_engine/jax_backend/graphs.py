@@ -32,10 +32,11 @@ def _prefill_forward(cfg: ModelConfig, constrain, params, ints, kv_caches, penal
     mask = (seq[None, :] == seq[:, None]) & (pos[None, :] <= pos[:, None])  # (Tq, Tk)
     x, caches = model.hidden(cfg, params, tokens[None], pos[None], kv_caches, rows, mask[None],
                              cache_len, None, inv_freq)
-    counts, in_prompt = penalty_state
-    slot = rows // cache_len
-    counts = counts.at[slot].set(0)
-    in_prompt = in_prompt.at[slot].set(False).at[slot, tokens].set(True)
+    with jax.named_scope("sampler"):  # the penalties' bookkeeping: each prefilled slot starts afresh
+        counts, in_prompt = penalty_state
+        slot = rows // cache_len
+        counts = counts.at[slot].set(0)
+        in_prompt = in_prompt.at[slot].set(False).at[slot, tokens].set(True)
     return x[0], constrain(caches), (counts, in_prompt)
 
 
