@@ -11,11 +11,12 @@ import argparse
 import os
 import sys
 
+from tpu_engine.backends import registry
+from tpu_engine.cli import PROFILER_PORT
 from tpu_engine.cli import run_cli
 from tpu_engine.paths import writable_dir
 
 from .capture import cli as capture_cli
-from .capture.xla_profiler import DEFAULT_PORT
 
 
 def count(least: int):
@@ -49,7 +50,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     sub = p.add_subparsers(dest="command", required=True)
     c = capture_cli.add_arguments(sub.add_parser("capture", help="capture XLA profiles (scripts/profiling.py)"))
     s = sub.add_parser("summarize", help="tables for one capture (the newest run of a profile dir)")
-    s.add_argument("path", help="a run dir, a run's name, a profile dir (newest run) or an .xplane.pb")
+    s.add_argument("path", help="a run dir, a run's name, a profile dir (newest run) or a capture file "
+                                "(.xplane.pb, .trace.json[.gz], from any engine)")
     s.add_argument("--csv", metavar="BASE", help="write <BASE>_<phase>_model_table.csv, _summary_table.csv, _top_ops.csv")
     s.add_argument("--json", metavar="FILE", help="context and every table as JSON")
     s.add_argument("--chrome-trace", metavar="FILE", help="Chrome trace (.json or .json.gz) for Perfetto")
@@ -57,13 +59,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     s.add_argument("--top", type=count(1), default=15, help="rows of the top-ops table (default 15)")
     s.add_argument("--detail", action="store_true", help="show every module scope, not only layers")
     m = sub.add_parser("compare", help="deltas between two captures, B against A")
-    m.add_argument("a", help="what summarize takes: a run dir, a run's name, a profile dir or an .xplane.pb")
+    m.add_argument("a", help="what summarize takes: a run dir, a run's name, a profile dir or a capture file")
     m.add_argument("b", help="the same, compared against A")
     m.add_argument("--top", type=count(1), default=15, help="rows per table (default 15)")
     d = sub.add_parser("doctor", help="check versions, the profile plugin, the port and the profile dir")
-    d.add_argument("--profiler-port", type=int, default=DEFAULT_PORT)  # a bad one is a FAIL of its check
+    d.add_argument("--profiler-port", type=int, default=PROFILER_PORT)  # a bad one is a FAIL of its check
     d.add_argument("--profile-result-dir", type=dir_path, default="profiles")
-    d.add_argument("--backend", default="torch_xla", choices=["torch_xla", "jax"], help="the backend to check")
+    d.add_argument("--backend", default=registry.DEFAULT, choices=registry.names(), help="the backend to check")
     sv = sub.add_parser("service", help="the service profiler's recorded spans")
     svsub = sv.add_subparsers(dest="service_command", metavar="{parse}", required=True)
     sp = svsub.add_parser("parse", help="events.jsonl files -> chrome_tracing.json, profiler.db, CSV tables")

@@ -8,29 +8,14 @@ import glob
 import importlib.metadata
 import os
 
-from .capture.xla_profiler import DEFAULT_PORT, check_port_free
-from .runs.record import version_of
+from tpu_engine.backends import registry
+from tpu_engine.backends.registry import version_of
+from tpu_engine.cli import PROFILER_PORT, check_profiler_port
 
 
-def check_versions(backend: str = "torch_xla") -> tuple[bool, str]:
-    if backend == "jax":
-        return check_jax_versions()
-    torch, xla = version_of("torch"), version_of("torch_xla")
-    if torch is None or xla is None:
-        return False, f"torch {torch or 'missing'}, torch_xla {xla or 'missing'}: install both (pip install -e .)."
-    if torch.split("+")[0].rsplit(".", 1)[0] != xla.split("+")[0].rsplit(".", 1)[0]:
-        return False, f"torch {torch} and torch_xla {xla} do not match; torch_xla needs the same torch release."
-    return True, f"torch {torch} and torch_xla {xla} match."
-
-
-def check_jax_versions() -> tuple[bool, str]:
-    """jax and jaxlib are released together; a jaxlib older than jax does not load."""
-    jax, jaxlib = version_of("jax"), version_of("jaxlib")
-    if jax is None or jaxlib is None:
-        return False, f"jax {jax or 'missing'}, jaxlib {jaxlib or 'missing'}: install both (pip install -e .)."
-    if jax.split("+")[0] != jaxlib.split("+")[0]:
-        return False, f"jax {jax} and jaxlib {jaxlib} differ; install the jaxlib of the same release."
-    return True, f"jax {jax} and jaxlib {jaxlib} match."
+def check_versions(backend: str = registry.DEFAULT) -> tuple[bool, str]:
+    """The backend's packages are installed and match (torch and torch_xla, jax and jaxlib)."""
+    return registry.get(backend).check_install()
 
 
 def check_profile_plugin() -> tuple[bool, str]:
@@ -50,7 +35,7 @@ def check_profile_plugin() -> tuple[bool, str]:
 
 def check_port(port: int) -> tuple[bool, str]:
     try:
-        check_port_free(port)
+        check_profiler_port(port)
     except ValueError as e:
         return False, str(e)
     return True, f"profiler port {port} is free."
@@ -99,7 +84,7 @@ def check_server_plugin() -> tuple[bool, str]:
     return True, "the server's profiling plugin is registered (/start_profile, /stop_profile, service profiler)."
 
 
-def run(port: int = DEFAULT_PORT, profile_dir: str = "profiles", backend: str = "torch_xla") -> int:
+def run(port: int = PROFILER_PORT, profile_dir: str = "profiles", backend: str = registry.DEFAULT) -> int:
     checks = [("versions", check_versions(backend)), ("profile plugin", check_profile_plugin()),
               ("server plugin", check_server_plugin()),
               ("port", check_port(port)), ("staging", check_staging(profile_dir)),

@@ -26,15 +26,16 @@ def check(args) -> None:
         profiler_for(args.backend)
     from .service.config import read_config
     from .service.install import check_config
-    from .service.symbols import SYMBOLS_ENV
+    from .service.symbols import DEFAULT_SYMBOLS, SYMBOLS_ENV, check_names, load_symbols
     config_path = check_config()
     if config_path is None:
         return
-    store.check_creatable_dir(read_config(config_path)["output_dir"],
+    store.check_creatable_dir(read_config(config_path).output_dir,
                               f"the service profiler's output_dir (set in {config_path})")
     symbols = os.environ.get(SYMBOLS_ENV, "").strip()
     if symbols and not os.path.exists(symbols):  # the default symbols get copied there
         store.check_creatable_dir(os.path.dirname(os.path.abspath(symbols)), f"the directory of {SYMBOLS_ENV}")
+    check_names(load_symbols(symbols if symbols and os.path.exists(symbols) else DEFAULT_SYMBOLS)[0])
 
 
 def setup(server, args):

@@ -116,6 +116,6 @@ class ProfileRoutes:
         for problem in done.problems:
             print(f"warning: {problem}", file=sys.stderr, flush=True)
         return {"status": "saved", "run": os.path.relpath(done.run_dir, self.live.root), "bytes": v.bytes,
-                "steps": v.steps, "num_steps": v.num_steps, "duration_s": stopped.closed_at - stopped.opened_at,
+                "steps": v.steps, "num_steps": v.num_steps, "duration_s": stopped.window.closed_at - stopped.window.opened_at,
                 "stopped_by": f"limit: {stopped.stopped_by}" if stopped.stopped_by else "request",
                 "problems": [p.replace(self.live.root, DIR_ENV) for p in done.problems]}

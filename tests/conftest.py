@@ -1,10 +1,36 @@
 import os
 
 os.environ.setdefault("PJRT_DEVICE", "CPU")
+# Subprocesses (scripts/*.py, servers, CLIs) import this checkout, not whatever copy of the
+# package is installed: the suite tests the code beside it.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join([_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
 import pytest  # noqa: E402
 
 from tests.models import make_hf_model  # noqa: E402
+from tpu_engine.backends import registry  # noqa: E402
+
+MARKERS = {
+    "slow": "builds an engine, a capture or a server (the fast subset is -m 'not slow')",
+    "server": "starts the OpenAI server",
+    "e2e": "drives TensorBoard in a real browser",
+}
+# Tests that use one of these session captures build an engine and profile it: slow.
+CAPTURES = {"prefill_capture", "decode_capture", "env_capture", "all_capture", "all_analysis"}
+
+
+def pytest_configure(config):
+    for name, what in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {what}")
+    for name in registry.names():
+        config.addinivalue_line("markers", f"{name}: runs the {name} backend")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if CAPTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

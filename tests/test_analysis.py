@@ -22,6 +22,8 @@ from profiling.trace import xspace
 from profiling.trace.xprof import xprof_tool
 from tests.captures import proc_output, profiling_cli
 
+pytestmark = pytest.mark.slow
+
 TESTDATA = "/work/shared/testdata"
 TPU_XPLANE = os.path.join(TESTDATA, "tpu_v6e4_jax_xprof_tpu_inference_2.xplane.pb")
 

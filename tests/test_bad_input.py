@@ -13,6 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from tpu_engine import LLM, SamplingParams
 
+pytestmark = pytest.mark.slow
+
 VOCAB = 512
 KW = dict(max_model_len=128, max_num_seqs=4)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

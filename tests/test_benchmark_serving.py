@@ -11,6 +11,8 @@ import pytest
 from profiling.table import number_ranges
 from tests.servers import JAX, SMALL, Server
 
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "scripts", "benchmark_serving.py")
 ENV = {**os.environ, "PJRT_DEVICE": "CPU"}

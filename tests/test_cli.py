@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "scripts", "benchmark_latency.py")
 SMALL = ["--input-len", "8", "--output-len", "4", "--batch-size", "2", "--num-iters", "2",

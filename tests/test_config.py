@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tpu_engine.config import REGISTRY, ModelConfig, config_from_hf
-from tpu_engine.model import rope_inv_freq
+from tpu_engine.rope import rope_inv_freq
 from tpu_engine.weights import find_in_hf_cache, resolve_model
 
 LLAMA31_4X = dict(REGISTRY["meta-llama/Llama-3.1-8B-Instruct"])
@@ -66,7 +66,7 @@ def test_llama3_rope_scaling_matches_transformers():
     ref, _ = ROPE_INIT_FUNCTIONS["llama3"](LlamaConfig(**raw), "cpu")
     cfg = config_from_hf(LLAMA31_4X)
     ours = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
-    torch.testing.assert_close(ours, ref.float())
+    torch.testing.assert_close(torch.from_numpy(ours), ref.float())
 
 
 def test_model_id_resolves_through_local_hf_cache(tmp_path, monkeypatch, llama_dir):

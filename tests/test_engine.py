@@ -14,8 +14,11 @@ import shutil
 
 import pytest
 
+from tests.backends import backend_params
 from tpu_engine import LLM, SamplingParams, StepRecord
 from tpu_engine.scheduler import ExpectedRequests
+
+pytestmark = pytest.mark.slow
 
 VOCAB = 512
 MAX_LEN = 256
@@ -26,7 +29,7 @@ PREFILL_BUCKETS = [16, 32, 64, 128, 256]
 ENGINE_ONLY = pytest.mark.parametrize("llm", ["torch_xla"], indirect=True)
 
 
-@pytest.fixture(scope="module", params=["torch_xla", "jax"])
+@pytest.fixture(scope="module", params=backend_params())
 def llm(llama_dir, request):
     """One strict engine per backend: every test here runs on both."""
     return LLM(llama_dir, backend=request.param, max_model_len=MAX_LEN, max_num_seqs=MAX_SEQS,

@@ -17,6 +17,8 @@ from profiling.analysis import tables
 from profiling.export import files
 from tests.captures import proc_output, profiling_cli
 
+pytestmark = pytest.mark.slow
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 WIDTH = 100
 REL = 1e-6

@@ -27,6 +27,8 @@ from profiling.capture.verify import check_capture
 from tests.captures import PROFILING, ROOT, free_port, profiling_env
 from tests.servers import PROFILER_ENV
 
+pytestmark = pytest.mark.slow
+
 TINY = ["--input-len", "4", "--output-len", "1", "--max-model-len", "16", "--batch-size", "1",
         "--num-iters-warmup", "0", "--profile-phase", "all", "--enforce-eager"]
 STAGE_TIMEOUT_S = 300

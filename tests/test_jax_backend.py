@@ -16,13 +16,15 @@ from tests.models import make_hf_model
 from tpu_engine import LLM, SamplingParams
 from tpu_engine.scheduler import ExpectedRequests
 
+pytestmark = [pytest.mark.slow, pytest.mark.jax]
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = [[1, 2, 3, 4, 5, 6, 7], list(range(3, 33))]
 RUN = """
 import json, sys
 from tpu_engine import LLM, SamplingParams
 if sys.argv[4:] == ["no-trace"]:  # tracing the model would call this
-    import tpu_engine.jax_backend.model as model
+    import tpu_engine.backends.jax.model as model
     def refuse(*a, **k):
         raise AssertionError("the model was traced")
     model.hidden = refuse
@@ -83,7 +85,7 @@ def test_a_warm_start_loads_every_executable_and_never_traces_the_model(tp_model
 
 
 def test_an_unreadable_stored_executable_is_compiled_again_and_replaced(tp_model, tmp_path):
-    from tpu_engine.jax_backend.programs import SUBDIR
+    from tpu_engine.backends.jax.programs import SUBDIR
     cold = run_jax(tp_model, 1, str(tmp_path))
     stored = sorted(os.listdir(tmp_path / SUBDIR))
     assert len(stored) == cold["compiles"]
@@ -110,8 +112,8 @@ def test_greedy_tokens_identical_to_torch_xla_on_the_same_weights(llama_dir):
 
 
 def test_sampler_noise_is_the_torch_samplers_bit_for_bit():
-    from tpu_engine.jax_backend.sampler import uniform_noise as jax_noise
-    from tpu_engine.sampler import uniform_noise as torch_noise
+    from tpu_engine.backends.jax.sampler import uniform_noise as jax_noise
+    from tpu_engine.backends.torch_xla.sampler import uniform_noise as torch_noise
     rng = np.random.default_rng(0)
     seeds = rng.integers(0, 2**32, size=64, dtype=np.uint64)
     counters = rng.integers(0, 2**20, size=64, dtype=np.uint64)
@@ -129,5 +131,5 @@ def test_bad_settings_get_the_same_sentence_on_both_backends(llama_dir):
                 LLM(llama_dir, backend=backend, **kwargs)
             messages.append(str(err.value))
         assert messages[0] == messages[1], kwargs
-    with pytest.raises(ValueError, match="backend 'tensorflow' is not supported; expected torch_xla or jax."):
+    with pytest.raises(ValueError, match="backend 'tensorflow' is not supported; expected one of torch_xla, jax."):
         LLM(llama_dir, backend="tensorflow")

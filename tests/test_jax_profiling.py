@@ -21,6 +21,8 @@ from profiling.trace import xspace
 from profiling.trace.categories import UNSCOPED, categorize, primitive_of, scope_of
 from tests.captures import PROFILING, ROOT, SMALL, Capture, free_port, proc_output, profiling_env
 
+pytestmark = [pytest.mark.slow, pytest.mark.jax]
+
 TINY = ["--input-len", "8", "--output-len", "4", "--batch-size", "2", "--max-model-len", "32"]
 RUNS = {  # name -> (flags, extra environment)
     "prefill": (["--backend", "jax", "--profile-phase", "prefill"], {}),

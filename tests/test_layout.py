@@ -57,3 +57,83 @@ def test_reading_a_capture_never_loads_torch(all_capture, tmp_path):
                           cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "HEAVY []"
+
+
+def _package_edges(top: str) -> dict[str, set[str]]:
+    """Which of `top`'s subpackages (and top-level modules) import which others."""
+    edges: dict[str, set[str]] = {}
+    root = os.path.join(ROOT, top)
+    for path in glob.glob(os.path.join(root, "**", "*.py"), recursive=True):
+        rel = os.path.relpath(path, root).split(os.sep)
+        src = rel[0].removesuffix(".py")
+        module = [top] + [p.removesuffix(".py") for p in rel]
+        if rel[-1] == "__init__.py":
+            module = module[:-1] + ["__init__"]
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            targets = []
+            if isinstance(node, ast.ImportFrom):
+                base = module[:-node.level] if node.level else []
+                full = base + (node.module.split(".") if node.module else [])
+                targets = [full + [a.name] for a in node.names] if not node.module else [full]
+            elif isinstance(node, ast.Import):
+                targets = [a.name.split(".") for a in node.names]
+            for t in targets:
+                if len(t) > 1 and t[0] == top and t[1] != src and t[1] != "__init__":
+                    edges.setdefault(src, set()).add(t[1])
+    return edges
+
+
+def test_no_package_cycles_in_profiling():
+    """capture, analysis, trace, export, runs, service, ...: dependencies form no cycle (the run
+    files' schema and the Table type sit where both sides can import them)."""
+    edges = _package_edges("profiling")
+    assert edges.get("runs") and "capture" in edges  # the scan sees the imports
+    state: dict[str, int] = {}
+
+    def visit(node, path):
+        state[node] = 1
+        for nxt in sorted(edges.get(node, ())):
+            assert state.get(nxt) != 1, f"import cycle: {' -> '.join(path + [nxt])}"
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+    for node in sorted(edges):
+        if node not in state:
+            visit(node, [node])
+
+
+def test_the_engine_api_and_protocol_load_neither_torch_nor_jax():
+    """The engine, its scheduler, the server's request checks and the backend registry are
+    backend-neutral: the backend is imported only when a runner is built."""
+    code = ("import sys\nimport tpu_engine.engine, tpu_engine.scheduler, tpu_engine.serve.protocol, "
+            "tpu_engine.backends.registry, tpu_engine.llm\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'torch_xla', 'jax', 'jaxlib')}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_backend_names_come_only_from_the_registry():
+    """No module but the registry spells a backend's name: choices, defaults, versions and
+    branches all read it, so a new backend is one folder and one registry entry."""
+    from tpu_engine.backends import registry
+    names = set(registry.names())
+    offenders = []
+    for top in ("tpu_engine", "profiling"):
+        for path in glob.glob(os.path.join(ROOT, top, "**", "*.py"), recursive=True):
+            if path.endswith(os.path.join("backends", "registry.py")):
+                continue
+            with open(path) as f:
+                tree = ast.parse(f.read())
+            offenders += [f"{os.path.relpath(path, ROOT)}:{n.lineno} {n.value!r}" for n in ast.walk(tree)
+                          if isinstance(n, ast.Constant) and n.value in names]
+    assert offenders == []
+    for b in registry.BACKENDS.values():  # each entry is a folder with the three modules
+        folder = os.path.join(ROOT, "tpu_engine", "backends", b.package)
+        assert {"runner.py", "platform.py", "profiler.py"} <= set(os.listdir(folder)), b.name
+        with open(os.path.join(folder, "runner.py")) as f:
+            classes = {n.name: n for n in ast.walk(ast.parse(f.read())) if isinstance(n, ast.ClassDef)}
+        assert [ast.unparse(base) for base in classes[b.runner].bases] == ["Runner"], b.name

@@ -6,15 +6,18 @@ import torch
 
 from tests.models import hf_logprobs
 from tpu_engine import LLM, SamplingParams
+from tpu_engine.backends import registry
 from tpu_engine.scheduler import ExpectedRequests
+
+pytestmark = pytest.mark.slow
 
 PROMPT_LENS = [5, 23, 17, 40]  # uneven, none a bucket size
 STEPS = 14
 
 
 @pytest.mark.parametrize("arch, backend, eager", [
-    ("llama", "torch_xla", False), ("qwen2", "torch_xla", False), ("llama", "torch_xla", True),
-    ("llama", "jax", False), ("qwen2", "jax", False)])
+    *[(arch, backend, False) for backend in registry.names() for arch in ("llama", "qwen2")],
+    ("llama", "torch_xla", True)])  # torch_xla's lazily traced path too
 def test_greedy_logprobs_match_hf(arch, backend, eager, request):
     """Both backends, and torch_xla's two step paths (dynamo-captured and lazily traced),
     against HF."""

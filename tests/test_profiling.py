@@ -12,11 +12,15 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from profiling.capture import store, workload
 from profiling.capture.verify import check_capture, coverage
 from profiling.runs.record import read_manifest, read_run_record
 from profiling.trace import xspace
 from tests.captures import PROFILING, ROOT, SMALL, free_port, profiling_env
+
+pytestmark = pytest.mark.slow
 
 
 def _phases(cap):

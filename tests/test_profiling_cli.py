@@ -17,6 +17,8 @@ import pytest
 
 from tests.captures import PROFILING, ROOT, SMALL, free_port, profiling_env, run_profiling
 
+pytestmark = pytest.mark.slow
+
 # Well-formed for the small model: batch 2 x 8 tokens, 4 output tokens, within SMALL's limits.
 GOOD = ["--input-len", "8", "--output-len", "4", "--batch-size", "2"]
 
@@ -239,7 +241,7 @@ def test_capture_entry_points_share_one_parser():
 
 def test_script_outside_an_install_says_how_to_install(tmp_path):
     """The scripts hold no code: run with a Python that lacks the package, they say so in one line."""
-    env = {**profiling_env(), "PYTHONNOUSERSITE": "1"}
+    env = {**{k: v for k, v in profiling_env().items() if k != "PYTHONPATH"}, "PYTHONNOUSERSITE": "1"}
     proc = subprocess.run([sys.executable, "-S", PROFILING, "--help"], capture_output=True, text=True,
                           env=env, timeout=120, cwd=str(tmp_path))
     assert proc.returncode == 2, proc.stderr

@@ -12,6 +12,8 @@ from profiling.cli import cli
 from tests.captures import capture, profiling_env, proc_output
 from tests.reliability import failed, fill, listing, one_sentence, run_main, small_tmpfs
 
+pytestmark = pytest.mark.slow
+
 
 def test_export_into_a_full_disk_says_where_and_leaves_nothing(all_capture, tmp_path):
     assert all_capture.proc.returncode == 0, proc_output(all_capture.proc)

@@ -23,6 +23,8 @@ from tests.reliability import JSON, failed, one_sentence, run_main
 from tests.servers import ROOT
 from tpu_engine.events import PhaseEvent
 
+pytestmark = pytest.mark.slow
+
 
 # ---- events.jsonl (service parse) ----------------------------------------------------------------
 @pytest.fixture(scope="module")

@@ -25,6 +25,8 @@ from profiling.runs.record import read_manifest, read_run_record
 from tests.reliability import JSON, failed, one_sentence, run_main
 from tests.servers import ROOT
 
+pytestmark = pytest.mark.slow
+
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 

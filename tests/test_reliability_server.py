@@ -22,6 +22,8 @@ from hypothesis import HealthCheck, settings
 from tests.reliability_handlers import POISON_PROMPT, POISON_SEED
 from tests.servers import Server, switch_collection, wait_until
 
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
 ARGS = ["--max-model-len", "16", "--max-num-seqs", "1"]
 THREADS = ("engine", "service-profiler-config", "service-profiler-writer")
 SYMBOLS = """

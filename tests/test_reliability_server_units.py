@@ -137,8 +137,8 @@ def test_any_config_is_read_finite_and_bounded_or_refused_with_one_sentence(tmp_
         assert_sentence(str(e))
         return
     for key in ("poll_interval_ms", "flush_interval_ms"):
-        assert math.isfinite(cfg[key]) and 10 <= cfg[key] <= 60_000
-    assert type(cfg["enable"]) is bool and isinstance(cfg["output_dir"], str)
+        assert math.isfinite(getattr(cfg, key)) and 10 <= getattr(cfg, key) <= 60_000
+    assert type(cfg.enable) is bool and isinstance(cfg.output_dir, str)
 
 
 def _stderr(capsys):
@@ -164,8 +164,8 @@ def test_the_config_watcher_survives_its_errors_and_says_so_once(tmp_path, capsy
     seen = []
 
     def apply(cfg):
-        seen.append(cfg["enable"])
-        if cfg["output_dir"].endswith("boom"):
+        seen.append(cfg.enable)
+        if cfg.output_dir.endswith("boom"):
             raise RuntimeError("apply failed")
     watcher = ConfigWatcher(str(path), apply)
     try:
@@ -178,7 +178,7 @@ def test_the_config_watcher_survives_its_errors_and_says_so_once(tmp_path, capsy
         wait_until(lambda: "poll_interval_ms=nan must be a number of milliseconds" in err(), 30, "NaN refused")
         _write(path, {"poll_interval_ms": 10, "enable": 1})
         wait_until(lambda: seen[-1] is True, 30, "the watcher to apply the next good config")
-        assert watcher.thread.is_alive() and watcher.config["poll_interval_ms"] == 10
+        assert watcher.thread.is_alive() and watcher.config.poll_interval_ms == 10
     finally:
         watcher.stop()
 

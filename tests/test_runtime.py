@@ -4,6 +4,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTICE = "no TPU found; running on PJRT_DEVICE=CPU"
 
@@ -15,7 +19,7 @@ def python(code: str, env: dict) -> subprocess.CompletedProcess:
 
 
 def test_cpu_fallback_is_announced_once_and_user_choice_respected():
-    code = ("from tpu_engine.platform import select_device as s; import os; "
+    code = ("from tpu_engine.backends.torch_xla.platform import platform as s; import os; "
             "print(s(), s(), os.environ['PJRT_DEVICE'])")
     env = {k: v for k, v in os.environ.items() if k != "PJRT_DEVICE"}
     proc = python(code, env)

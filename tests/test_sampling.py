@@ -6,13 +6,16 @@ import random
 import pytest
 import torch
 
+from tests.backends import backend_params
 from tpu_engine import LLM, SamplingParams
-from tpu_engine.sampler import uniform_noise
+from tpu_engine.backends.torch_xla.sampler import uniform_noise
+
+pytestmark = pytest.mark.slow
 
 VOCAB = 512
 
 
-@pytest.fixture(scope="module", params=["torch_xla", "jax"])
+@pytest.fixture(scope="module", params=backend_params())
 def llm(llama_dir, request):
     """Every test here runs on both backends."""
     return LLM(llama_dir, backend=request.param, max_model_len=128, max_num_seqs=4)

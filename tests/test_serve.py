@@ -23,6 +23,8 @@ import pytest
 from tests.servers import JAX, SMALL, Server, wait_until
 from tpu_engine import LLM, SamplingParams
 
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
 MODEL = "tpu-engine/tiny-llama"
 VOCAB = 32000           # tiny-llama's vocabulary
 MAX_LEN = 64            # --max-model-len in SMALL

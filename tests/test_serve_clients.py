@@ -17,6 +17,8 @@ from tests.servers import JAX, SMALL, Server
 from tpu_engine import LLM, SamplingParams
 from tpu_engine.serve.tokenizer import load_tokenizer
 
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
 MODEL, ALIAS = "tpu-engine/tiny-llama", "tiny"
 MAX_LEN = 64
 PROMPT = "Hello café 東京 🙂 the engine"

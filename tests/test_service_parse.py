@@ -18,6 +18,8 @@ import pytest
 
 from tests.servers import JAX, ROOT, SMALL, Server, switch_collection
 
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
 ENV = {**os.environ, "PJRT_DEVICE": "CPU"}
 # (prompt length, max_tokens): mixed, with a one-token request (no decode, no TPOT).
 WORKLOAD = [(5, 1), (9, 2), (3, 7), (12, 4), (6, 9), (4, 3), (10, 6), (7, 5), (8, 8), (11, 2)]
@@ -140,9 +142,12 @@ def test_batches_match_xla_manifest(served):
 
     forwards = read_csv(os.path.join(served["out"], "forward.csv"))
     assert [(int(f["step"]), f["phase"]) for f in forwards] == [(int(b["step"]), b["phase"]) for b in batches]
+    tokens = {m["step"]: m["num_tokens"] for m in manifest}
     for f, b in zip(forwards, batches):
         assert float(b["start_time"]) <= float(f["start_time"]) <= float(f["end_time"]) <= float(b["end_time"])
         assert int(f["batch_size"]) == int(b["batch_size"])
+        # a prefill's tokens are its prompts' (the default symbols sum them), a decode's one per sequence
+        assert int(f["num_tokens"]) == tokens[int(f["step"])], (f, tokens[int(f["step"])])
 
 
 def test_kvcache(served):

@@ -270,7 +270,7 @@ def test_config_defaults_validation_and_live_toggle(tmp_path):
     path = str(tmp_path / "cfg" / "config.json")
     assert ensure_config(path) and not ensure_config(path)
     cfg = read_config(path)
-    assert cfg["enable"] is False and cfg["output_dir"] == str(tmp_path / "cfg" / DEFAULTS["output_dir"])
+    assert cfg.enable is False and cfg.output_dir == str(tmp_path / "cfg" / DEFAULTS["output_dir"])
     for bad, reason in [('{"enable": 3}', "enable=3 must be 0 or 1"), ("[1]", "must hold a JSON object"),
                         ("{", "is not valid JSON"), ('{"poll_interval_ms": 0}', "poll_interval_ms=0 must be a number of milliseconds from 10 to 60000")]:
         with open(path, "w") as f:
@@ -280,7 +280,7 @@ def test_config_defaults_validation_and_live_toggle(tmp_path):
     with open(path, "w") as f:
         json.dump({"enable": 0}, f)
     seen = []
-    watcher = ConfigWatcher(path, lambda c: seen.append(c["enable"]))
+    watcher = ConfigWatcher(path, lambda c: seen.append(c.enable))
     try:
         with open(path, "w") as f:
             json.dump({"enable": 1, "poll_interval_ms": 50}, f)
@@ -288,7 +288,7 @@ def test_config_defaults_validation_and_live_toggle(tmp_path):
         with open(path, "w") as f:
             f.write("{ not json")
         watcher.check()                       # reported, previous settings kept
-        assert seen == [False, True] and watcher.config["enable"] is True
+        assert seen == [False, True] and watcher.config.enable is True
     finally:
         watcher.stop()
 

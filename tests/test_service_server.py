@@ -19,6 +19,8 @@ from profiling.runs.record import read_manifest
 from tests.servers import ROOT, SMALL, Server, switch_collection
 from tpu_engine.config import DEFAULT_MODEL, REGISTRY
 
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
 CUSTOM_YAML = """
 - symbol: tpu_engine.engine:LLMEngine.validate
   domain: Custom
@@ -202,7 +204,8 @@ def _serve(*args, env=None):
 
 
 @pytest.mark.parametrize("case", ["port in use", "bad config", "unwritable capture dir", "bad flag value",
-                                  "bad tracer level", "unbounded capture", "bad queue length"])
+                                  "misspelt symbol parameter", "bad tracer level", "unbounded capture",
+                                  "bad queue length"])
 def test_bad_server_settings_exit_2_with_one_line_before_loading(tmp_path, case):
     env, args, sock = {}, [], None
     if case == "port in use":
@@ -219,6 +222,14 @@ def test_bad_server_settings_exit_2_with_one_line_before_loading(tmp_path, case)
         (tmp_path / "file").write_text("")
         env = {"VLLM_TORCH_PROFILER_DIR": str(tmp_path / "file")}
         expected = "exists and is not a directory"
+    elif case == "misspelt symbol parameter":  # `prompt` for the runner's `prompts`
+        (tmp_path / "s.yaml").write_text("- symbol: tpu_engine.backends.base:Runner.prefill\n  attributes:\n"
+                                         "    - name: num_tokens\n      expr: prompt | len\n")
+        (tmp_path / "c.json").write_text('{"enable": 0}')
+        env = {"SERVICE_PROF_CONFIG_PATH": str(tmp_path / "c.json"), "PROFILING_SYMBOLS_PATH": str(tmp_path / "s.yaml")}
+        expected = ("symbol tpu_engine.backends.base:Runner.prefill: attribute 'num_tokens' ('prompt | len') reads "
+                    "'prompt', which is not a parameter of Runner.prefill (its parameters: self, slots, prompts, "
+                    "sampling, prompt_logprobs).")
     elif case == "bad tracer level":   # accepted at start once, then every /start_profile was a 500
         env = {"VLLM_TORCH_PROFILER_DIR": str(tmp_path / "xla"), "TPU_PROFILER_HOST_TRACER_LEVEL": "9"}
         args, expected = ["--backend", "jax"], "TPU_PROFILER_HOST_TRACER_LEVEL='9' must be a tracer level"

@@ -10,6 +10,8 @@ import pytest
 
 from tests.models import make_hf_model
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = """
 import json, sys

@@ -30,6 +30,8 @@ import pytest
 from tests.captures import free_port, profiling_env
 from tests.servers import wait_until
 
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 START_TIMEOUT_S = 90

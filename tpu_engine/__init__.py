@@ -1,4 +1,4 @@
-"""tpu_engine: an XLA-compiled Llama/Qwen2 inference engine on torch_xla (TPU, or CPU).
+"""tpu_engine: an XLA-compiled Llama/Qwen2 inference engine on torch_xla or JAX (TPU, or CPU).
 
 Names are imported on first use, so that light modules (`tpu_engine.events`,
 `tpu_engine.config`) can be used without loading torch."""

@@ -7,13 +7,14 @@ import socket
 import sys
 from typing import Any, Callable
 
+from .backends import registry
 from .config import DEFAULT_MODEL
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = parser.add_argument_group("engine")
-    g.add_argument("--backend", default="torch_xla", choices=["torch_xla", "jax"],
-                   help="the XLA front end that compiles and runs the model (default torch_xla)")
+    g.add_argument("--backend", default=registry.DEFAULT, choices=registry.names(),
+                   help=f"the XLA front end that compiles and runs the model (default {registry.DEFAULT})")
     g.add_argument("--model", default=DEFAULT_MODEL,
                    help="local HF model dir, or a model id (HF cache, or built-in config with --load-format dummy)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
@@ -34,16 +35,18 @@ def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    kw = dict(backend=args.backend, dtype=args.dtype, max_model_len=args.max_model_len,
-              tensor_parallel_size=args.tensor_parallel_size, enforce_eager=args.enforce_eager,
-              load_format=args.load_format, seed=args.seed,
-              max_num_batched_tokens=args.max_num_batched_tokens,
+def engine_config(args: argparse.Namespace, **defaults: Any):
+    """The EngineConfig the engine flags ask for, made once: `defaults` fill what a flag left
+    unset (a command's own default, e.g. one decode slot per request of a batch)."""
+    from .engine import EngineConfig
+    kw = dict(model=args.model, backend=args.backend, dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size,
+              enforce_eager=args.enforce_eager, load_format=args.load_format, seed=args.seed,
               compilation_cache_dir=args.compilation_cache_dir,
-              enable_prompt_logprobs=args.enable_prompt_logprobs)
-    if args.max_num_seqs is not None:
-        kw["max_num_seqs"] = args.max_num_seqs
-    return kw
+              enable_prompt_logprobs=args.enable_prompt_logprobs, **defaults)
+    for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
+    return EngineConfig(**kw)
 
 
 def run_cli(main: Callable[[], Any]) -> None:
@@ -56,6 +59,13 @@ def run_cli(main: Callable[[], Any]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+PROFILER_PORT = 9012  # the profiler server's port (--profiler-port), for every backend
+
+
+def check_profiler_port(port: int) -> None:
+    check_port("profiler port", port, "--profiler-port")
 
 
 def check_port(what: str, port: int, flag: str, host: str = "") -> None:

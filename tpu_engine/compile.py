@@ -1,46 +1,26 @@
-"""Compilation discipline: persistent cache, compile counters and the recompile guard.
-
-After warm-up has compiled every static shape, no request within `max_model_len` may compile
-again. The guard reads torch_xla's own counters (`CompileTime` samples, `UncachedCompile`), so
-a recompile cannot hide.
+"""Compilation discipline, for every backend: compile counts (`CompileStats`) and the recompile
+guard. After warm-up has compiled every static shape, no request within `max_model_len` may
+compile again. The guard reads the backend's own counters (its `compile.py`), so a recompile
+cannot hide.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
-
-from .paths import writable_dir
+from typing import Callable
 
 log = logging.getLogger(__name__)
-_cache_dir: str | None = None
 
 
 class RecompileError(RuntimeError):
     """An XLA compilation happened after warm-up, where the guard forbids it."""
 
 
-def default_cache_dir(backend: str = "xla") -> str:
-    """~/.cache/tpu_engine/xla_cache (torch_xla) or jax_cache: the two formats differ."""
+def default_cache_dir(name: str) -> str:
+    """~/.cache/tpu_engine/<name>: each backend's cache format is its own (registry.py names it)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "tpu_engine", f"{backend}_cache")
-
-
-def init_persistent_cache(path: str) -> str | None:
-    """Point torch_xla's persistent compilation cache at `path` (once per process).
-
-    Returns the directory in use; a second call with another path keeps the first, as the
-    runtime allows one cache per process."""
-    global _cache_dir
-    if _cache_dir is not None:
-        if os.path.abspath(path) != _cache_dir:
-            log.warning("compilation cache already set to %s for this process; ignoring %s", _cache_dir, path)
-        return _cache_dir
-    path = writable_dir(path, "compilation cache dir")
-    import torch_xla.runtime as xr
-    xr.initialize_cache(path, readonly=False)
-    _cache_dir = path
-    return _cache_dir
+    return os.path.join(base, "tpu_engine", name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,22 +41,13 @@ class CompileStats:
                             self.cache_misses - other.cache_misses)
 
 
-def compile_stats() -> CompileStats:
-    import torch_xla.debug.metrics as met
-    data = met.metric_data("CompileTime")
-    count, total_ns = (data[0], data[1]) if data else (0, 0.0)
-    return CompileStats(int(count), total_ns / 1e9,
-                        int(met.counter_value("PersistentCacheHit") or 0),
-                        int(met.counter_value("PersistentCacheMiss") or 0))
-
-
 class CompileGuard:
     """Counts compilations since `arm()`; in strict mode raises on the first one."""
 
-    def __init__(self, strict: bool = False, stats=None, hint: str = "set PT_XLA_DEBUG_LEVEL=2 to see why"):
+    def __init__(self, stats: Callable[[], CompileStats], strict: bool = False, hint: str = ""):
         self.strict = strict
         self.armed = False
-        self._stats = stats or compile_stats  # the backend's counters
+        self._stats = stats  # the backend's counters
         self._hint = hint
         self._base = self._stats()
         self.warmup: CompileStats | None = None
@@ -96,7 +67,7 @@ class CompileGuard:
         delta = self._stats() - before
         if self.armed and delta.compiles:
             msg = (f"{what} compiled {delta.compiles} XLA graph(s) after warm-up "
-                   f"({delta.compile_time_s:.2f}s); {self._hint}.")
+                   f"({delta.compile_time_s:.2f}s)" + (f"; {self._hint}." if self._hint else "."))
             if self.strict:
                 raise RecompileError(msg)
             log.warning(msg)

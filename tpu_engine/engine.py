@@ -10,26 +10,29 @@ Nothing here imports torch_xla: the backend (`runner.py`) owns devices and graph
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import operator
-import dataclasses
 import random
 import time
 from typing import Any, Iterable, Sequence
 
-from .config import DEFAULT_MODEL
+from .backends import registry
 from .compile import CompileStats
+from .config import DEFAULT_MODEL
 from .events import EventBus, PhaseEvent, SlotEvent, StepRecord
 from .info import EngineInfo
-from .sampler import SamplingRow
-from .scheduler import Decode, ExpectedRequests, Prefill, Scheduler, ShapePlan, plan_shapes
 from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, SamplingParams, prompt_entries
+from .sampling import SamplingRow
+from .scheduler import Decode, ExpectedRequests, Prefill, Scheduler, ShapePlan, plan_shapes
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class EngineConfig:
+    """Every engine setting, made once where a run starts (a CLI's flags: `cli.engine_config`)."""
     model: str = DEFAULT_MODEL
-    backend: str = "torch_xla"              # or "jax": the runner that compiles and runs the model
+    backend: str = registry.DEFAULT         # the runner that compiles and runs the model (backends/registry.py)
     dtype: str = "auto"
     max_model_len: int | None = None        # default: min(model's max positions, 2048)
     tensor_parallel_size: int = 1
@@ -43,6 +46,13 @@ class EngineConfig:
     expected: ExpectedRequests | None = None   # warm up only these requests' shapes (default: all)
     progress: bool = True                   # a progress bar on stderr while warm-up compiles
     enable_prompt_logprobs: bool = False    # compile the prompt LM head per token bucket at warm-up
+
+    @functools.cached_property
+    def limits(self):
+        """The model and length limits as resolved and checked (setup.Limits), once per config:
+        ValueError with one sentence for a bad model or length setting."""
+        from .setup import resolve_limits
+        return resolve_limits(self)
 
 
 @dataclasses.dataclass(eq=False)  # identity: finding one among thousands waiting must not compare prompts
@@ -69,7 +79,10 @@ class LLMEngine:
         self.config = config = config or EngineConfig(**kwargs)
         # Imported here so that the engine module stays free of the backend's imports.
         from .setup import build_runner
-        self.runner, self.model_config, self.source, self.max_model_len, self.max_prefill = build_runner(config)
+        self.runner = build_runner(config)
+        limits = config.limits
+        self.source, self.max_model_len, self.max_prefill = limits.source, limits.max_model_len, limits.max_prefill
+        self.model_config = limits.source.config
         self.events: EventBus[PhaseEvent] = EventBus()     # each step's begin and end
         self.slot_events: EventBus[SlotEvent] = EventBus()  # decode slots taken and freed
         self.step_count = 0

@@ -23,6 +23,13 @@ class LLM:
         self.llm_engine = LLMEngine(EngineConfig(model=model, **kwargs))
         self._counter = 0
 
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> "LLM":
+        """An LLM over a config made elsewhere (a command's flags), keeping its resolved limits."""
+        llm = cls.__new__(cls)
+        llm.llm_engine, llm._counter = LLMEngine(config), 0
+        return llm
+
     @staticmethod
     def _as_prompt_list(prompts: Any) -> list:
         """One prompt (a dict, or a flat sequence of ids) or a sequence of prompts -> a list."""

@@ -1,16 +1,27 @@
-"""Does the model fit before anything is allocated? The static KV cache is sized by the settings
-alone (every slot holds max_model_len positions), so `--max-num-seqs 100000` is known to need
-hundreds of GB before the allocator fails with a traceback: check it against the memory there
-is, in one sentence.
+"""Memory: host-memory hygiene shared by every backend, and whether a model fits before anything
+is allocated.
 
-Needed per device: the weights and the KV cache (2 x layers x (slots x max_model_len + 1
-scratch row) x KV heads x head dim), both split over tensor-parallel devices. Available: on CPU
-the host's MemAvailable; on an accelerator the device's memory limit as its runtime reports it
-(skipped when it reports none).
+The static KV cache is sized by the settings alone (every slot holds max_model_len positions),
+so `--max-num-seqs 100000` is known to need hundreds of GB before the allocator fails with a
+traceback: `check_fits` says so in one sentence. Needed per device: the weights and the KV
+cache (2 x layers x (slots x max_model_len + 1 scratch row) x KV heads x head dim), both split
+over tensor-parallel devices. Available: on CPU the host's MemAvailable; on an accelerator the
+device's memory limit as its backend's runtime reports it (no check when it reports none).
 """
 from __future__ import annotations
 
+import ctypes
+
 _BYTES = {"float32": 4, "bfloat16": 2}
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise): loading and compiling
+    free a lot of short-lived memory, and the process's peak RSS should show what it keeps."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def kv_cache_bytes(cfg, max_num_seqs: int, max_model_len: int, dtype: str) -> int:
@@ -29,33 +40,18 @@ def host_available_bytes() -> int | None:
     return None
 
 
-def device_limit_bytes(backend: str) -> int | None:
-    """The first device's memory limit from its runtime, None when it says nothing."""
-    try:
-        if backend == "jax":
-            import jax
-            stats = jax.devices()[0].memory_stats() or {}
-        else:
-            import torch_xla.core.xla_model as xm
-            stats = xm.get_memory_info(xm.xla_device()) or {}
-        limit = stats.get("bytes_limit") or stats.get("kb_total", 0) * 1024
-        return int(limit) or None
-    except Exception:  # noqa: BLE001 -- no figure: no check
-        return None
-
-
 def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
 def check_fits(cfg, *, max_num_seqs: int, max_model_len: int, dtype: str, tensor_parallel_size: int,
-               platform: str, backend: str) -> None:
+               platform: str, device_bytes) -> None:
     """ValueError (one sentence naming the settings) when weights plus KV cache exceed what a
-    device has."""
+    device has; `device_bytes()` is the backend's figure for an accelerator (None: unknown)."""
     kv = kv_cache_bytes(cfg, max_num_seqs, max_model_len, dtype)
     weights = cfg.num_params() * _BYTES[dtype]
     need = (kv + weights) // tensor_parallel_size
-    have = host_available_bytes() if platform == "CPU" else device_limit_bytes(backend)
+    have = host_available_bytes() if platform == "CPU" else device_bytes()
     if have is None or need <= have:
         return
     where = "available on this host" if platform == "CPU" else f"on each {platform} device"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from .sampler import MAX_LOGPROBS
+from .sampling import MAX_LOGPROBS
 
 
 @dataclasses.dataclass

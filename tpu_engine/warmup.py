@@ -12,8 +12,8 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
-from .backend import release_freed_memory
-from .sampler import SamplingRow
+from .memory import release_freed_memory
+from .sampling import SamplingRow
 from .scheduler import ShapePlan
 
 Job = tuple[str, Callable[[], object]]

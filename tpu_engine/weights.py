@@ -1,12 +1,15 @@
-"""Find a model and load its weights: local HF directory, local HF cache, or dummy init."""
+"""Find a model and read its weights as numpy arrays, for every backend: a local HF directory,
+the local HF cache, or a seeded dummy init. bfloat16 checkpoints read as ml_dtypes' bfloat16
+(what jax uses); each backend casts and places the arrays itself."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-from typing import Callable, Iterator
+from typing import Iterator
 
-import torch
+import ml_dtypes  # noqa: F401  (registers numpy's bfloat16, which safetensors' numpy reader needs)
+import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from .config import DEFAULT_MODEL, REGISTRY, ModelConfig, config_from_hf, load_config
@@ -118,7 +121,7 @@ def _index_checkpoint(weights_dir: str, cfg: ModelConfig) -> dict[str, str]:
     where: dict[str, str] = {}
     for path in _checkpoint_files(weights_dir):
         try:
-            with safe_open(path, framework="pt") as f:
+            with safe_open(path, framework="np") as f:
                 for name in f.keys():
                     if name in expected:
                         shape = tuple(f.get_slice(name).get_shape())
@@ -135,48 +138,28 @@ def _index_checkpoint(weights_dir: str, cfg: ModelConfig) -> dict[str, str]:
     return where
 
 
-def checkpoint_tensors(weights_dir: str, cfg: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, CPU tensor) for every expected tensor, validated before the first is yielded."""
+def checkpoint_tensors(weights_dir: str, cfg: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, host array, in the checkpoint's dtype) for every expected tensor, validated before
+    the first is yielded."""
     where = _index_checkpoint(weights_dir, cfg)
     by_file: dict[str, list[str]] = {}
     for name, path in where.items():
         by_file.setdefault(path, []).append(name)
     for path, names in by_file.items():
         try:
-            with safe_open(path, framework="pt") as f:
+            with safe_open(path, framework="np") as f:
                 for name in names:
                     yield name, f.get_tensor(name)
         except SafetensorError as e:
             raise ValueError(f"checkpoint file {path} could not be read ({e}).") from None
 
 
-def dummy_tensors(cfg: ModelConfig, seed: int) -> Iterator[tuple[str, torch.Tensor]]:
-    """Seeded random weights, as vLLM's load_format='dummy': norms 1, everything else small."""
-    gen = torch.Generator().manual_seed(seed)
+def dummy_tensors(cfg: ModelConfig, seed: int) -> Iterator[tuple[str, np.ndarray]]:
+    """Seeded random float32 weights, as vLLM's load_format='dummy': norms 1, everything else
+    small; the same arrays for every backend."""
+    rng = np.random.default_rng(seed)
     for name, shape in expected_shapes(cfg).items():
         if name.endswith("norm.weight"):
-            yield name, torch.ones(shape)
+            yield name, np.ones(shape, np.float32)
         else:
-            yield name, torch.empty(shape).normal_(0.0, 0.02, generator=gen)
-
-
-def to_model_layout(name: str, tensor: torch.Tensor) -> tuple[str, torch.Tensor]:
-    """HF (name, tensor) -> the engine's: projection weights are kept transposed (`weight_t`)."""
-    if name.endswith("_proj.weight") or name == "lm_head.weight":
-        return name[: -len("weight")] + "weight_t", tensor.t().contiguous()
-    return name, tensor
-
-
-def load_weights(model: torch.nn.Module, tensors: Iterator[tuple[str, torch.Tensor]],
-                 place: Callable[[str, torch.Tensor], torch.Tensor]) -> None:
-    """Install each HF tensor as the engine parameter it maps to; `place` casts and moves it
-    to the device (and shards it). One CPU tensor is alive at a time."""
-    tied = model.cfg.tie_word_embeddings
-    for hf_name, hf_tensor in tensors:
-        name, tensor = to_model_layout(hf_name, hf_tensor)
-        module_name, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(module_name), leaf, torch.nn.Parameter(place(name, tensor), requires_grad=False))
-        if tied and hf_name == "model.embed_tokens.weight":
-            # Tied head: a transposed copy, so the logits matmul takes the fast layout too.
-            lm_name, lm_tensor = to_model_layout("lm_head.weight", hf_tensor)
-            model.lm_head.weight_t = torch.nn.Parameter(place(lm_name, lm_tensor), requires_grad=False)
+            yield name, rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)

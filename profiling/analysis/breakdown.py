@@ -14,7 +14,7 @@ import collections
 import dataclasses
 
 from ..table import Table
-from ..trace.ops import Op, device_program_runs
+from ..trace.ops import Op, runs_by_device
 from .analysis import Analysis, Step
 
 KINDS = ("compute", "collective", "copy", "waiting")
@@ -105,7 +105,7 @@ def breakdowns(a: Analysis, phase: str) -> list[StepBreakdown]:
 
 
 def _breakdowns(a: Analysis, phase: str) -> list[StepBreakdown]:
-    runs = device_program_runs(a.space) if a.space is not None else {}
+    runs = runs_by_device(a.device_runs)
     out = []
     for step in a.phase_steps(phase):
         by_device = collections.defaultdict(list)

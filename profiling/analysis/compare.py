@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import re
 
 from ..table import Table
 from .analysis import Analysis
+from .layers import scoped_layer
 from .tables import phase_summary
 
 
@@ -59,11 +61,20 @@ def phases(a: Analysis, b: Analysis) -> Table[PhaseDeltaRow]:
     return Table("phases: mean step time (ms), B vs A", PhaseDeltaRow, _sorted(rows))
 
 
+_LAYER_INDEX = re.compile(r"^\w+\.(\d+) \(")  # `layers.3 (inferred)`, `layers.3 (scan)`
+ALL_STEPS = "all steps"  # two captures with no phase in common are compared step for step
+
+
+def _steps(analysis: Analysis, phase: str):
+    return analysis.steps if phase == ALL_STEPS else analysis.phase_steps(phase)
+
+
 def _per_step(analysis: Analysis, phase: str, key) -> dict[str, float]:
-    n = max(1, len(analysis.phase_steps(phase)))
+    steps = _steps(analysis, phase)
     out = collections.Counter()
-    for o in analysis.phase_ops(phase):
-        out[key(o)] += o.self_ns / 1e6 / n
+    for s in steps:
+        for o in s.ops:
+            out[key(o)] += o.self_ns / 1e6 / max(1, len(steps))
     return out
 
 
@@ -73,7 +84,37 @@ def _table(a: Analysis, b: Analysis, phase: str, key, title: str) -> Table[Delta
     return Table(f"{phase}: {title} per step (ms), B vs A", DeltaRow, _sorted(rows))
 
 
+def _layer_names(a: Analysis) -> frozenset[str]:
+    """How a capture names its layers: their keys without the number (`model.layers.`)."""
+    if "layer_names" not in a.derived:
+        a.derived["layer_names"] = frozenset(re.sub(r"\d+.*$", "", o.layer) for o in a.ops
+                                             if o.layer_key or scoped_layer(o.layer))
+    return a.derived["layer_names"]
+
+
+def cross_engine(a: Analysis, b: Analysis) -> bool:
+    """Captures whose engines name layers differently (ours `model.layers.3`, Flax
+    `layers_3`, inferred `layers.3 (inferred)`): layers and ops are matched by layer number
+    and category."""
+    inferred = any(n.endswith(".") and n.startswith("layers.") for n in _layer_names(a) | _layer_names(b)) and \
+        a.rules is not None and b.rules is not None and "inferred" in (a.rules.layers.how, b.rules.layers.how)
+    na, nb = _layer_names(a), _layer_names(b)
+    return bool(na and nb and na != nb) or inferred or (a.record is None) != (b.record is None)
+
+
+def layer_label(o) -> str:
+    """`layer 3` for an op in a decoder layer, however the model names it (`model.layers.3`,
+    `h.3`, `layers.3 (inferred)`); else its layer or scope as is."""
+    found = scoped_layer(o.layer)
+    if found:
+        return f"layer {found[2]}"
+    m = _LAYER_INDEX.match(o.layer_key) if o.layer_key else None
+    return f"layer {m.group(1)}" if m else o.layer
+
+
 def layers(a: Analysis, b: Analysis, phase: str) -> Table:
+    if cross_engine(a, b):
+        return _table(a, b, phase, layer_label, "time by layer (by layer number)")
     return _table(a, b, phase, lambda o: o.layer, "time by layer")
 
 
@@ -88,6 +129,8 @@ def backend_of(a: Analysis) -> str | None:
 
 
 def op_groups(a: Analysis, b: Analysis, phase: str) -> Table:
+    if cross_engine(a, b):
+        return _table(a, b, phase, lambda o: f"{layer_label(o)} [{o.category}]", "time by op (layer, category)")
     if backend_of(a) != backend_of(b):
         # torch_xla names aten ops, JAX its primitives (aten__mm vs dot_general): across
         # backends, ops match by where they run and what kind of work they are.
@@ -97,6 +140,6 @@ def op_groups(a: Analysis, b: Analysis, phase: str) -> Table:
 
 def compare(a: Analysis, b: Analysis) -> list[Table]:
     tables = [phases(a, b)]
-    for p in [p for p in a.phases if p in b.phases]:
+    for p in [p for p in a.phases if p in b.phases] or [ALL_STEPS]:
         tables += [layers(a, b, p), op_groups(a, b, p)]
     return tables

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import re
 import statistics
 
 from ..table import Table, hidden, percentile
-from ..trace.categories import CATEGORIES
+from ..trace.categories import CATEGORIES, UNSCOPED
 from .analysis import Analysis
+from .layers import INFERRED, scoped_layer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,19 +141,32 @@ def _module_row(label, key, depth, ops, total, nsteps) -> ModuleRow:
                      name=key, depth=depth)
 
 
+def part_of(o) -> str:
+    """An op's sub-module within its layer ('' for the layer's own ops); an op with no scope is
+    labelled by the line of model code that made it, where the capture records one."""
+    if o.layer_key:
+        return o.layer_part
+    if o.scope == UNSCOPED:
+        return o.source
+    layer = o.layer
+    return o.scope[len(layer) + 1:] if o.scope.startswith(layer + ".") else ""
+
+
 def model_table(a: Analysis, phase: str) -> Table[ModuleRow]:
     """Op time by module scope, grouped under its layer (the seed's 'model table')."""
-    steps, total, by_scope = _grouped(a, phase, "scope")
-    by_layer = collections.defaultdict(list)
-    for scope in by_scope:
-        by_layer[by_scope[scope][0].layer].append(scope)
+    steps, total, _ = _grouped(a, phase, "scope")
+    by_layer: dict[str, dict[str, list]] = collections.defaultdict(lambda: collections.defaultdict(list))
+    for s in steps:
+        for o in s.ops:
+            by_layer[o.layer][part_of(o)].append(o)
     rows = []
     for layer in sorted(by_layer, key=scope_order):
-        layer_ops = [o for sc in by_layer[layer] for o in by_scope[sc]]
-        rows.append(_module_row(layer, layer, 0, layer_ops, total, len(steps)))
-        if by_layer[layer] != [layer]:
-            for scope in sorted(by_layer[layer], key=scope_order):
-                rows.append(_module_row("  " + scope[len(layer) + 1:], scope, 1, by_scope[scope], total, len(steps)))
+        parts = by_layer[layer]
+        rows.append(_module_row(layer, layer, 0, [o for ops in parts.values() for o in ops], total, len(steps)))
+        if list(parts) != [""]:
+            for part in sorted(parts, key=lambda p: scope_order(f"{layer}.{p}" if p else layer)):
+                name = (f"{layer}/{part}" if layer.endswith(")") else f"{layer}.{part}") if part else layer
+                rows.append(_module_row("  " + (part or "(its own ops)"), name, 1, parts[part], total, len(steps)))
     return Table(f"{phase}: op time by module (self time, summed over {len(steps)} step(s); on CPU with the "
                  f"thread pool's work)", ModuleRow, rows)
 
@@ -198,8 +213,12 @@ def top_ops(a: Analysis, phase: str, limit: int | None = None) -> Table[TopOpRow
     return Table(f"{phase}: top ops", TopOpRow, rows[:limit] if limit else rows)
 
 
+_INDEX = re.compile(r"^(.*?)(\d+)((?:\.| \().*)?$")
+
+
 def scope_order(scope: str):
-    """embed, rotary, layers in numeric order, final norm, lm_head, sampler, then the rest."""
+    """embed, rotary, layers in numeric order, final norm, lm_head, sampler, then the rest;
+    another model's layers (`h.3`, `layers.3 (inferred)`) in numeric order too."""
     head = ["model.embed_tokens", "model.rotary_emb"]
     tail = ["model.norm", "lm_head", "sampler"]
     if scope in head:
@@ -211,4 +230,7 @@ def scope_order(scope: str):
         return (1, int(parts[2]) if parts[2].isdigit() else 0, f"{sub.index(rest) if rest in sub else 9}{rest}")
     if scope in tail:
         return (2, tail.index(scope), "")
+    m = _INDEX.match(scope)
+    if m and scoped_layer(scope) or (m and scope.endswith((INFERRED, " (scan)"))):
+        return (1, int(m.group(2)), m.group(3) or "")
     return (3, 0, scope)

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from tpu_engine.cli import add_engine_args, engine_kwargs, run_cli
+from tpu_engine.cli import add_engine_args, engine_config, run_cli
 
 PERCENTILES = (10, 25, 50, 75, 90, 99)
 
@@ -87,7 +87,8 @@ def hf_model(llm):
         model = transformers.AutoModelForCausalLM.from_config(hf_cfg, torch_dtype=torch.float32)
     tensors = (checkpoint_tensors(src.weights_dir, cfg) if src.weights_dir
                else dummy_tensors(cfg, eng.config.seed))
-    model.load_state_dict({n: t.float() for n, t in tensors}, strict=False, assign=True)
+    model.load_state_dict({n: torch.from_numpy(np.asarray(t, dtype=np.float32)) for n, t in tensors},
+                          strict=False, assign=True)
     if cfg.tie_word_embeddings:
         model.tie_weights()
     model.model.rotary_emb = type(model.model.rotary_emb)(config=hf_cfg)  # rebuild meta buffers
@@ -130,22 +131,17 @@ def describe(name: str, runs: list[dict], batch: int) -> dict:
     return fig
 
 
-def engine_kwargs_checked(args) -> dict:
+def checked_config(args):
     """The engine's settings for this workload (warm-up of just its shapes), checked before
     anything loads."""
-    from tpu_engine.engine import EngineConfig
     from tpu_engine.scheduler import ExpectedRequests
-    from tpu_engine.setup import resolve_limits
-    kw = engine_kwargs(args)
-    kw.setdefault("max_num_seqs", args.batch_size)
-    kw["expected"] = ExpectedRequests(((args.input_len, args.output_len),) * args.batch_size)
-    if kw.get("max_model_len") is None:
-        kw["max_model_len"] = args.input_len + args.output_len
-    _, max_len, max_prefill = resolve_limits(EngineConfig(model=args.model, **kw))
-    if args.input_len > max_prefill or args.input_len + args.output_len > max_len:
+    config = engine_config(args, max_num_seqs=args.batch_size, max_model_len=args.input_len + args.output_len,
+                           expected=ExpectedRequests(((args.input_len, args.output_len),) * args.batch_size))
+    limits = config.limits
+    if args.input_len > limits.max_prefill or args.input_len + args.output_len > limits.max_model_len:
         raise ValueError(f"input length {args.input_len} + output length {args.output_len} does not fit "
-                         f"max_model_len {max_len} (longest prompt {max_prefill}).")
-    return kw
+                         f"max_model_len {limits.max_model_len} (longest prompt {limits.max_prefill}).")
+    return config
 
 
 def main(argv=None) -> None:
@@ -154,13 +150,13 @@ def main(argv=None) -> None:
         from .side_by_side import run_side_by_side
         return run_side_by_side(args)
     from tpu_engine import LLM, SamplingParams
-    kw = engine_kwargs_checked(args)
-    from tpu_engine.setup import backend_device_count
-    backend_device_count(args.backend)  # start the runtime: the baseline includes it
+    config = checked_config(args)
+    from tpu_engine.backends import registry
+    registry.get(args.backend).device_count()  # start the runtime: the baseline includes it
     baseline_rss = rss_bytes()
     print("loading the model and compiling every shape it will use...", flush=True)
     t0 = time.perf_counter()
-    llm = LLM(args.model, **kw)
+    llm = LLM.from_config(config)
     eng = llm.llm_engine
     ready_s, stats = time.perf_counter() - t0, eng.warmup_stats
     print(f"ready in {ready_s:.1f} s, {eng.warmup_s:.1f} s of it warm-up ({stats.compiles} XLA graphs built, "

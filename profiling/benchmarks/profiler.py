@@ -15,7 +15,7 @@ import statistics
 import tempfile
 import time
 
-from tpu_engine.cli import add_engine_args, engine_kwargs, run_cli
+from tpu_engine.cli import add_engine_args, engine_config, run_cli
 
 
 def parse_args(argv=None):
@@ -34,12 +34,11 @@ def main(argv=None) -> None:
     from profiling.capture import workload
     from profiling.capture.profilers import profiler_of
     from profiling.capture.verify import check_capture
-    from profiling.capture.windows import PhaseWindow
-    from profiling.runs.layout import runs_in
+    from profiling.capture.phase_window import PhaseWindow
     from profiling.runs.parts import Window
     from tpu_engine import LLM, SamplingParams
     args = parse_args(argv)
-    llm = LLM(args.model, **engine_kwargs(args))
+    llm = LLM.from_config(engine_config(args))
     engine = llm.llm_engine
     prompts = workload.random_prompts(args.batch_size, args.input_len, engine.model_config.vocab_size, args.seed)
     params = SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=args.output_len)
@@ -55,17 +54,16 @@ def main(argv=None) -> None:
     try:
         for i in range(args.pairs):
             plain.append(one_pass())
-            window = PhaseWindow(Window("phase", phase=args.profile_phase), profiler_of(engine))
+            window = PhaseWindow(Window("phase", phase=args.profile_phase), profiler_of(engine), i)
             off = engine.events.subscribe(window.on_event)
+            window.begin(os.path.join(tmp, str(i)))
             try:
                 profiled.append(one_pass())
             finally:
-                window.close()
+                window.end()
                 off()
             t = time.perf_counter()
-            logdir = os.path.join(tmp, str(i))
-            window.export(logdir)
-            check = check_capture(runs_in(logdir)[-1])
+            check = check_capture(window.export().run_dir)
             written.append(time.perf_counter() - t)
             sizes.append(check.bytes / max(1, check.num_steps))
     finally:

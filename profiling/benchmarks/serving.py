@@ -35,16 +35,8 @@ import httpx
 from tpu_engine.cli import run_cli
 
 from ..table import number_ranges
-from .load import (
-    Record,
-    Request,
-    auth_headers,
-    error_text,
-    make_workload,
-    print_table,
-    run_workload,
-    summarize,
-)
+from .load import (Record, Request, auth_headers, error_text, make_workload, print_table, run_workload,
+                   summarize)
 
 PERCENTILES = (50, 90, 99)           # always shown
 FLIP_WAIT_S = 1.5                    # the server re-reads the profiler config every 0.5 s by default

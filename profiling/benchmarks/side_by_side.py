@@ -15,7 +15,9 @@ import subprocess
 import sys
 import tempfile
 
-BACKENDS = ("torch_xla", "jax")
+from tpu_engine.backends import registry
+
+BACKENDS = tuple(registry.names())
 
 
 def _common(args) -> list[str]:

@@ -15,11 +15,10 @@ import argparse
 import os
 import sys
 
-from tpu_engine.cli import add_engine_args, run_cli
+from tpu_engine.backends import registry
+from tpu_engine.cli import PROFILER_PORT, add_engine_args, run_cli
 
 from .windows import plan_window
-from .xla_profiler import DEFAULT_PORT
-
 
 MAX_PASSES = 1_000_000
 
@@ -39,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--num-iters", type=int, default=1, help="profiled passes")
     p.add_argument("--profile-result-dir", default="profiles",
                    help="TensorBoard log dir; captures go to <dir>/plugins/profile/<run>/")
-    p.add_argument("--profiler-port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--profiler-port", type=int, default=PROFILER_PORT)
     p.add_argument("--profiler-host", default="127.0.0.1",
                    help="where XLA's profiler server may be reached: the default, loopback, starts no server "
                         "(XLA's server cannot bind one address, only all of them) and the env window is traced "
@@ -97,12 +96,12 @@ def check_args(args: argparse.Namespace, error) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> int:
     """One profiling run; returns the exit status."""
-    if args.backend == "torch_xla" and "XLA_HLO_DEBUG" not in os.environ:  # JAX's named scopes need no flag
-        # Module names reach the HLO op metadata (and so the layer tables) only with this set
-        # before torch_xla starts. The compiled path pays for it once, at compile time.
-        os.environ["XLA_HLO_DEBUG"] = "1"
-        print("note: XLA_HLO_DEBUG=1 set for this run, so module names reach the capture "
-              "(XLA_HLO_DEBUG=0 turns it off).")
+    for var in registry.get(args.backend).capture_env:
+        # torch_xla: module names reach the HLO op metadata (and so the layer tables) only with
+        # XLA_HLO_DEBUG set before it starts; the compiled path pays for it once, at compile time.
+        if var.name not in os.environ:
+            os.environ[var.name] = var.value
+            print(f"note: {var.note}")
     from .offline import Profiler
     return Profiler(args).run()
 

@@ -15,16 +15,20 @@ import re
 import sys
 import threading
 import time
+from types import ModuleType
 from typing import Callable
 
 from tpu_engine.compile import CompileStats
 
+from ..runs.layout import runs_in
 from ..runs.parts import Window
 from ..runs.record import CaptureTiming, Compiles
 from . import peaks, store
+from .phase_window import export_session
 from .profilers import profiler_of
 from .publish import CaptureWriteError, Published, publish, settle_stale_staging
 from .record import StepLog, record_of
+from .windows import Captured, CaptureWindow
 
 DIR_ENV = "VLLM_TORCH_PROFILER_DIR"
 MAX_STEPS_ENV, MAX_SECONDS_ENV = "VLLM_PROFILER_MAX_ITERS", "PROFILING_MAX_CAPTURE_S"
@@ -66,11 +70,36 @@ class ProfileStateError(ValueError):
     """Start while a capture runs, or stop while none does."""
 
 
+class ServerWindow(CaptureWindow):
+    """From /start_profile to /stop_profile: the trace opens at `begin` and closes at `end`,
+    both called between engine steps, so the capture holds whole steps."""
+    label = "the server's capture"
+
+    def __init__(self, profiler: ModuleType):
+        self.spec, self.profiler = Window("server"), profiler
+        self._session, self._xspace = None, None
+        self.opened_at = self.closed_at = None
+
+    def begin(self, logdir: str) -> None:
+        self.logdir = logdir
+        self._session, self.opened_at = self.profiler.Session(), time.time()
+
+    def end(self, interrupted: bool = False) -> None:
+        if self._session is not None and self._xspace is None:
+            self._xspace, self.closed_at = self._session.stop(), time.time()
+
+    def export(self, abandon: Callable[[], bool] = lambda: False) -> Captured:
+        self.end()
+        timing = CaptureTiming(opened_at=self.opened_at, closed_at=self.closed_at)
+        export_session(self._session, self._xspace, self.logdir)
+        runs = runs_in(self.logdir)
+        return Captured(runs[-1] if runs else None, timing, problem=None if runs else "the profiler exported no capture.")
+
+
 @dataclasses.dataclass
 class _Open:
-    session: object        # the backend profiler's Session
+    window: ServerWindow
     steps: StepLog
-    opened_at: float
     compiles_before: CompileStats
     unsubscribe: Callable[[], None] = lambda: None
 
@@ -78,11 +107,8 @@ class _Open:
 @dataclasses.dataclass
 class Stopped:
     """A closed trace, still in memory, with what its run record needs."""
-    session: object
-    xspace: bytes
+    window: ServerWindow
     steps: StepLog
-    opened_at: float
-    closed_at: float
     compiles: CompileStats
     stopped_by: str | None = None   # the limit that stopped it, if no /stop_profile did
 
@@ -104,15 +130,17 @@ class LiveCapture:
         return self._open is not None
 
     def start(self) -> dict:
-        """Open the trace now; call between engine steps."""
+        """Open the trace now; call between engine steps. The profiler session exists before
+        anything subscribes, so a start that fails leaves nothing behind."""
         with self._lock:
             if self._open is not None:
                 raise ProfileStateError("a profile capture is already running; POST /stop_profile first.")
-            # The session first: a profiler that refuses to start leaves no listener behind.
-            o = _Open(profiler_of(self.engine).Session(), StepLog(), time.time(), self.engine.compile_stats())
+            window = ServerWindow(profiler_of(self.engine))
+            window.begin("")
+            o = _Open(window, StepLog(), self.engine.compile_stats())
             o.unsubscribe = self.engine.events.subscribe(lambda e: self._on_step(o, e))
             self._open = o
-            return {"status": "profiling", "started": o.opened_at,
+            return {"status": "profiling", "started": window.opened_at,
                     "limits": {"max_steps": self.limits.max_steps, "max_seconds": self.limits.max_seconds}}
 
     def _on_step(self, o: _Open, e) -> None:
@@ -127,7 +155,7 @@ class LiveCapture:
             current = self._open
             if current is None or (o is not None and current is not o):
                 return None
-            why = self.limits.reached(len(current.steps.steps), time.time() - current.opened_at)
+            why = self.limits.reached(len(current.steps.steps), time.time() - current.window.opened_at)
             if why is None:
                 return None
             stopped = self._stop_locked(why)
@@ -147,9 +175,8 @@ class LiveCapture:
     def _stop_locked(self, why: str | None) -> Stopped:
         o, self._open = self._open, None
         o.unsubscribe()
-        xspace = o.session.stop()
-        return Stopped(o.session, xspace, o.steps, o.opened_at, time.time(),
-                       self.engine.compile_stats() - o.compiles_before, why)
+        o.window.end()
+        return Stopped(o.window, o.steps, self.engine.compile_stats() - o.compiles_before, why)
 
     def finish(self, stopped: Stopped) -> Published:
         """Export, verify and publish a stopped capture (slow: run it off the engine thread).
@@ -159,20 +186,17 @@ class LiveCapture:
         except OSError as e:
             raise CaptureWriteError(f"it could not be written into {self.root} ({e.strerror})") from None
         try:
+            stopped.window.logdir = staging.path
             try:
-                stopped.session.export(stopped.xspace, staging.path)
-            except (OSError, RuntimeError) as e:  # JAX writes with open(), torch_xla's C++ writer raises
-                why = e.strerror if isinstance(e, OSError) and e.strerror else \
-                    (str(e).strip().splitlines() or [type(e).__name__])[-1]
-                raise CaptureWriteError(f"it could not be written into {self.root} ({why})") from None
-            runs = staging.runs()
-            if not runs:
-                raise ValueError("the profiler exported no capture.")
+                captured = stopped.window.export()
+            except ValueError as e:  # export_session: the profiler's writer failed (a full disk)
+                raise CaptureWriteError(str(e).replace(staging.path, self.root)) from None
+            if captured.run_dir is None:
+                raise ValueError(captured.problem)
             info = self.engine.describe()
             record = record_of(
-                self.engine, peaks=peaks.machine_peaks(info.device, measure=False), window=Window("server"),
-                compiles=Compiles(self.engine.warmup_stats, stopped.compiles),
-                capture=CaptureTiming(opened_at=stopped.opened_at, closed_at=stopped.closed_at))
-            return publish(staging, runs[-1], stopped.steps, record, prefix="serve-", window_end=stopped.closed_at)
+                self.engine, peaks=peaks.machine_peaks(info.device, measure=False), window=stopped.window.spec,
+                compiles=Compiles(self.engine.warmup_stats, stopped.compiles), capture=captured.timing)
+            return publish(staging, captured, stopped.steps, record)
         finally:
             staging.discard()

@@ -1,9 +1,10 @@
 """One offline profiling run (`python -m profiling capture`, `scripts/profiling.py`): check
-everything, load and warm up, run the profiled passes inside the capture window, then publish
-each capture with its manifest and run record (`publish.py`).
+everything, load and warm up, run the profiled passes inside the capture window(s), then
+publish each capture with its manifest and run record (`publish.py`).
 
-An env window gives one capture over the passes; a phase window gives one capture per profiled
-pass, exported after the pass so that writing it is not timed.
+Windows keep one protocol (windows.py): an env window gives one capture over the passes, a
+phase window one capture per profiled pass; either is exported after its passes, so that
+writing it is not timed.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import time
 
 from tqdm import tqdm
 
+from tpu_engine.cli import check_profiler_port
+
 from ..runs.parts import Peaks
 from ..runs.record import CaptureTiming, Compiles, Latencies, RunRecord
 from . import peaks, store, workload
@@ -22,7 +25,7 @@ from .profilers import profiler_for
 from .publish import publish, settle_stale_staging
 from .record import StepLog, record_of
 from .cli import ALL_INTERFACES
-from .windows import DELAY_ENV, DetachedTrace, PhaseWindow, plan_window
+from .windows import Captured, CaptureWindow, make_window, plan_window
 
 
 def check_limits(args, lengths: list[int], max_model_len: int, max_batched: int) -> None:
@@ -57,36 +60,31 @@ class Profiler:
     the user's input runs in the constructor, before the model loads."""
 
     def __init__(self, args):
-        from tpu_engine.cli import engine_kwargs
-        from tpu_engine.engine import EngineConfig
+        from tpu_engine.cli import engine_config
         from tpu_engine.scheduler import ExpectedRequests
-        from tpu_engine.setup import resolve_limits
         self.args = args
         self.window = plan_window(args)
         self.workload = workload.plan(args.mode, args.batch_size, args.output_len, args.n)
-        self.engine_kwargs = engine_kwargs(args)
-        if args.max_num_seqs is None:  # one decode slot per request of the batch
-            self.engine_kwargs["max_num_seqs"] = args.batch_size
-        config = EngineConfig(model=args.model, **self.engine_kwargs)
-        _, max_len, max_batched = resolve_limits(config)
-        check_limits(args, self.workload.output_lengths, max_len, max_batched)
-        self.queue_note = queue_note(args.batch_size, args.input_len, config.max_num_seqs, max_batched)
-        # The run knows its requests: warm-up compiles only the shapes they use.
-        self.engine_kwargs["expected"] = ExpectedRequests(
-            tuple((args.input_len, n) for n in self.workload.output_lengths))
+        # One decode slot per request of the batch unless asked; the run knows its requests, so
+        # warm-up compiles only the shapes they use.
+        self.config = config = engine_config(args, max_num_seqs=args.batch_size, expected=ExpectedRequests(
+            tuple((args.input_len, n) for n in self.workload.output_lengths)))
+        limits = config.limits
+        check_limits(args, self.workload.output_lengths, limits.max_model_len, limits.max_prefill)
+        self.queue_note = queue_note(args.batch_size, args.input_len, config.max_num_seqs, limits.max_prefill)
         self.root = store.check_writable_dir(args.profile_result_dir)
         self.profiler = profiler_for(config.backend)  # torch_xla's or JAX's, as the engine
         # XLA's profiler server listens on every interface, so it starts only when asked.
         self.port = args.profiler_port if args.profiler_host in ALL_INTERFACES else None
         if self.port is not None:
-            self.profiler.check_port_free(self.port)
+            check_profiler_port(self.port)
         self.problems: list[str] = []
         self.published: list[str] = []
         self.peaks: Peaks | None = None
         self.warm: list[float] = []
         self.profiled: list[float] = []
         self.interrupts = Interrupts()   # Ctrl-C policy: see interrupts.py
-        self.detached: DetachedTrace | None = None
+        self.spanning: CaptureWindow | None = None  # a window over all the passes (env)
         for line in settle_stale_staging(self.root):  # left by a killed run; after every check
             print(f"note: {line}")
 
@@ -114,23 +112,23 @@ class Profiler:
             except BaseException as e:
                 if not from_interrupt(e):
                     raise
-                if not self.interrupts.stopped:  # the env window's passes (a phase pass says it itself)
-                    self.interrupts.passes_interrupted("the env window's capture")
+                if not self.interrupts.stopped:  # a window over all passes (a per-pass one says it itself)
+                    self.interrupts.passes_interrupted(self.spanning.label)
+                    self.spanning.end(interrupted=True)
                 if self.interrupts.abandoned:
                     raise
-            self.passes_end = time.time()
             unsubscribe()
             self._report_latency()
-            if self.detached:
-                with self.interrupts.finishing("the env window's capture"):
-                    self._finish_detached(self.detached)
+            if self.spanning:
+                with self.interrupts.finishing(self.spanning.label):
+                    self._finish(self.spanning)
         except BaseException as e:  # Ctrl-C again while a capture was finishing: it is dropped
             if not from_interrupt(e):
                 raise
             self.interrupts.count = max(self.interrupts.count, 2)
         finally:
             self._discard_staging()
-        return self._exit(self.detached)
+        return self._exit()
 
     def _discard_staging(self) -> None:
         """Remove the staging dir; say so if it held a capture (one that Ctrl-C abandoned)."""
@@ -142,7 +140,7 @@ class Profiler:
     def _load(self) -> None:
         from tpu_engine import LLM, SamplingParams
         args = self.args
-        self.llm = LLM(args.model, **self.engine_kwargs)
+        self.llm = LLM.from_config(self.config)
         self.engine = self.llm.llm_engine
         if self.port is not None:
             self.server = self.profiler.start_server(self.port)  # kept alive while we run
@@ -170,24 +168,25 @@ class Profiler:
             print(f"Average warmup latency: {_mean(self.warm):.4f}s")
 
     def _profiled_passes(self) -> None:
-        """Run the profiled passes; the env window's trace (`self.detached`) is still to be collected."""
-        self.passes_start = time.time()
-        if self.window.kind == "env":
+        """Run the profiled passes, each in its own window or all in one (`self.spanning`,
+        still to be finished)."""
+        if not self.window.per_pass:
             self._pause_in_pass()
-            self.detached = detached = DetachedTrace(self.port, self.staging.path,
-                                                     self.window.delay_ms, self.window.duration_ms, self.profiler)
-            detached.start()
-            if self.window.delay_ms == 0 and self.port is not None:
-                time.sleep(1.0)  # the server needs a moment to begin tracing
-            elif self.window.delay_ms == 0:
-                detached.opened.wait(30)
-            self.passes_start = time.time()
+            self.spanning = self._open(0)
         for i in tqdm(range(self.args.num_iters), desc="Profile iterations"):
             self.steps.pass_index = i
-            if self.window.kind == "phase":
-                self._phase_pass(i)
+            if self.window.per_pass:
+                self._windowed_pass(i)
             else:
                 self.profiled.append(self._one_pass())
+        if self.spanning:
+            self.spanning.end()
+
+    def _open(self, pass_index: int) -> CaptureWindow:
+        window = make_window(self.window, self.profiler, self.port, pass_index)
+        self._off = self.engine.events.subscribe(window.on_event)
+        window.begin(self.staging.path)
+        return window
 
     def _pause_in_pass(self) -> None:
         """PROFILING_PAUSE_AT=pass: wait after each engine step of the profiled passes (once its
@@ -195,11 +194,10 @@ class Profiler:
         if "pass" in os.environ.get(PAUSE_ENV, ""):
             self.engine.events.subscribe(lambda e: e.kind == "end" and pause_point("pass"))
 
-    def _phase_pass(self, i: int) -> None:
-        """One timed pass in its own phase window, exported after the pass (outside the timing).
+    def _windowed_pass(self, i: int) -> None:
+        """One timed pass in its own window, exported after the pass (outside the timing).
         Ctrl-C in the pass stops the run, but what the window holds so far is still saved."""
-        window = PhaseWindow(self.window, self.profiler)
-        off = self.engine.events.subscribe(window.on_event)
+        window = self._open(i)
         self._pause_in_pass()
         cut = False
         try:
@@ -208,12 +206,11 @@ class Profiler:
             if not from_interrupt(e):
                 raise
             cut = True
-            self.interrupts.passes_interrupted(f"pass {i + 1}'s capture so far")
+            self.interrupts.passes_interrupted(f"{window.label} so far")
         finally:
-            with self.interrupts.finishing(f"pass {i + 1}'s capture"):
-                window.close()
-                off()
-                self._finish_phase(window, i, cut)
+            with self.interrupts.finishing(window.label):
+                window.end(interrupted=cut)
+                self._finish(window)
         if self.interrupts.stopped:
             raise KeyboardInterrupt
 
@@ -223,7 +220,7 @@ class Profiler:
             if self.warm:
                 print(f"Profiled / unprofiled mean latency: {_mean(self.profiled) / _mean(self.warm):.3f}")
 
-    def _exit(self, detached: DetachedTrace | None) -> int:
+    def _exit(self) -> int:
         compiles = self.engine.compile_stats() - self.compiles_before
         if compiles.compiles:
             self.problems.append(f"{compiles.compiles} XLA compilation(s) happened during the profiled "
@@ -236,7 +233,7 @@ class Profiler:
             kept = f"{len(self.published)} verified capture(s) kept" if self.published else "no capture was saved"
             print(f"interrupted: {kept}.", file=sys.stderr)
         code = 130 if self.interrupted else 0 if self.published and not self.problems else 1
-        if detached and detached.alive:
+        if self.spanning and self.spanning.busy:
             # A trace thread still inside the profiler client would abort the interpreter's
             # exit; everything worth keeping is written, so leave at once.
             sys.stdout.flush()
@@ -253,44 +250,18 @@ class Profiler:
             compiles=Compiles(self.engine.warmup_stats, self.engine.compile_stats() - self.compiles_before),
             args=vars(self.args), workload=self.workload, latency_s=Latencies(self.warm, self.profiled))
 
-    def _finish_detached(self, trace: DetachedTrace) -> None:
-        opens, passes_end = trace.window_opens_at, self.passes_end
-        if opens > passes_end:
-            self.problems.append(
-                f"profiling is late: the profiled passes ended {opens - passes_end:.2f}s before the "
-                f"capture window opened ({DELAY_ENV}={trace.delay_ms}); lower the delay or raise --num-iters.")
-        closes = opens + trace.duration_ms / 1000
-        if closes - time.time() > 0.5:
-            print(f"Waiting {closes - time.time():.1f}s for the capture window to close...")
-        arrived = trace.wait(stop=lambda: self.interrupts.abandoned)
-        self.interrupts.checkpoint("export")
-        runs = self.staging.runs()
-        if not arrived or not runs:
-            why = f" ({trace.error})" if trace.error else ""
-            source = f"the profiler server on port {trace.port}" if trace.port else "the in-process trace"
-            self.problems.append(f"no capture arrived from {source}{why}.")
-            return
-        record = self._record(CaptureTiming(opened_at=opens, closed_at=closes, requested_at=trace.requested_at,
-                                            passes_wall=(self.passes_start, passes_end)))
-        self._publish(runs[-1], record, window_end=min(closes, time.time()), interrupted=self.interrupts.passes_cut)
-
-    def _finish_phase(self, w: PhaseWindow, i: int, cut: bool) -> None:
-        before = set(self.staging.runs())
-        if not w.export(self.staging.path):
-            when = "was interrupted before any" if cut else "had no"
-            self.problems.append(f"pass {i + 1} {when} step matching the capture window "
-                                 f"({self.window.describe()}); nothing was captured from it.")
+    def _finish(self, window: CaptureWindow) -> None:
+        """Export a window's capture and publish it; what went wrong is one problem line."""
+        self._off()
+        captured: Captured = window.export(abandon=lambda: self.interrupts.abandoned)
+        if captured.problem:
+            self.problems.append(captured.problem)
+        if captured.run_dir is None:
             return
         self.interrupts.checkpoint("export")
-        new = [r for r in self.staging.runs() if r not in before]
-        record = self._record(CaptureTiming(opened_at=w.opened_at, closed_at=w.closed_at, pass_index=i,
-                                            window_steps=list(w.steps)))
-        self._publish(new[-1], record, phase=self.window.phase, expected_steps=w.steps, window_end=w.closed_at,
-                      interrupted=cut)
-
-    def _publish(self, exported: str, record: RunRecord, **how) -> None:
+        record = self._record(captured.timing)
         try:
-            done = publish(self.staging, exported, self.steps, record, checkpoint=self.interrupts.checkpoint, **how)
+            done = publish(self.staging, captured, self.steps, record, checkpoint=self.interrupts.checkpoint)
         except ValueError as e:
             self.problems.append(f"the capture was discarded: {str(e).rstrip('.')}.")
             return

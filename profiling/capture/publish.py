@@ -13,18 +13,12 @@ from collections.abc import Callable
 
 from ..runs.layout import runs_in
 from ..runs.parts import Verification, Window
-from ..runs.record import (
-    CaptureTiming,
-    RunRecord,
-    read_run_record,
-    write_manifest,
-    write_run_record,
-)
+from ..runs.record import CaptureTiming, RunRecord, read_run_record, write_manifest, write_run_record
 from ..table import number_ranges
 from .record import StepLog
 from .store import Staging, free_run_name, name_capture, real_dir_inside, staging_entries
 from .verify import PhaseCoverage, check_capture, coverage
-from .windows import DELAY_ENV, DURATION_ENV
+from .windows import DELAY_ENV, DURATION_ENV, Captured
 
 
 class CaptureWriteError(ValueError):
@@ -39,28 +33,25 @@ class Published:
     notes: list[str]               # what the user should know
 
 
-def publish(staging: Staging, exported: str, steps: StepLog, record: RunRecord, *,
-            prefix: str = "", phase: str | None = None, expected_steps: list[int] | None = None,
-            window_end: float | None = None, interrupted: bool = False,
+def publish(staging: Staging, captured: Captured, steps: StepLog, record: RunRecord, *,
             checkpoint: Callable[[str], None] = lambda stage: None) -> Published:
-    """Publish the run `exported` (a run dir in `staging`) as `<time>_<prefix><phase>`; without
-    `phase`, it is named after the phases the trace holds. `steps` holds the engine's records of
-    the window's steps; only those the trace holds go into the manifest. With `expected_steps`,
-    the trace must hold exactly those, unless Ctrl-C cut the window short (`interrupted`): then
-    it holds what ran up to the interrupt, and the record says so. `checkpoint(stage)` runs
-    before verifying and before the final rename (the interrupt policy's safe points).
-    ValueError (nothing published) if it cannot be verified or written (a full disk, a profile
-    dir removed meanwhile)."""
+    """Publish the window's export (`captured.run_dir`, a run dir in `staging`) as
+    `<time>_<label>`, the label its window gives (`Window.run_label`). `steps` holds the
+    engine's records of the window's steps; only those the trace holds go into the manifest.
+    With `captured.expected_steps`, the trace must hold exactly those, unless Ctrl-C cut the
+    window short: then it holds what ran up to the interrupt, and the record says so.
+    `checkpoint(stage)` runs before verifying and before the final rename (the interrupt
+    policy's safe points). ValueError (nothing published) if it cannot be verified, CaptureWriteError
+    if it cannot be written (a full disk, a profile dir removed meanwhile)."""
     try:
-        return _publish(staging, exported, steps, record, prefix, phase, expected_steps, window_end,
-                        interrupted, checkpoint)
+        return _publish(staging, captured, steps, record, checkpoint)
     except OSError as e:
         raise CaptureWriteError(f"it could not be written into {staging.root} "
                                 f"({e.strerror or type(e).__name__})") from None
 
 
-def _publish(staging, exported, steps, record, prefix, phase, expected_steps, window_end, interrupted,
-             checkpoint) -> Published:
+def _publish(staging: Staging, captured: Captured, steps: StepLog, record: RunRecord, checkpoint) -> Published:
+    exported, expected_steps, interrupted = captured.run_dir, captured.expected_steps, captured.interrupted
     name_capture(exported)
     checkpoint("verify")
     verification = check_capture(exported)
@@ -73,8 +64,8 @@ def _publish(staging, exported, steps, record, prefix, phase, expected_steps, wi
             record.capture = dataclasses.replace(record.capture, window_steps=found)
     elif expected_steps is not None:
         if found != sorted(expected_steps):
-            problems.append(f"the {phase or 'capture'} capture holds steps {found} but the window ran "
-                            f"steps {sorted(expected_steps)}.")
+            problems.append(f"the {record.window.phase if record.window else 'capture'} capture holds steps "
+                            f"{found} but the window ran steps {sorted(expected_steps)}.")
     elif not found:
         problems.append("the capture holds no engine step: none ran while the trace was open (for an "
                         "env window, check the delay and duration).")
@@ -83,13 +74,14 @@ def _publish(staging, exported, steps, record, prefix, phase, expected_steps, wi
         notes.append(f"the capture window opened after the passes began; it misses their first "
                      f"{missed} step(s).")
     notes += coverage_notes(steps, verification, record.window, record.capture)
-    if window_end is not None:
-        record.capture = dataclasses.replace(record.capture, written_after_s=time.time() - window_end)
+    if captured.timing.closed_at is not None:
+        ended = min(captured.timing.closed_at, time.time())  # an env window may close after the passes
+        record.capture = dataclasses.replace(record.capture, written_after_s=time.time() - ended)
     record.verification = verification
     write_manifest(exported, steps.select(found))
     write_run_record(exported, record)
     checkpoint("publish")
-    dest = staging.publish(exported, prefix + (phase or verification.phases()))
+    dest = staging.publish(exported, run_label(record.window, verification))
     return Published(dest, verification, problems, notes)
 
 
@@ -135,14 +127,17 @@ def _recover(root: str, run: str) -> str | None:
         verification = check_capture(run)
     except (ValueError, OSError):
         return None
-    window = record.window
-    kind = ("serve-" + verification.phases() if window and window.kind == "server" else
-            window.phase if window and window.kind == "phase" else verification.phases())
+    kind = run_label(record.window, verification)
     dest_root = os.path.join(root, "plugins", "profile")
     os.makedirs(dest_root, exist_ok=True)
     dest = os.path.join(dest_root, free_run_name(dest_root, kind, record.capture.closed_at))
     os.rename(run, dest)
     return dest
+
+
+def run_label(window: Window | None, verification: Verification) -> str:
+    """The one way runs are named (after the time): by their window, from what the trace holds."""
+    return window.run_label(verification.phases()) if window else verification.phases()
 
 
 def _interrupted_note(found: list[int], ended: list[int] | None) -> str:
@@ -157,7 +152,7 @@ def coverage_notes(steps: StepLog, verification: Verification, window: Window | 
     """One line per phase of an offline run: steps in the profiled pass(es) against steps in
     the capture, and what to change when it holds fewer. (A server's StepLog only holds the
     window's own steps, so there is nothing to compare.)"""
-    if window is None or window.kind not in ("env", "phase"):
+    if window is None or not window.offline:
         return []
     ran = [s for s in steps.steps if capture.pass_index is None or s.pass_index == capture.pass_index]
     return [_coverage_line(c, window, capture) for c in coverage(ran, verification.steps)]
@@ -171,7 +166,7 @@ def _coverage_line(c: PhaseCoverage, window: Window, capture: CaptureTiming) -> 
         line += f" ({c.whole_passes} pass(es) whole)"
     if c.complete:
         return line + "."
-    if window.kind == "phase":
+    if window.per_pass:
         return line + f" (the window takes {window.describe()})."
     if not capture.passes_wall:
         return line + "."

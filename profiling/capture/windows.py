@@ -1,25 +1,29 @@
-"""When a trace runs: the capture window a run asks for, and the two ways of keeping it.
+"""When a trace runs: the capture window a run asks for, and the one protocol every kind of
+window keeps (`CaptureWindow`: begin, observe the engine's step events, end, export what it
+captured).
 
-  * env window (the seed's): a detached trace against the profiler server, starting
-    VLLM_TPU_PROFILE_DELAY_MS after the request and lasting VLLM_TPU_PROFILE_DURATION_MS.
-    Used when either variable is set (it wins over --profile-phase) or no phase is asked for.
-  * phase window (--profile-phase): opened and closed at the engine's own step boundaries,
-    driven by its phase events, so a capture holds whole matching steps and nothing else.
-A live server's captures (`live.py`) open and close between engine steps on request.
+  * env window (the seed's, env_window.py): a detached trace against the profiler server,
+    starting VLLM_TPU_PROFILE_DELAY_MS after the request and lasting
+    VLLM_TPU_PROFILE_DURATION_MS. Used when either variable is set (it wins over
+    --profile-phase) or no phase is asked for; one capture over all the profiled passes.
+  * phase window (--profile-phase, phase_window.py): opened and closed at the engine's own
+    step boundaries, so a capture holds whole matching steps and nothing else; one per pass.
+  * server window (live.py): a live server's capture, from /start_profile to /stop_profile.
 """
 from __future__ import annotations
 
+import abc
+import dataclasses
 import os
 import re
 import sys
-import threading
-import time
+from types import ModuleType
 from typing import Callable
 
 from tpu_engine.events import PhaseEvent
 
 from ..runs.parts import Window
-from . import xla_profiler
+from ..runs.record import CaptureTiming
 
 DELAY_ENV, DURATION_ENV = "VLLM_TPU_PROFILE_DELAY_MS", "VLLM_TPU_PROFILE_DURATION_MS"
 DEFAULT_DELAY_MS, DEFAULT_DURATION_MS = 0, 3000
@@ -58,114 +62,49 @@ def plan_window(args, environ=os.environ, quiet: bool = False) -> Window:
     return Window("env", delay_ms=delay, duration_ms=duration)
 
 
-class DetachedTrace:
-    """The env window: ask the profiler server for a trace starting `delay_ms` from now and
-    lasting `duration_ms`, from a background thread; `wait()` for the files to land. Without a
-    server (`port` None) the thread traces in process over the same window: the server would
-    run the same session in this process, only reached over the network."""
-
-    def __init__(self, port: int | None, logdir: str, delay_ms: int, duration_ms: int, profiler=xla_profiler):
-        self.port, self.logdir, self.delay_ms, self.duration_ms = port, logdir, delay_ms, duration_ms
-        self.profiler = profiler  # the engine backend's (profilers.py)
-        self.error: BaseException | None = None
-        self.requested_at: float | None = None
-        self._thread = threading.Thread(target=self._run, name="detached-trace", daemon=True)
-        self.opened = threading.Event()   # the trace runs (in process), or the request is out
-
-    def _run(self) -> None:
-        try:
-            if self.port is None:
-                self._trace_in_process()
-            else:
-                self.profiler.request_trace(self.port, self.logdir, self.delay_ms, self.duration_ms)
-                self.opened.set()
-        except BaseException as e:  # reported by wait()
-            self.error = e
-            self.opened.set()
-
-    def _trace_in_process(self) -> None:
-        time.sleep(max(0.0, self.window_opens_at - time.time()))
-        session = self.profiler.Session()
-        self.opened.set()
-        time.sleep(max(0.0, self.window_opens_at + self.duration_ms / 1000 - time.time()))
-        session.export(session.stop(), self.logdir)
-
-    def start(self) -> None:
-        self.requested_at = time.time()
-        self._thread.start()
-
-    @property
-    def window_opens_at(self) -> float:
-        return self.requested_at + self.delay_ms / 1000
-
-    def wait(self, slack_s: float = 60.0, stop: Callable[[], bool] = lambda: False) -> bool:
-        """Block until the trace thread ends (the capture is on disk) or the window plus
-        `slack_s` has passed; True if it ended.
-
-        While waiting, the main thread marks itself with an `idle: waiting for capture` scope
-        every 50 ms: the profiler client retries a window in which nothing happened instead of
-        returning, so an idle tail (or a window that opened after the passes) needs one event.
-        `stop()` ends the wait early (a second Ctrl-C: the capture is to be discarded)."""
-        deadline = self.window_opens_at + self.duration_ms / 1000 + slack_s
-        while self._thread.is_alive() and time.time() < deadline and not stop():
-            with self.profiler.marker("idle: waiting for capture"):
-                self._thread.join(0.05)
-        return not self._thread.is_alive()
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
+@dataclasses.dataclass
+class Captured:
+    """What a window captured, exported into a staging dir: what `publish` takes."""
+    run_dir: str | None                        # the exported run; None: nothing was captured
+    timing: CaptureTiming
+    expected_steps: list[int] | None = None    # the steps the window ran, where it knows them
+    problem: str | None = None                 # why nothing was captured, or what went wrong
+    interrupted: bool = False                  # Ctrl-C cut the window short
 
 
-class PhaseWindow:
-    """An exact capture window driven by the engine's phase events.
+class CaptureWindow(abc.ABC):
+    """One capture's window. The caller subscribes `on_event` to the engine's phase events,
+    calls `begin(logdir)` before the steps the capture may hold run and `end()` once they are
+    over, then `export()` outside any timing."""
+    spec: Window
+    label: str = "the capture"                 # for messages: "pass 2's capture", ...
+    logdir: str = ""
 
-    Subscribe `on_event` to `engine.events`. The trace starts at the `begin` event of the first
-    step that matches and stops at the `end` event of the last one: it closes early if a
-    non-matching step is about to run, and after `window.max_steps` steps. Exporting the
-    capture is deferred to `export()`, after the timed pass.
-    """
-
-    def __init__(self, window: Window, profiler=xla_profiler):
-        self.window = window
-        self.profiler = profiler  # the engine backend's (profilers.py)
-        self.steps: list[int] = []
-        self.state = "waiting"        # -> "open" -> "closed"
-        self._session: xla_profiler.Session | None = None
-        self._xspace: bytes | None = None
-        self.opened_at = self.closed_at = None
+    def begin(self, logdir: str) -> None:
+        """The steps the window may hold are about to run; the capture goes under `logdir`."""
+        self.logdir = logdir
 
     def on_event(self, e: PhaseEvent) -> None:
-        if e.kind == "begin":
-            if self.state == "waiting" and self.window.matches(e.record):
-                self._session = self.profiler.Session()
-                self.opened_at = time.time()
-                self.state = "open"
-            elif self.state == "open" and not self.window.matches(e.record):
-                self.close()
-        elif self.state == "open":
-            self.steps.append(e.record.step)
-            if self.window.max_steps is not None and len(self.steps) >= self.window.max_steps:
-                self.close()
+        """An engine phase event (a step's begin or end)."""
 
-    def close(self) -> None:
-        """Stop tracing now (idempotent); the trace stays in memory until `export`."""
-        if self.state == "open":
-            self._xspace = self._session.stop()
-            self.closed_at = time.time()
-            self.state = "closed"
+    @abc.abstractmethod
+    def end(self, interrupted: bool = False) -> None:
+        """The steps are over (or Ctrl-C cut them short): stop tracing (idempotent); the
+        capture stays in memory until `export`."""
 
-    def export(self, logdir: str) -> bool:
-        """Write the capture under `logdir/plugins/profile/`; False if the window never opened."""
-        self.close()
-        if self._xspace is None:
-            return False
-        try:
-            self._session.export(self._xspace, logdir)
-        except (RuntimeError, OSError) as e:  # torch_xla's C++ writer, JAX's file write (a full disk)
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else \
-                str(e).strip().splitlines()[0].rsplit("; ", 1)[-1] if str(e).strip() else type(e).__name__
-            raise ValueError(f"cannot write the capture into {logdir} ({reason.rstrip('.')}); "
-                             f"nothing of it was kept.") from None
-        self._xspace = None
-        return True
+    @abc.abstractmethod
+    def export(self, abandon: Callable[[], bool] = lambda: False) -> Captured:
+        """Write the capture under `<logdir>/plugins/profile/`; `abandon()` ends a wait early."""
+
+    @property
+    def busy(self) -> bool:
+        """A profiler thread still runs (the process must not wait for it at exit)."""
+        return False
+
+
+def make_window(spec: Window, profiler: ModuleType, port: int | None, pass_index: int = 0) -> CaptureWindow:
+    """The window an offline run's spec asks for: a phase window (one per pass) or the env
+    window (one over all the passes; traced in process when `port` is None, no profiler server)."""
+    from .env_window import EnvWindow
+    from .phase_window import PhaseWindow
+    return PhaseWindow(spec, profiler, pass_index) if spec.per_pass else EnvWindow(spec, profiler, port)

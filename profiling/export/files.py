@@ -10,6 +10,7 @@ from ..analysis import tables
 from ..analysis.analysis import Analysis
 from ..analysis.breakdown import breakdown_table
 from ..analysis.compiles import compile_report
+from ..analysis.notes import notes
 from ..analysis.roofline import roofline
 from ..runs import files as runfiles
 from ..table import Table
@@ -32,7 +33,8 @@ def write_csv(a: Analysis, base: str, out: runfiles.Outputs | None = None) -> li
 
 def context(a: Analysis) -> dict:
     """The run dir, the capture file and, from the run record, what it ran and with what."""
-    out = dict(run_dir=a.run_dir, xplane=a.xplane.rsplit("/", 1)[-1])
+    out = dict(run_dir=a.run_dir, xplane=a.xplane.rsplit("/", 1)[-1],
+               format=a.capture.format if a.capture else "xplane")
     if a.record:
         record = a.record.to_json()
         out.update({k: record[k] for k in ("command", "args", "env", "versions", "engine", "window",
@@ -40,9 +42,19 @@ def context(a: Analysis) -> dict:
     return out
 
 
+def steps_json(a: Analysis) -> list[dict]:
+    """Every step: where it came from, its phase and why, its window, and what its step
+    annotation carries (request ids, for engines that put them there)."""
+    return [dict(step=s.step, phase=s.phase, source=s.source, name=s.name, phase_rule=s.phase_rule,
+                 start_ns=s.start_ns, end_ns=s.end_ns, duration_ms=s.duration_s * 1e3, ops=len(s.ops),
+                 devices=sorted({o.device for o in s.ops}), args=dict(s.args),
+                 record=s.record.to_json() if s.record else None) for s in a.steps]
+
+
 def to_json(a: Analysis) -> dict:
     roof = roofline(a)
-    return dict(context=context(a), phase_summary=tables.phase_summary(a).to_dict(),
+    return dict(context=context(a), rules=a.rules.to_json() if a.rules else None, notes=notes(a),
+                steps=steps_json(a), phase_summary=tables.phase_summary(a).to_dict(),
                 request_latency=dataclasses.asdict(tables.request_latency(a)),
                 phases={p: {k: t.to_dict() for k, t in phase_tables(a, p).items()} for p in a.phases},
                 compile_report=dataclasses.asdict(compile_report(a)),

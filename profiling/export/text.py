@@ -10,9 +10,9 @@ from ..analysis.analysis import Analysis
 from ..analysis.breakdown import breakdown_table
 from ..analysis.compiles import CompileReport, compile_report
 from ..analysis.fidelity import coverage, layer_outliers
+from ..analysis.notes import notes
 from ..analysis.roofline import Roofline, roofline
 from ..table import Table
-from ..trace.categories import UNSCOPED
 
 ABSENT = "absent"
 TOP_OPS_COLUMNS = ["op", "category", "count", "total_ms", "cpu_ms", "max_ms", "pct", "scope"]  # avg: CSV, JSON
@@ -35,6 +35,7 @@ def render(a: Analysis, top: int = 15, detail: bool = False) -> str:
         out.append(f"model: {engine.model}")  # a line of its own: a model dir's path can be long
         out.append(f"backend: {a.record.backend}  device: {d.platform} x{d.device_count} ({d.device_kind})  "
                    f"dtype: {d.dtype}  eager: {engine.enforce_eager}")
+    out += rules_text(a)
     out.append(_heading("phases"))
     phases = tables.phase_summary(a)
     out.append(phases.render())
@@ -61,10 +62,6 @@ def _phase_text(a: Analysis, phase: str, top: int, detail: bool) -> list[str]:
     if not detail:
         model = model.with_rows(r for r in model.rows if r.depth == 0)
     out = [_heading(phase), model.render()]
-    if all(r.name == UNSCOPED for r in model.rows if r.depth == 0):
-        why = ("its JAX program names no `jax.named_scope`" if a.record and a.record.backend == "jax" else
-               "it was made with XLA_HLO_DEBUG unset or 0 (profiling.py sets it to 1 unless told otherwise)")
-        out.append(_note(f"no module names in this capture's HLO metadata; {why}."))
     out += [_note(f"{o.layer} takes {o.layer_ms:.1f} ms, the layers' median {o.median_ms:.1f} ms: {o.op} "
                   f"{o.op_ms:.1f} ms against {o.sibling_op_ms:.1f} ms in the others; {o.reason}.")
             for o in layer_outliers(a, phase)]
@@ -78,6 +75,18 @@ def _phase_text(a: Analysis, phase: str, top: int, detail: bool) -> list[str]:
         out.append(_note(f"{waits:.0f}% of op time is `-done` ops, the end of an async copy "
                          f"or collective: time the device waited, not work (see the breakdown)."))
     return out + ["", breakdown_table(a, phase).render()]
+
+
+def rules_text(a: Analysis) -> list[str]:
+    """How the steps, phases and layers were found (one line each), then the notes true for
+    this capture (analysis/notes.py)."""
+    out = []
+    if a.rules:
+        phases = ", ".join(f"{p} {len(a.phase_steps(p))}" for p in a.phases)
+        out += [textwrap.fill(a.rules.steps.text, WIDTH, subsequent_indent="  "),
+                textwrap.fill(f"{a.rules.phases.text} ({phases})", WIDTH, subsequent_indent="  "),
+                textwrap.fill(a.rules.layers.text, WIDTH, subsequent_indent="  ")]
+    return out + [_note(n) for n in notes(a)]
 
 
 def coverage_text(c) -> str:

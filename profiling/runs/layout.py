@@ -1,4 +1,5 @@
-"""Where runs live: TensorBoard's layout `<profile dir>/plugins/profile/<run>/<host>.xplane.pb`,
+"""Where runs live: TensorBoard's layout `<profile dir>/plugins/profile/<run>/<host>.xplane.pb`
+(or the TPU profiler's `<host>.trace.json.gz`),
 and finding a run from what a user names (a run dir, a capture file, a profile dir, a run's name)."""
 from __future__ import annotations
 
@@ -8,16 +9,28 @@ import os
 DEFAULT_PROFILE_DIR = "profiles"   # the capture command's --profile-result-dir default
 
 
+CAPTURES = (".xplane.pb", ".trace.json.gz", ".trace.json")  # what summarize reads, best first
+
+
+def is_capture(path: str) -> bool:
+    return path.endswith(CAPTURES)
+
+
+def _captures_in(run_dir: str) -> list[str]:
+    return [p for ext in CAPTURES for p in sorted(glob.glob(os.path.join(run_dir, "*" + ext)))]
+
+
 def runs_in(logdir: str) -> list[str]:
-    """Run directories under `logdir/plugins/profile/` that hold a `.xplane.pb`."""
-    return sorted({os.path.dirname(p) for p in
-                   glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb"))})
+    """Run directories under `logdir/plugins/profile/` that hold a capture."""
+    return sorted({os.path.dirname(p) for ext in CAPTURES for p in
+                   glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*" + ext))})
 
 
 def find_xplane(run_dir: str) -> str:
-    found = sorted(glob.glob(os.path.join(run_dir, "*.xplane.pb")))
+    """The run's capture: its `.xplane.pb`, else its Chrome-trace JSON."""
+    found = _captures_in(run_dir)
     if not found:
-        raise ValueError(f"no .xplane.pb in {run_dir}.")
+        raise ValueError(f"no .xplane.pb (nor .trace.json.gz) capture in {run_dir}.")
     return found[0]
 
 
@@ -26,12 +39,12 @@ def resolve_run(path: str) -> tuple[str, str]:
     or a run's name as `summarize` lists it (`<profile dir>/<name>`, or a bare name in
     ./profiles). ValueError when nothing readable is there."""
     if os.path.isfile(path):
-        if not path.endswith(".xplane.pb"):
-            raise ValueError(f"{path} is not an .xplane.pb capture.")
+        if not is_capture(path):
+            raise ValueError(f"{path} is not a capture (an .xplane.pb, .trace.json or .trace.json.gz).")
         return os.path.dirname(os.path.abspath(path)), path
     if not os.path.isdir(path):
         return _run_by_name(path)
-    if glob.glob(os.path.join(path, "*.xplane.pb")):
+    if _captures_in(path):
         return path, find_xplane(path)
     runs = runs_in(path)
     if runs:
@@ -41,7 +54,7 @@ def resolve_run(path: str) -> tuple[str, str]:
             print(f"{path} holds {len(runs)} runs ({'..., ' if len(runs) > 6 else ''}{names}); reading the "
                   f"newest, {os.path.basename(run)} (pass a run's name or dir to choose another).")
         return run, find_xplane(run)
-    raise ValueError(f"no .xplane.pb capture in {path} (nor in {path}/plugins/profile/<run>/).")
+    raise ValueError(f"no capture (.xplane.pb, .trace.json.gz) in {path} (nor in {path}/plugins/profile/<run>/).")
 
 
 def _run_by_name(path: str) -> tuple[str, str]:

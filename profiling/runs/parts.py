@@ -29,6 +29,23 @@ class Window:
     def from_json(cls, data: dict[str, Any]) -> "Window":
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
+    @property
+    def per_pass(self) -> bool:
+        """Phase windows capture each profiled pass apart; the env window spans them all."""
+        return self.kind == "phase"
+
+    @property
+    def offline(self) -> bool:
+        """Made by an offline run's passes (env or phase), not a server's /start_profile."""
+        return self.kind != "server"
+
+    def run_label(self, phases: str) -> str:
+        """What its runs are named after (with the time first): the phase a phase window takes,
+        else the phases the capture holds (`prefill-decode`), `serve-` first for a server's."""
+        if self.kind == "phase":
+            return self.phase
+        return f"serve-{phases}" if self.kind == "server" else phases
+
     def matches(self, r: StepRecord) -> bool:
         """Whether a step belongs in a phase window."""
         if self.phase != "all" and r.phase != self.phase:

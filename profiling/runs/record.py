@@ -6,12 +6,13 @@ back through `read_manifest` and `read_run_record`."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import json
 import os
 import platform
 from typing import Any, TypeVar
 
+from tpu_engine.backends import registry
+from tpu_engine.backends.registry import version_of
 from tpu_engine.compile import CompileStats
 from tpu_engine.config import ModelConfig
 from tpu_engine.events import StepRecord
@@ -106,7 +107,7 @@ class RunRecord:
     latency_s: Latencies | None = None
     interrupted: bool = False
     verification: Verification | None = None
-    backend: str = "torch_xla"           # the engine's: "torch_xla" or "jax"
+    backend: str = registry.DEFAULT      # the engine's (tpu_engine/backends/registry.py)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -130,7 +131,7 @@ class RunRecord:
                    latency_s=_optional(Latencies, data.get("latency_s")),
                    interrupted=bool(data.get("interrupted", False)),
                    verification=_optional(Verification, data.get("verification")),
-                   backend=str(data.get("backend") or "torch_xla"))  # records before JAX: torch_xla
+                   backend=str(data.get("backend") or registry.DEFAULT))  # records before JAX: torch_xla
 
 
 T = TypeVar("T")
@@ -173,17 +174,10 @@ def read_run_record(run_dir: str) -> RunRecord | None:
 
 
 # ---- this process ------------------------------------------------------------------------------
-def version_of(dist: str) -> str | None:
-    """The installed version of a distribution, None if it is not installed."""
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def versions() -> dict[str, str | None]:
-    return {"python": platform.python_version(), "torch": version_of("torch"),
-            "torch_xla": version_of("torch_xla"), "jax": version_of("jax"), "jaxlib": version_of("jaxlib"),
+    """Python, every backend's packages (the registry's), libtpu, XProf and this project."""
+    backends = {dist: version_of(dist) for b in registry.BACKENDS.values() for dist in b.distributions}
+    return {"python": platform.python_version(), **backends,
             "libtpu": version_of("libtpu") or version_of("libtpu-nightly"),
             "xprof": version_of("xprof"), "tpu_inference_profiler": version_of("tpu-inference-profiler"),
             "platform": platform.platform()}

@@ -13,6 +13,7 @@ or die); a bad edit while the server runs is reported once and the last good con
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -25,7 +26,17 @@ DEFAULTS = {"enable": 0, "output_dir": "service_profile", "domains": [],
 INTERVAL_MS = (10, 60_000)   # the accepted range of both intervals
 
 
-def read_config(path: str) -> dict:
+@dataclasses.dataclass(frozen=True)
+class ServiceConfig:
+    """The config as checked; `output_dir` made absolute (relative to the config file)."""
+    enable: bool
+    output_dir: str
+    domains: tuple[str, ...]
+    poll_interval_ms: float
+    flush_interval_ms: float
+
+
+def read_config(path: str) -> ServiceConfig:
     """The config with defaults filled in; ValueError with one sentence if it is not usable."""
     try:
         with open(path) as f:
@@ -51,9 +62,8 @@ def read_config(path: str) -> dict:
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not low <= v <= high:
             raise ValueError(f"{where}: {key}={_show(v)} must be a number of milliseconds from {low} to {high}.")
     # A relative output_dir is relative to the config file, so the server's cwd does not matter.
-    cfg["output_dir"] = os.path.join(os.path.dirname(os.path.abspath(path)), cfg["output_dir"])
-    cfg["enable"] = bool(cfg["enable"])
-    return cfg
+    return ServiceConfig(bool(cfg["enable"]), os.path.join(os.path.dirname(os.path.abspath(path)), out),
+                         tuple(cfg["domains"]), cfg["poll_interval_ms"], cfg["flush_interval_ms"])
 
 
 def _show(v) -> str:
@@ -96,7 +106,7 @@ class ConfigWatcher:
 
     def _loop(self) -> None:
         low, high = INTERVAL_MS
-        while not self._stop.wait(min(max(self.config["poll_interval_ms"], low), high) / 1000):
+        while not self._stop.wait(min(max(self.config.poll_interval_ms, low), high) / 1000):
             try:
                 self.check()
             except Exception as e:  # the watcher is what applies "enable": 0, so it must live

@@ -8,8 +8,9 @@
     reqs | map attr request_id                apply an operation to every element
 
 Operations: attr NAME, call (a method with no arguments), len, str, int, float, bool, list,
-sum, min, max, map OP. Expressions are parsed
-when the YAML is loaded (a bad one is reported then) and evaluated after the call returns.
+sum, min, max, map OP. Expressions are parsed when the YAML is loaded (a bad one is reported
+then), the parameter names they read are checked against the patched function's signature
+when it is instrumented, and they are evaluated after the call returns.
 
 What an expression may reach is restricted, since the symbols file names code to run in the
 server: `attr` takes public names only (no `_` prefix, so no `__globals__` or `__class__`),
@@ -18,6 +19,7 @@ a function of a module, not a class).
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 from typing import Any, Callable
@@ -47,12 +49,31 @@ class Context:
         return self._names[key]
 
 
-def compile_expr(text: str) -> Callable[[Context], Any]:
-    """A function of a Context; ExpressionError with the reason if `text` is not valid."""
+@dataclasses.dataclass(frozen=True)
+class Expression:
+    """A compiled attribute expression: call it with a Context."""
+    text: str
+    names: frozenset[str]                  # the call's parameters it reads by name
+    evaluate: Callable[[Context], Any]
+
+    def __call__(self, ctx: Context) -> Any:
+        return self.evaluate(ctx)
+
+
+def unbound_names(expr: Expression, fn: Callable) -> list[str]:
+    """The parameters `expr` reads by name that `fn` does not have (none if it takes **kwargs)."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return []
+    return sorted(expr.names - set(params))
+
+
+def compile_expr(text: str) -> Expression:
+    """The expression; ExpressionError with the reason if `text` is not valid."""
     if not isinstance(text, str) or not text.strip():
         raise ExpressionError("an expression must be a non-empty string")
     parts = [p.strip() for p in text.split("|")]
-    source = _source(parts[0])
+    source, name = _source(parts[0])
     ops = [_operation(p, parts[i - 1] if i > 1 else "") for i, p in enumerate(parts[1:], start=1)]
 
     def evaluate(ctx: Context):
@@ -60,14 +81,15 @@ def compile_expr(text: str) -> Callable[[Context], Any]:
         for op in ops:
             value = op(value)
         return value
-    return evaluate
+    return Expression(text, frozenset([name] if name else []), evaluate)
 
 
-def _source(text: str) -> Callable[[Context], Any]:
+def _source(text: str) -> tuple[Callable[[Context], Any], str | None]:
+    """(the value's getter, the parameter it reads by name, if any)."""
     m = re.fullmatch(r"(len|str|int|float|bool|list|sum|min|max)\((.+)\)", text)
     if m:  # the call form, `len(x)`
-        inner, fn = _source(m.group(2).strip()), _FUNCS[m.group(1)]
-        return lambda ctx: fn(inner(ctx))
+        (inner, name), fn = _source(m.group(2).strip()), _FUNCS[m.group(1)]
+        return (lambda ctx: fn(inner(ctx))), name
     m = _NAME.match(text)
     if not m:
         raise ExpressionError(f"{text!r} does not start with a name (args, kwargs, return or a parameter)")
@@ -83,6 +105,7 @@ def _source(text: str) -> Callable[[Context], Any]:
             raise ExpressionError(f"the key {raw} is private; expressions read public data only")
         keys.append(int(raw) if raw.lstrip("-").isdigit() else raw[1:-1])
         rest = rest[k.end():]
+    name = None
     if head == "return":
         base = lambda ctx: ctx.result  # noqa: E731
     elif head == "args":
@@ -90,16 +113,16 @@ def _source(text: str) -> Callable[[Context], Any]:
     elif head == "kwargs":
         base = lambda ctx: ctx.kwargs  # noqa: E731
     else:
-        base = lambda ctx: ctx.name(head)  # noqa: E731
+        base, name = (lambda ctx: ctx.name(head)), head  # noqa: E731
     if not keys:
-        return base
+        return base, name
 
     def indexed(ctx):
         value = base(ctx)
         for key in keys:
             value = value[key]
         return value
-    return indexed
+    return indexed, name
 
 
 def _operation(text: str, previous: str = "") -> Callable[[Any], Any]:

@@ -13,7 +13,7 @@ from typing import Callable
 from tpu_engine.serve import threads
 
 from .collector import COLLECTOR
-from .config import CONFIG_ENV, ConfigWatcher, ensure_config, read_config
+from .config import CONFIG_ENV, ConfigWatcher, ServiceConfig, ensure_config, read_config
 from .engine_spans import EngineSpans
 from .symbols import DEFAULT_SYMBOLS, SYMBOLS_ENV, instrument, load_symbols
 
@@ -29,27 +29,27 @@ def symbols_path(environ=os.environ) -> str:
     return path
 
 
-def apply(config: dict) -> None:
+def apply(config: ServiceConfig) -> None:
     """Put a (checked) config in force. An output_dir that cannot be written is reported and
     changes nothing else: collection goes on where it was, or stays off."""
-    COLLECTOR.domains = frozenset(config["domains"])
-    COLLECTOR.flush_interval_s = config["flush_interval_ms"] / 1000
-    if config["enable"]:
+    COLLECTOR.domains = frozenset(config.domains)
+    COLLECTOR.flush_interval_s = config.flush_interval_ms / 1000
+    if config.enable:
         before = COLLECTOR.path
         try:
-            COLLECTOR.start(config["output_dir"])
+            COLLECTOR.start(config.output_dir)
         except (OSError, ValueError) as e:
             where = f"still collecting into {before}" if COLLECTOR.enabled else "collection stays off"
-            print(f"warning: service profiler: output_dir {config['output_dir']} cannot be written "
+            print(f"warning: service profiler: output_dir {config.output_dir} cannot be written "
                   f"({getattr(e, 'strerror', None) or e}); {where}.", file=sys.stderr, flush=True)
             return
         print(f"Service profiler: collecting into {COLLECTOR.path}", file=sys.stderr, flush=True)
     elif COLLECTOR.enabled:
         COLLECTOR.stop()
         print("Service profiler: collection stopped", file=sys.stderr, flush=True)
-    elif COLLECTOR.output_dir not in (None, os.path.abspath(config["output_dir"])):
+    elif COLLECTOR.output_dir not in (None, os.path.abspath(config.output_dir)):
         # Off: the file in the old directory is finished; the next "enable" opens the new one.
-        print(f"Service profiler: output_dir is now {config['output_dir']} (used from the next \"enable\": 1)",
+        print(f"Service profiler: output_dir is now {config.output_dir} (used from the next \"enable\": 1)",
               file=sys.stderr, flush=True)
 
 

@@ -33,7 +33,7 @@ import time
 from typing import Any, Callable
 
 from .collector import COLLECTOR, Collector, describe
-from .expr import Context, ExpressionError, compile_expr
+from .expr import Context, ExpressionError, compile_expr, unbound_names
 from .handlers import HANDLERS_ENV, allowed_handlers, load_handler
 
 SYMBOLS_ENV = "PROFILING_SYMBOLS_PATH"
@@ -267,9 +267,29 @@ def _handler_failed(sym: Symbol, e: Exception, reported: list, collector: Collec
     collector.record(sym.domain, sym.name, start, time.perf_counter_ns(), {"handler.error": describe(e)})
 
 
+def check_names(symbols: list[Symbol]) -> None:
+    """ValueError (one sentence naming the symbol, the attribute and the name) when an attribute
+    expression reads a parameter its function does not have: a misspelt name would otherwise
+    fail on every call. Symbols that do not resolve are left to `instrument` to report."""
+    for sym in symbols:
+        try:
+            _, _, raw = resolve(sym.symbol)
+        except ValueError:
+            continue
+        fn = raw.__func__ if isinstance(raw, (staticmethod, classmethod)) else raw
+        for name, text, expr in sym.attributes if callable(fn) else ():
+            missing = unbound_names(expr, fn)
+            if missing:
+                params = ", ".join(inspect.signature(fn).parameters)
+                raise ValueError(f"symbol {sym.symbol}: attribute {name!r} ({text!r}) reads {missing[0]!r}, which is "
+                                 f"not a parameter of {fn.__qualname__} (its parameters: {params}).")
+
+
 def instrument(symbols: list[Symbol], collector: Collector = COLLECTOR,
                allowed: set[str] | None = None) -> tuple[list[Callable], list[str]]:
-    """Patch every symbol; returns (functions that undo the patches, problem messages)."""
+    """Patch every symbol; returns (functions that undo the patches, problem messages).
+    ValueError, with nothing patched, for an expression naming a parameter that is not there."""
+    check_names(symbols)
     undo, problems = [], []
     allowed = allowed_handlers() if allowed is None else allowed
     for sym in symbols:

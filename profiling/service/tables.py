@@ -14,7 +14,6 @@ from ..table import Table, percentile
 from .events import Marker, Span
 
 
-
 @dataclasses.dataclass(frozen=True)
 class RequestRow:
     request_id: str

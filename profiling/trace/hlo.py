@@ -6,9 +6,11 @@ table (the few fields of xla's hlo.proto we read), no generated module needed.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from . import sources
 from .categories import UNSCOPED, primitive_of, scope_of
 
 _F = descriptor_pb2.FieldDescriptorProto
@@ -18,10 +20,19 @@ _FIELDS = {
     "HloProto": [("hlo_module", 1, _F.TYPE_MESSAGE, False, "HloModuleProto")],
     "HloModuleProto": [("name", 1, _F.TYPE_STRING, False, None),
                        ("entry_computation_name", 2, _F.TYPE_STRING, False, None),
-                       ("computations", 3, _F.TYPE_MESSAGE, True, "HloComputationProto")],
+                       ("computations", 3, _F.TYPE_MESSAGE, True, "HloComputationProto"),
+                       ("entry_computation_id", 6, _F.TYPE_INT64, False, None),
+                       ("stack_frame_index", 17, _F.TYPE_MESSAGE, False, "StackFrameIndexProto")],
+    # where JAX records each op's Python stack: frames of (file, line) locations, by id
+    "StackFrameIndexProto": [("file_names", 1, _F.TYPE_STRING, True, None),
+                             ("file_locations", 3, _F.TYPE_MESSAGE, True, "FileLocation"),
+                             ("stack_frames", 4, _F.TYPE_MESSAGE, True, "StackFrame")],
+    "FileLocation": [("file_name_id", 1, _F.TYPE_INT32, False, None), ("line", 3, _F.TYPE_INT32, False, None)],
+    "StackFrame": [("file_location_id", 1, _F.TYPE_INT32, False, None), ("parent_frame_id", 2, _F.TYPE_INT32, False, None)],
     "HloComputationProto": [("name", 1, _F.TYPE_STRING, False, None),
                             ("instructions", 2, _F.TYPE_MESSAGE, True, "HloInstructionProto"),
-                            ("id", 5, _F.TYPE_INT64, False, None)],
+                            ("id", 5, _F.TYPE_INT64, False, None),
+                            ("root_id", 6, _F.TYPE_INT64, False, None)],
     "HloInstructionProto": [("name", 1, _F.TYPE_STRING, False, None), ("opcode", 2, _F.TYPE_STRING, False, None),
                             ("metadata", 7, _F.TYPE_MESSAGE, False, "OpMetadata"),
                             ("fusion_kind", 11, _F.TYPE_STRING, False, None),
@@ -29,10 +40,15 @@ _FIELDS = {
                             ("id", 35, _F.TYPE_INT64, False, None),
                             ("operand_ids", 36, _F.TYPE_INT64, True, None),
                             ("called_computation_ids", 38, _F.TYPE_INT64, True, None),
-                            ("dot_dimension_numbers", 30, _F.TYPE_MESSAGE, False, "DotDimensionNumbers")],
+                            ("dot_dimension_numbers", 30, _F.TYPE_MESSAGE, False, "DotDimensionNumbers"),
+                            ("shape", 3, _F.TYPE_MESSAGE, False, "ShapeProto"),
+                            ("parameter_number", 9, _F.TYPE_INT64, False, None),
+                            ("backend_config", 43, _F.TYPE_BYTES, False, None)],
+    "ShapeProto": [("element_type", 2, _F.TYPE_INT32, False, None), ("dimensions", 3, _F.TYPE_INT64, True, None)],
     "DotDimensionNumbers": [("lhs_batch_dimensions", 3, _F.TYPE_INT64, True, None)],
     "OpMetadata": [("op_type", 1, _F.TYPE_STRING, False, None), ("op_name", 2, _F.TYPE_STRING, False, None),
-                   ("source_file", 3, _F.TYPE_STRING, False, None), ("source_line", 4, _F.TYPE_INT32, False, None)],
+                   ("source_file", 3, _F.TYPE_STRING, False, None), ("source_line", 4, _F.TYPE_INT32, False, None),
+                   ("stack_frame_id", 15, _F.TYPE_INT32, False, None)],
 }
 
 
@@ -64,6 +80,9 @@ class Instruction:
     custom_call_target: str
     inherited_from: str = ""  # the instruction whose metadata this one took (it had none)
     batched_dot: bool = False  # a dot with batch dimensions (attention's QK^T and PV), or a fusion of one
+    loops: tuple[str, ...] = ()  # the `while` instructions whose body runs it, outermost first
+    source: str = ""    # file:line of the Python code that made it (JAX records it)
+    trip_count: int = 0  # a `while` whose iterations XLA knows in advance (known_trip_count)
 
 
 # Instructions whose metadata says nothing about the work around them.
@@ -126,8 +145,76 @@ def _inherit(start, named, users, by_id) -> tuple[str, str] | None:
     return None
 
 
+@dataclasses.dataclass(frozen=True)
+class Module:
+    """One embedded HLO program: its instructions by name, and the shapes of its entry
+    parameters ((element type, dimensions), in parameter order: what a step's inputs look like)."""
+    name: str
+    instructions: dict[str, Instruction]
+    parameters: tuple[tuple[int, tuple[int, ...]], ...] = ()
+
+
+S32, S64 = 4, 5  # xla PrimitiveType numbers of the integer types token ids and positions use
+
+
+def _loops(comp_id: int, comp_caller: dict, by_comp: dict) -> tuple[str, ...]:
+    """The `while` instructions whose body runs `comp_id` (a while's first called computation
+    is its body, the second its condition, which is not counted), outermost first, through any
+    calls, fusions and conditionals in between."""
+    out, seen = [], set()
+    while comp_id in comp_caller and comp_id not in seen:
+        seen.add(comp_id)
+        ins, parent = comp_caller[comp_id]
+        if ins.opcode == "while" and ins.called_computation_ids[0] == comp_id:
+            out.append(ins.name)
+        comp_id = parent
+    return tuple(reversed(out))
+
+
+def _trip_count(ins) -> int:
+    """XLA's `known_trip_count` of a while loop, from its backend config (JSON), else 0."""
+    m = re.search(rb'"known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"?(\d+)', ins.backend_config or b"")
+    return int(m.group(1)) if m else 0
+
+
+def _source(md, frames=None) -> str:
+    """`model.py:42`: the op's line of model code, from its stack (JAX's stack frame index),
+    else the source file and line its metadata names."""
+    if frames is not None and md.stack_frame_id:
+        found = sources.model_frame(frames(md.stack_frame_id))
+        if found:
+            return found
+    return sources.label(md.source_file, md.source_line) if md.source_file else ""
+
+
+def _frames(index):
+    """frame id -> [(file, line), ...] innermost first, from a module's stack frame index."""
+    files, locs, frames = list(index.file_names), list(index.file_locations), list(index.stack_frames)
+    cache: dict[int, list] = {}
+
+    def chain(fid: int) -> list:
+        if fid not in cache:
+            out, seen = [], set()
+            while 0 < fid <= len(frames) and fid not in seen and len(out) < 64:
+                seen.add(fid)
+                fr = frames[fid - 1]
+                if 0 < fr.file_location_id <= len(locs):
+                    loc = locs[fr.file_location_id - 1]
+                    if 0 < loc.file_name_id <= len(files):
+                        out.append((files[loc.file_name_id - 1], loc.line))
+                fid = fr.parent_frame_id
+            cache[fid] = out
+        return cache[fid]
+    return chain
+
+
 def instructions(hlo_proto: bytes) -> tuple[str, dict[str, Instruction]]:
-    """(module name, instruction name -> Instruction) over every computation of the module.
+    module = read_module(hlo_proto)
+    return module.name, module.instructions
+
+
+def read_module(hlo_proto: bytes) -> Module:
+    """Every instruction of the module, over all its computations, by name.
     A fusion or call without metadata of its own takes its body's; an instruction inside a
     called computation takes its caller's; one still without a scope (made by an XLA pass
     that dropped the metadata, e.g. the reduce-window a large reduction is rewritten into)
@@ -136,17 +223,22 @@ def instructions(hlo_proto: bytes) -> tuple[str, dict[str, Instruction]]:
     proto.ParseFromString(hlo_proto)
     module = proto.hlo_module
     by_comp = {c.id: c for c in module.computations}
-    by_id, caller, users = {}, {}, {}
+    by_id, caller, users, comp_of, comp_caller = {}, {}, {}, {}, {}
     for comp in module.computations:
         for ins in comp.instructions:
-            by_id[ins.id] = ins
+            by_id[ins.id], comp_of[ins.id] = ins, comp.id
+    for comp in module.computations:
+        for ins in comp.instructions:
             for cid in ins.called_computation_ids:
+                comp_caller.setdefault(cid, (ins, comp.id))
                 for inner in by_comp[cid].instructions if cid in by_comp else ():
                     caller.setdefault(inner.id, ins)
             for o in ins.operand_ids:
                 users.setdefault(o, []).append(ins)
     meta = {i: _body_metadata(ins, by_comp) for i, ins in by_id.items()}
     named = {i: m[1] for i, m in meta.items() if m[1]}
+    frames = _frames(module.stack_frame_index) if module.HasField("stack_frame_index") else None
+    loops = {cid: _loops(cid, comp_caller, by_comp) for cid in by_comp}
     out: dict[str, Instruction] = {}
     for ins in by_id.values():
         op_type, op_name = meta[ins.id]
@@ -166,5 +258,11 @@ def instructions(hlo_proto: bytes) -> tuple[str, dict[str, Instruction]]:
         batched = any(i.opcode == "dot" and i.dot_dimension_numbers.lhs_batch_dimensions for i in body)
         op_type = op_type or primitive_of(op_name)  # JAX records no op_type: its primitive is one
         out[ins.name] = Instruction(ins.name, ins.opcode, op_type, op_name, ins.fusion_kind, fused,
-                                    ins.custom_call_target, source, batched)
-    return module.name, out
+                                    ins.custom_call_target, source, batched, loops.get(comp_of[ins.id], ()),
+                                    _source(ins.metadata, frames) or _source(outer.metadata, frames),
+                                    _trip_count(ins) if ins.opcode == "while" else 0)
+    entry = by_comp.get(module.entry_computation_id) or next(
+        (c for c in module.computations if c.name == module.entry_computation_name), None)
+    params = sorted((i.parameter_number, (i.shape.element_type, tuple(i.shape.dimensions)))
+                    for i in (entry.instructions if entry else ()) if i.opcode == "parameter")
+    return Module(module.name, out, tuple(p for _, p in params))

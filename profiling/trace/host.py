@@ -48,6 +48,7 @@ class HostTrace:
     ops: list[OpEvent]
     tasks: list[PoolTask]                 # tasks with both a Record and a region
     programs: list[tuple[float, float]]   # (start, end) of every program run
+    marked: list = dataclasses.field(default_factory=list)  # (plane, line, event, base ps) of `mark` events
 
 
 def _stat_ids(plane) -> dict[str, int]:
@@ -61,23 +62,28 @@ def _flow(ev, k_p, k_c):
     return None
 
 
-def read(space, op_names: set[str]) -> HostTrace:
+def read(space, op_names: set[str], pick=None) -> HostTrace:
     """Op events (events with an `hlo_op` stat; when `op_names` is given, only events named
     after one of those instructions are decoded), pool tasks and program runs of every
-    `/host:CPU` plane."""
+    `/host:CPU` plane. `pick(plane, event metadata name)`, when given, picks events to hand
+    back whole (`marked`), read in the same pass: the step finder's host marks."""
     origin_ps = xspace.origin_ps(space)
-    ops, tasks, programs = [], {}, []
+    ops, tasks, programs, marked = [], {}, [], []
     for plane in space.planes_named("/host:CPU"):
         smeta, emeta, ids = plane.stat_metadata, plane.event_metadata, _stat_ids(plane)
         k_op, k_mod, k_prog, k_p, k_c = (ids.get(n) for n in ("hlo_op", "hlo_module", "program_id", "_p", "_c"))
         marks = {k: m.name for k, m in emeta.items() if m.name in (RECORD, START, STOP, WAIT, EXECUTE)}
-        keep = set(marks) | ({k for k, m in emeta.items() if m.name in op_names} if op_names
-                             else {k for k, m in emeta.items() if not m.name.startswith("ThreadpoolListener::")})
+        picked = {k for k, m in emeta.items() if m.name not in op_names and pick(plane, m.name)} if pick else set()
+        keep = set(marks) | picked | ({k for k, m in emeta.items() if m.name in op_names} if op_names
+                                      else {k for k, m in emeta.items() if not m.name.startswith("ThreadpoolListener::")})
         state: dict[int, list] = {}  # line index -> [open task, first run since the last program]
         for index, line in plane.iter_line_chunks(keep=keep, chunk=20000):  # a long line comes in pieces
             lname, base_ps = line.name, origin_ps + line.timestamp_ns * 1000
             open_task, first_run = state.get(index, (None, None))
             for ev in sorted(line.events, key=lambda e: e.offset_ps):
+                if ev.metadata_id in picked:
+                    marked.append((plane, lname, ev, base_ps))
+                    continue
                 start, dur = (base_ps + ev.offset_ps) / 1000, ev.duration_ps / 1000
                 mark = marks.get(ev.metadata_id)
                 flow = _flow(ev, k_p, k_c) if mark in (RECORD, START) else None
@@ -109,4 +115,4 @@ def read(space, op_names: set[str]) -> HostTrace:
                     first_run = start if first_run is None else first_run
             state[index] = [open_task, first_run]
     done = [t for t in tasks.values() if t.scheduled_ns >= 0 and t.end_ns > t.start_ns >= 0]
-    return HostTrace(ops, done, sorted(programs))
+    return HostTrace(ops, done, sorted(programs), marked)

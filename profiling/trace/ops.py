@@ -40,6 +40,10 @@ class Op:
     pool_ns: float = 0.0   # of which on XLA:CPU's thread pool
     inherited: bool = False  # scope inherited from neighbours in the HLO graph (no metadata of its own)
     pool_spans: list | None = None  # (start, end) of its thread-pool work on other threads (CPU)
+    loops: tuple = ()      # the `while` instructions whose body runs it, outermost first (hlo.py)
+    source: str = ""       # file:line of the model code that made it, where the capture records it
+    layer_key: str = ""    # its layer, as the layer finder decided (analysis/layers.py); '' = none
+    layer_part: str = ""   # its sub-module within that layer
 
     def __post_init__(self):
         if self.self_ns < 0:
@@ -55,7 +59,9 @@ class Op:
 
     @property
     def layer(self) -> str:
-        """model.layers.N for ops inside a decoder layer, else the scope itself."""
+        """Its decoder layer (`model.layers.N`, or as the layer finder named it), else its scope."""
+        if self.layer_key:
+            return self.layer_key
         m = _LAYER.match(self.scope)
         return m.group(1) if m else self.scope
 
@@ -88,11 +94,11 @@ def _metadata_stats(plane) -> dict[int, dict]:
     return out
 
 
-def _host_ops(space, programs) -> tuple[list[Op], list[tuple[float, float]]]:
+def _host_ops(space, programs, pick=None) -> tuple[list[Op], list[tuple[float, float]], list]:
     """CPU: op events on the host's threads, with the thread pool's work attributed to them
-    (threadpool.py), and the program runs."""
+    (threadpool.py), the program runs, and the events `pick` chose (host.read)."""
     names = {n for instrs in programs.values() for n in instrs}
-    trace = host.read(space, names)
+    trace = host.read(space, names, pick)
     plane = next((p.name for p in space.planes_named("/host:CPU")), "/host:CPU")
     known: dict[tuple, tuple] = {}  # (module, program, op) -> shared strings and category
     out = []
@@ -101,11 +107,11 @@ def _host_ops(space, programs) -> tuple[list[Op], list[tuple[float, float]]]:
         if desc is None:
             desc = known[(ev.module, ev.program, ev.name)] = _describe_host_op(programs, ev.module, ev.program,
                                                                                ev.name)
-        name, module, scope, category, opcode, fw, inherited = desc
+        name, module, scope, category, opcode, fw, inherited, loops, source = desc
         out.append(Op(module, name, ev.start_ns, ev.duration_ns, scope, category, opcode, fw, plane,
-                      timeline=ev.timeline, inherited=inherited))
+                      timeline=ev.timeline, inherited=inherited, loops=loops, source=source))
     threadpool.attribute(out, trace.tasks)
-    return out, _until_last_op(trace.programs, out)
+    return out, _until_last_op(trace.programs, out), trace.marked
 
 
 def _until_last_op(spans, found: list[Op]) -> list[tuple[float, float]]:
@@ -122,10 +128,6 @@ def _until_last_op(spans, found: list[Op]) -> list[tuple[float, float]]:
     return out
 
 
-def _module_name(key: str) -> str:
-    return key.rsplit("(", 1)[0]
-
-
 def instruction(programs, mod: str, prog, op: str) -> hlo.Instruction | None:
     """The HLO instruction an op event names: in its program `<module>(<program id>)`, or else
     in a program of the same module name. An executable loaded from JAX's persistent
@@ -135,7 +137,7 @@ def instruction(programs, mod: str, prog, op: str) -> hlo.Instruction | None:
     ins = programs.get(f"{mod}({prog})" if prog is not None else mod, {}).get(op)
     if ins is not None:
         return ins
-    found = [instrs[op] for key, instrs in programs.items() if _module_name(key) == mod and op in instrs]
+    found = [instrs[op] for key, instrs in programs.items() if module_name(key) == mod and op in instrs]
     if not found:
         return None
     votes = collections.Counter(scope_of(i.op_name) for i in found)
@@ -150,7 +152,7 @@ def _describe_host_op(programs, mod: str, prog, op: str) -> tuple:
     scope = scope_of(ins.op_name)
     return (op, mod, scope, categorize(ins.opcode, ins.fused_opcodes, ins.op_type, scope,
                                        custom_call_target=ins.custom_call_target, batched_dot=ins.batched_dot),
-            ins.opcode, ins.op_type, bool(ins.inherited_from) and scope != UNSCOPED)
+            ins.opcode, ins.op_type, bool(ins.inherited_from) and scope != UNSCOPED, ins.loops, ins.source)
 
 
 def _framework_op(tf_op: str, ins) -> str:
@@ -196,7 +198,8 @@ def _device_ops(space, programs) -> list[Op]:
                                    opcode, fw, plane.name, float(stats.get("flops", 0) or 0),
                                    float(stats.get("bytes_accessed", 0) or 0),
                                    timeline=f"{plane.name} {lname}",
-                                   inherited=bool(ins and ins.inherited_from) and scope != UNSCOPED))
+                                   inherited=bool(ins and ins.inherited_from) and scope != UNSCOPED,
+                                   loops=ins.loops if ins else (), source=ins.source if ins else ""))
             set_self_times(line_ops)
             out += line_ops
     return out
@@ -215,48 +218,84 @@ def _device_instruction(programs, stats: dict, op: str) -> tuple[str, hlo.Instru
     return key, ins
 
 
-def device_program_runs(space) -> dict[str, list[tuple[float, float]]]:
-    """Device plane -> (start, end) in absolute ns of every program execution on its
-    `XLA Modules` line (empty for CPU captures)."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class Run:
+    """One execution of an XLA program: on a device (its `XLA Modules` line), or on the host
+    (XLA:CPU: from its first thunk to its last op's work)."""
+    module: str          # the program's name (`jit_step_fun`), without its id
+    device: str          # plane (or process) name
+    start_ns: float
+    end_ns: float
+
+
+def module_name(key: str) -> str:
+    """`jit_f(1219...)` -> `jit_f`: a program key without its id."""
+    return key.rsplit("(", 1)[0] if key.endswith(")") else key
+
+
+def device_runs(space) -> list[Run]:
+    """Every program execution on the `XLA Modules` line of each device plane (none on CPU)."""
     origin_ps = xspace.origin_ps(space)
-    out = {}
+    out = []
     for plane in space.planes_named("/device:"):
+        emeta = plane.event_metadata
         for line in plane.lines:
             if line.name == "XLA Modules":
                 base_ps = origin_ps + line.timestamp_ns * 1000
-                out.setdefault(plane.name, []).extend(
-                    ((base_ps + e.offset_ps) / 1000, (base_ps + e.offset_ps + e.duration_ps) / 1000)
-                    for e in line.events)
+                out += [Run(module_name(emeta[e.metadata_id].name if e.metadata_id in emeta else ""), plane.name,
+                            (base_ps + e.offset_ps) / 1000, (base_ps + e.offset_ps + e.duration_ps) / 1000)
+                        for e in line.events]
     return out
+
+
+def runs_by_device(runs: list[Run]) -> dict[str, list[tuple[float, float]]]:
+    out: dict[str, list[tuple[float, float]]] = {}
+    for r in runs:
+        out.setdefault(r.device, []).append((r.start_ns, r.end_ns))
+    return out
+
+
+def device_program_runs(space) -> dict[str, list[tuple[float, float]]]:
+    """Device plane -> (start, end) in absolute ns of every program execution on its
+    `XLA Modules` line (empty for CPU captures)."""
+    return runs_by_device(device_runs(space))
 
 
 def _device_program_spans(space) -> list[tuple[float, float]]:
     return sorted(s for spans in device_program_runs(space).values() for s in spans)
 
 
-def programs_of(space) -> dict[str, dict[str, hlo.Instruction]]:
-    """HLO instructions by program key (`<module>(<program id>)`, as the metadata plane names
-    them) and instruction name."""
+def modules_of(space) -> dict[str, hlo.Module]:
+    """The embedded HLO programs by program key (`<module>(<program id>)`, as the metadata plane
+    names them)."""
     out = {}
     for key, proto in xspace.hlo_modules(space):
         try:
-            out[key] = hlo.instructions(proto)[1]
+            out[key] = hlo.read_module(proto)
         except Exception:  # an HLO we cannot parse only loses its metadata
             continue
     return out
 
 
-def ops_and_programs(space) -> tuple[list[Op], list[tuple[float, float]]]:
+def programs_of(space, modules: dict[str, hlo.Module] | None = None) -> dict[str, dict[str, hlo.Instruction]]:
+    """HLO instructions by program key and instruction name."""
+    return {k: m.instructions for k, m in (modules if modules is not None else modules_of(space)).items()}
+
+
+def ops_and_programs(space, modules: dict[str, hlo.Module] | None = None, pick=None, picked: list | None = None
+                     ) -> tuple[list[Op], list[tuple[float, float]]]:
     """Every op execution in the capture, sorted by start time, and every XLA program run
     ((start, end) in absolute ns). Device planes win when present (they time the ops on the
     accelerator: the `XLA Modules` lines are the runs); otherwise the host's XLA threads are
     read, and a run is the executor's work from its first thunk to the end of its last op
     (bounded by the caller's `ThunkExecutor::Execute (wait for completion)`). A step's time
     outside the runs is host time (tracing, dispatch, transfers, waking the caller)."""
-    programs = programs_of(space)
+    programs = programs_of(space, modules)
     found, spans = _device_ops(space, programs), _device_program_spans(space)
     if not found:
-        found, spans = _host_ops(space, programs)
+        found, spans, marked = _host_ops(space, programs, pick)
+        if picked is not None:  # the host planes' events `pick` chose, read in the same pass
+            picked += marked
     return sorted(found, key=lambda o: o.start_ns), spans
 
 

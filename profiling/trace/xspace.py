@@ -152,25 +152,30 @@ class Plane:
     def lines(self):
         return self.iter_lines()
 
-    def iter_lines(self, keep=None):
-        """Each XLine, parsed now; with `keep` (a set of event metadata ids), only those events."""
-        for _, line in self.iter_line_chunks(keep):
+    def iter_lines(self, keep=None, skip=None):
+        """Each XLine, parsed now; with `keep` (a set of event metadata ids), only those events;
+        with `skip` (a predicate on the line's name), not the lines it names."""
+        for _, line in self.iter_line_chunks(keep, skip=skip):
             yield line
 
-    def iter_line_chunks(self, keep=None, chunk: int | None = None):
+    def iter_line_chunks(self, keep=None, chunk: int | None = None, skip=None):
         """(line index, XLine) with at most `chunk` events per XLine (a long line comes in
         several pieces with the same index), keeping only events in `keep` when given: this
-        bounds the memory a huge line needs while it is read."""
+        bounds the memory a huge line needs while it is read. Lines whose name `skip` accepts
+        are passed over without reading their events (a line's name precedes its events). A
+        damaged line is a ValueError naming the capture, never protobuf's DecodeError."""
         index = 0
         try:
-            for index, line in self._line_chunks(keep, chunk):
+            for index, line in self._line_chunks(keep, chunk, skip):
                 yield index, line
         except (DecodeError, ValueError, IndexError):
             raise ValueError(f"capture {self.source} is damaged: line {index} of plane {self.name!r} cannot "
                              f"be read.") from None
 
-    def _line_chunks(self, keep, chunk):
+    def _line_chunks(self, keep, chunk, skip):
         for index, (start, end) in enumerate(self._line_spans):
+            if skip is not None and skip(self._line_name(start, end)):
+                continue
             if keep is None and chunk is None:
                 line = XLine()
                 line.ParseFromString(self._data[start:end])
@@ -193,6 +198,14 @@ class Plane:
                 line = XLine()
                 line.ParseFromString(b"".join(head + [self._data[a:b] for a, b in events[i:i + step]]))
                 yield index, line
+
+    def _line_name(self, start: int, end: int) -> str:
+        for field, _, pstart, fend in _fields(self._data, start, end):
+            if field == 2:
+                return bytes(self._data[pstart:fend]).decode("utf-8", "replace")
+            if field == 4:  # events come after the name: this line has none
+                break
+        return ""
 
 
 class Space:

@@ -6,7 +6,7 @@ import argparse
 import signal
 import sys
 
-from ..cli import add_engine_args, check_port, engine_kwargs, run_cli
+from ..cli import add_engine_args, check_port, engine_config, run_cli
 from .limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_WAITING, Limits
 from .security import API_KEY_ENV, api_keys
 
@@ -52,10 +52,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     check_port("server port", args.port, "--port", args.host)
     limits = _limits(args)
-    from ..engine import EngineConfig, LLMEngine
-    from ..setup import resolve_limits
-    config = EngineConfig(model=args.model, **engine_kwargs(args))
-    resolve_limits(config)  # bad model or lengths: fail before anything loads
+    from ..engine import LLMEngine
+    config = engine_config(args)
+    config.limits  # bad model or lengths: fail before anything loads
     from .plugins import check_plugins, setup_plugins
     plugins = check_plugins(args)
     from .api import OpenAIServer

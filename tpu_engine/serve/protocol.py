@@ -8,8 +8,8 @@ import math
 import reprlib
 from typing import Any
 
+from ..sampling import MAX_LOGPROBS
 from ..outputs import SamplingParams
-from ..sampler import MAX_LOGPROBS
 from .chat import render_chat
 from .errors import RequestError
 from .limits import check_choices, check_stops, check_text

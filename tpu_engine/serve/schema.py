@@ -3,7 +3,7 @@ OpenAPI document (`/openapi.json`): what a client may send, and what an API fuzz
 routes read raw JSON and check it in protocol.py, so these are documentation of those checks."""
 from __future__ import annotations
 
-from ..sampler import MAX_LOGPROBS
+from ..sampling import MAX_LOGPROBS
 from .chat import ROLES
 from .limits import MAX_STOP, MAX_STOP_CHARS
 from .protocol import INT32_MAX, MAX_N

@@ -3,9 +3,11 @@ torch_xla): column-parallel q/k/v/gate/up, row-parallel o/down, KV cache split o
 axis, everything else replicated. XLA's SPMD partitioner inserts the collectives."""
 from __future__ import annotations
 
-import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import jax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 _SPECS = {
     "q": P(None, "model"), "k": P(None, "model"), "v": P(None, "model"),

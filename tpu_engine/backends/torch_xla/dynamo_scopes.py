@@ -80,6 +80,7 @@ def _scoped(target, name: str):
 
 def _fw_compiler(gm: torch.fx.GraphModule, example_inputs):
     from torch._dynamo.backends.torchxla import openxla_eval_boxed
+
     from torch_xla._dynamo.dynamo_bridge import XLAConstructorMoverPass
     # The bridge runs this pass itself, but it only recognises aten constructors by target, so
     # run it before the targets are wrapped (it is idempotent).

@@ -10,8 +10,6 @@ import re
 import numpy as np
 import torch
 
-from .config import ModelConfig
-
 # name pattern -> partition spec over the tensor's dims ('model' = split, None = replicated).
 # Projection weights are stored transposed, (in, out).
 PARTITION_RULES = [
@@ -21,18 +19,6 @@ PARTITION_RULES = [
     (r"mlp\.(gate|up)_proj\.weight_t$", (None, "model")),
     (r"mlp\.down_proj\.weight_t$", ("model", None)),
 ]
-
-
-def check_tp(cfg: ModelConfig, tp: int, devices: int) -> None:
-    if tp < 1:
-        raise ValueError(f"tensor_parallel_size {tp} must be at least 1.")
-    if tp > devices:
-        raise ValueError(f"tensor_parallel_size {tp} exceeds the {devices} available device(s).")
-    for what, n in (("attention heads", cfg.num_attention_heads),
-                    ("key/value heads", cfg.num_key_value_heads),
-                    ("MLP intermediate size", cfg.intermediate_size)):
-        if n % tp:
-            raise ValueError(f"tensor_parallel_size {tp} does not divide the model's {n} {what}.")
 
 
 class TensorParallel:

@@ -16,37 +16,35 @@ whose outputs are the only values read back to the host.
 from __future__ import annotations
 
 import logging
-import time
-from typing import Sequence
 
 import torch
 
-from .backend import (GREEDY, SamplingInputs, StepResult, decode_rows, prefill_rows, read_back, read_prompt_logprobs,
-                      release_freed_memory)
-from .buckets import Buckets
-from .compile import CompileGuard, CompileStats, compile_stats, init_persistent_cache
-from .config import ModelConfig
+from ...buckets import Buckets
+from ...compile import CompileGuard, CompileStats
+from ...config import ModelConfig
+from ...info import DeviceInfo
+from ...memory import release_freed_memory
+from ...rope import rope_inv_freq
+from ...weights import ModelSource, checkpoint_tensors, dummy_tensors
+from ..base import Runner
+from ..inputs import SamplingInputs
+from .compile import compile_stats, init_persistent_cache
 from .dynamo_scopes import compile_with_scopes
-from .info import DeviceInfo
-from .graphs import (decode_forward, gather_rows, head_and_sample, next_prompt_tokens, pack_prompts, prefill_forward,
-                     prompt_head)
-from .model import CausalLM, rope_inv_freq
-from .platform import select_device
-from .scheduler import ShapePlan
-from .sampler import MAX_LOGPROBS, SamplingRow
-from .warmup import run_warmup
-from .weights import ModelSource, checkpoint_tensors, dummy_tensors, load_weights
+from .graphs import decode_forward, gather_rows, head_and_sample, prefill_forward, prompt_head
+from .model import CausalLM
+from .platform import platform
+from .weights import load_weights
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-class XlaRunner:
+class XlaRunner(Runner):
     def __init__(self, source: ModelSource, *, dtype: str, max_model_len: int, max_num_seqs: int,
                  tensor_parallel_size: int, seed: int, compilation_cache_dir: str | None,
                  strict_compiles: bool, max_prefill: int, enforce_eager: bool = False):
-        self.device_kind = select_device()
+        self.device_kind = platform()
         import torch_xla
         import torch_xla.debug.profiler as xp
         import torch_xla.runtime as xr
@@ -66,7 +64,7 @@ class XlaRunner:
         if tensor_parallel_size > 1:
             from .sharding import TensorParallel
             self.tp = TensorParallel(tensor_parallel_size)
-        self.guard = CompileGuard(strict=strict_compiles)
+        self.guard = CompileGuard(compile_stats, strict=strict_compiles, hint="set PT_XLA_DEBUG_LEVEL=2 to see why")
         self.enforce_eager = enforce_eager
         self.model = self._load_model(source, seed)
         if enforce_eager:  # lazy tracing every step, each module inside its profiler scope
@@ -82,7 +80,8 @@ class XlaRunner:
                 compile_with_scopes(prefill_forward), gather_rows,
                 compile_with_scopes(decode_forward), compile_with_scopes(head_and_sample),
                 compile_with_scopes(prompt_head))
-        self.inv_freq = rope_inv_freq(self.cfg.head_dim, self.cfg.rope_theta, self.cfg.rope_scaling).to(self.device)
+        self.inv_freq = torch.from_numpy(rope_inv_freq(self.cfg.head_dim, self.cfg.rope_theta,
+                                                         self.cfg.rope_scaling)).to(self.device)
         self.kv_caches = self._allocate_kv_cache()
         # Each slot's output token counts and prompt tokens (row S: padding's scratch slot), for
         # the penalties; kept on the device and updated by the prefill and sampler graphs.
@@ -90,8 +89,8 @@ class XlaRunner:
         self.penalty_state = (torch.zeros(vocab_rows, dtype=torch.int32).to(self.device),
                               torch.zeros(vocab_rows, dtype=torch.bool).to(self.device))
         release_freed_memory()
-        self._sampling = SamplingInputs(self.cfg.vocab_size, lambda floats, ints: (
-            torch.tensor(floats, dtype=torch.float32).to(self.device), self._to_device(ints)))
+        self.sampling = SamplingInputs(self.cfg.vocab_size, lambda floats, ints: (
+            torch.tensor(floats, dtype=torch.float32).to(self.device), self._ints(ints)))
 
     # ---- set-up -------------------------------------------------------------------------
     def _load_model(self, source: ModelSource, seed: int) -> CausalLM:
@@ -153,79 +152,35 @@ class XlaRunner:
         `xp.StepTrace` makes, but without an IR scope, since the step syncs inside it)."""
         return self._xla._XLAC.profiler.TraceMe(phase, step_num=step, _r=1)
 
-    # ---- inputs ---------------------------------------------------------------------------
-    def _to_device(self, rows: list[list[int]] | list[int]) -> torch.Tensor:
+    # ---- the device side of a step (base.Runner runs the steps) ----------------------------
+    def _ints(self, rows) -> torch.Tensor:
         return torch.tensor(rows, dtype=torch.int64).to(self.device)
 
-    # ---- steps ----------------------------------------------------------------------------
-    def prefill(self, slots: Sequence[int], prompts: Sequence[Sequence[int]],
-                sampling: Sequence[SamplingRow], prompt_logprobs: bool = False) -> StepResult:
-        """Run the prompts, packed, into their slots and sample each one's first token; with
-        `prompt_logprobs`, also score every prompt token (the prompt_head graph of this T)."""
-        lens = [len(p) for p in prompts]
-        T, N = self.buckets.prefill_batch_shape(lens)
-        before = compile_stats()
-        ints = self._to_device(pack_prompts(slots, [list(p) for p in prompts], T, self.max_model_len,
-                                            self.scratch_row))    # one host->device copy
+    _counters = _ints
+
+    def _prefill_forward(self, ints, T: int):
         hidden = self._prefill_fn(self.model, ints, self.kv_caches, self.inv_freq, T, self.max_model_len,
                                   self.penalty_state)
         self._xla.sync()
-        scored = None
-        if prompt_logprobs:
-            scored = self._xla_fetch(*self._prompt_fn(self.model, hidden, self._to_device(
-                next_prompt_tokens(prompts, T)), MAX_LOGPROBS))
-        last, counters = prefill_rows(lens, N)
-        hidden = self._gather_fn(hidden, self._to_device(last))  # each prompt's last token
-        self._xla.sync()  # a graph of its own: the head and sampler below are shared with decode
-        row_slots = list(slots) + [self.max_num_seqs] * (N - len(lens))
-        out = self._sample(hidden, list(sampling) + [GREEDY] * (N - len(lens)), counters, row_slots, before,
-                           f"prefill of {len(lens)} prompt(s), {sum(lens)} tokens")
-        if scored is not None:
-            out.prompt = read_prompt_logprobs(*scored, lens)
-        return out.first(len(lens))
+        return hidden
 
-    def decode(self, slots: Sequence[int], last_tokens: Sequence[int], positions: Sequence[int],
-               sampling: Sequence[SamplingRow]) -> StepResult:
-        """One token for each active slot. positions[i]: where last_tokens[i] goes."""
-        B, span = self.buckets.decode_shape(slots, positions)
-        before = compile_stats()
-        tok, pos, rows, counters = decode_rows(B, slots, last_tokens, positions, sampling)
-        ints = self._to_device([tok, pos])                   # (2, B)
-        hidden = self._decode_fn(self.model, ints, self.kv_caches, self.inv_freq, B, span,
-                                 self.max_model_len)
+    def _gather(self, hidden, last):
+        hidden = self._gather_fn(hidden, last)
+        self._xla.sync()  # a graph of its own: the head and sampler are shared with decode
+        return hidden
+
+    def _decode_forward(self, ints, B: int, span: int):
+        hidden = self._decode_fn(self.model, ints, self.kv_caches, self.inv_freq, B, span, self.max_model_len)
         self._xla.sync()
-        out = self._sample(hidden, rows, counters, list(range(B)), before, f"decode of batch {len(slots)}")
-        return out.select(slots)
+        return hidden
 
-    def _sample(self, hidden, rows: Sequence[SamplingRow], counters: list[int], row_slots: list[int],
-                before, what) -> StepResult:
-        """Head and sampler over `hidden` (n, hidden_size), each row the sequence of slot
-        `row_slots[i]`: one graph per (n, variant), the same for prefill and decode (every input
-        is a device tensor of its own)."""
-        n = len(counters)
-        floats, ints = self._sampling(rows, n)
-        counters = self._to_device([counters, row_slots])
-        random = any(r.temperature > 0 for r in rows)
-        want = max(r.num_logprobs for r in rows)
+    def _head(self, hidden, floats, ints, counters, random: bool, num_logprobs: int) -> tuple:
         tokens, lps, top = self._head_fn(self.model, hidden, floats, ints, counters, self.penalty_state, random,
-                                         MAX_LOGPROBS if want else 0)
-        if top is not None:
-            tokens, lps, *top = self._xla_fetch(tokens, lps, *top)
-        else:
-            tokens, lps = self._xla_fetch(tokens, lps)
-        return read_back(tokens, lps, top, rows, self.guard.check(before, what))
+                                         num_logprobs)
+        self._xla.sync()  # execute the pending graph once, then copy its outputs to the host
+        return tokens.cpu(), lps.cpu(), None if top is None else tuple(t.cpu() for t in top)
 
-    def _xla_fetch(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
-        """Execute the pending graph once, then copy its outputs to the host."""
+    def _prompt_head(self, hidden, next_tokens, num_logprobs: int) -> tuple:
+        out = self._prompt_fn(self.model, hidden, next_tokens, num_logprobs)
         self._xla.sync()
-        return [t.cpu() for t in tensors]
-
-    # ---- warm-up --------------------------------------------------------------------------
-    def warmup(self, plan: ShapePlan, variants: Sequence[SamplingRow], progress=None,
-               prompt_logprobs: bool = False) -> CompileStats:
-        """Compile the plan's shapes, with inputs built as real ones are; then arm the guard."""
-        t0 = time.perf_counter()
-        run_warmup(self, plan, variants, progress, prompt_logprobs)
-        self.guard.arm()
-        log.info("warm-up compiled %d graphs in %.1fs", self.guard.warmup.compiles, time.perf_counter() - t0)
-        return self.guard.warmup
+        return tuple(t.cpu().numpy() for t in out)

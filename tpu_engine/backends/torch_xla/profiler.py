@@ -1,27 +1,22 @@
 """The torch_xla profiler, and nothing else of it anywhere in `profiling/`: the profiler server,
 an in-process trace session, a detached trace requested from the server, and a host marker.
 
-Another backend's profiler (JAX's `jax.profiler`) offers the same four things and goes in a
-module of its own beside this one.
+Every backend's profiler.py offers the same five calls (these four and `check_settings`); the
+capture side (profiling/capture/profilers.py) picks the engine's through the registry.
 """
 from __future__ import annotations
 
 import contextlib
 from typing import Iterator
 
-from tpu_engine.cli import check_port
+from ...cli import check_profiler_port
 
-DEFAULT_PORT = 9012
-
-
-def check_port_free(port: int) -> None:
-    check_port("profiler port", port, "--profiler-port")
 
 
 def start_server(port: int):
     """The profiler server (what TensorBoard's capture button and detached traces talk to).
     Keep the returned object alive for as long as the server should run."""
-    check_port_free(port)
+    check_profiler_port(port)
     import torch_xla.debug.profiler as xp
     return xp.start_server(port)
 
@@ -55,3 +50,7 @@ def marker(name: str) -> Iterator[None]:
     import torch_xla
     with torch_xla._XLAC.profiler.TraceMe(name):
         yield
+
+
+def check_settings() -> None:
+    """torch_xla's profiler takes no settings from the environment."""

@@ -16,11 +16,12 @@ from __future__ import annotations
 import math
 from typing import Iterator
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from ..config import ModelConfig
+import jax
+import jax.numpy as jnp
+
+from ...config import ModelConfig
 
 Params = dict
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ..config import ModelConfig
+from ...config import ModelConfig
 from . import model
 from .sampler import apply_penalties, sample
 

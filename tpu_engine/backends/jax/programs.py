@@ -30,7 +30,7 @@ from . import compile as jcompile
 
 log = logging.getLogger(__name__)
 SUBDIR = "tpu_engine-executables"
-_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tpu_engine/
 
 
 def _source_digest() -> str:

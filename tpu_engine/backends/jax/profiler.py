@@ -1,4 +1,4 @@
-"""JAX's profiler (`jax.profiler`), the twin of `xla_profiler.py`: the profiler server, an
+"""JAX's profiler (`jax.profiler`), the twin of torch_xla/profiler.py: the profiler server, an
 in-process trace session, a detached trace requested from the server (through the client
 `python -m jax.collect_profile` uses), and a host marker. Nothing here imports torch_xla.
 
@@ -17,9 +17,8 @@ import socket
 import time
 from collections.abc import Iterator
 
-from tpu_engine.cli import check_port
+from ...cli import check_profiler_port
 
-DEFAULT_PORT = 9012
 HOST_LEVEL_ENV, PYTHON_LEVEL_ENV = "TPU_PROFILER_HOST_TRACER_LEVEL", "TPU_PROFILER_PYTHON_TRACER_LEVEL"
 
 
@@ -56,14 +55,10 @@ class Options:
                 "python_tracer_level": self.python_tracer_level}
 
 
-def check_port_free(port: int) -> None:
-    check_port("profiler port", port, "--profiler-port")
-
-
 def start_server(port: int):
     """The profiler server (what TensorBoard's capture button and detached traces talk to).
     Keep the returned object alive for as long as the server should run."""
-    check_port_free(port)
+    check_profiler_port(port)
     import jax
     return jax.profiler.start_server(port)
 
@@ -117,3 +112,8 @@ def marker(name: str) -> Iterator[None]:
     import jax
     with jax.profiler.TraceAnnotation(name):
         yield
+
+
+def check_settings() -> None:
+    """ValueError (one sentence naming the variable) for a profiler setting that is not a level."""
+    Options.from_env()

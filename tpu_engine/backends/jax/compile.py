@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from ..compile import CompileStats
-from ..paths import writable_dir
+from ...compile import CompileStats
+from ...paths import writable_dir
 
 log = logging.getLogger(__name__)
 

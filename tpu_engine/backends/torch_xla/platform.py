@@ -1,4 +1,5 @@
-"""Choose the PJRT device before torch_xla starts: the user's PJRT_DEVICE, else TPU, else CPU."""
+"""torch_xla's platform: the PJRT device, chosen before torch_xla starts (the user's PJRT_DEVICE,
+else TPU, else CPU), and how many devices it has."""
 from __future__ import annotations
 
 import glob
@@ -17,7 +18,7 @@ def _tpu_present() -> bool:
     return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
-def select_device() -> str:
+def platform() -> str:
     """Set PJRT_DEVICE if the user has not, and say once when falling back to CPU."""
     global _announced
     chosen = os.environ.get("PJRT_DEVICE")
@@ -31,6 +32,17 @@ def select_device() -> str:
 
 
 def device_count() -> int:
-    select_device()
+    platform()
     import torch_xla.runtime as xr
     return xr.global_runtime_device_count()
+
+
+def device_memory_bytes() -> int | None:
+    """The first device's memory limit, from its runtime (None when unknown)."""
+    try:
+        import torch_xla
+        import torch_xla.core.xla_model as xm
+        info = xm.get_memory_info(torch_xla.device()) or {}
+    except Exception:  # noqa: BLE001 -- a runtime without memory info
+        return None
+    return int(info.get("bytes_limit") or info.get("kb_total", 0) * 1024) or None

@@ -6,25 +6,9 @@ with a seed gets the same tokens whatever else shares its batch.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
-MAX_LOGPROBS = 20  # largest `SamplingParams.logprobs` served (as vLLM's default max_logprobs)
 _MASK32 = 0xFFFFFFFF
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingRow:
-    """The per-sequence sampling inputs of one step."""
-    temperature: float
-    top_k: int          # -1 or 0: off
-    top_p: float
-    seed: int           # 32-bit
-    num_logprobs: int   # top alternatives wanted (0: only the chosen token's)
-    presence_penalty: float = 0.0     # vLLM's penalties: 0, 0 and 1 are off
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
 
 
 def _hash32(x: torch.Tensor) -> torch.Tensor:

@@ -92,25 +92,3 @@ def prompt_head(model: CausalLM, hidden, next_tokens, num_logprobs: int):
         rank = (logprobs > lp.unsqueeze(1)).sum(-1) + 1
         top_lp, top_ids = torch.topk(logprobs, num_logprobs, dim=-1)
     return lp, rank, top_ids, top_lp
-
-
-def next_prompt_tokens(prompts, T: int) -> list[int]:
-    """For the packed buffer: the prompt token after each position (0 after a prompt's last
-    token, and on padding), what prompt_head scores."""
-    out = []
-    for p in prompts:
-        out += list(p[1:]) + [0]
-    return out + [0] * (T - len(out))
-
-
-def pack_prompts(slots, prompts, T: int, cache_len: int, scratch_row: int) -> list[list[int]]:
-    """The (4, T) rows prefill_forward reads, built on the host."""
-    tokens, pos, seq, rows = [], [], [], []
-    for i, (slot, prompt) in enumerate(zip(slots, prompts)):
-        n = len(prompt)
-        tokens += prompt
-        pos += range(n)
-        seq += [i] * n
-        rows += range(slot * cache_len, slot * cache_len + n)
-    pad = T - len(tokens)
-    return [tokens + [0] * pad, pos + [0] * pad, seq + [-1] * pad, rows + [scratch_row] * pad]
