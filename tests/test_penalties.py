@@ -10,6 +10,7 @@ import torch
 
 from tpu_engine import LLM, SamplingParams
 
+pytestmark = pytest.mark.slow
 PROMPTS = [[1, 17, 23, 17, 99, 23, 17], [5, 5, 5, 401, 8]]
 
 

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.reliability import fill, small_tmpfs
 from tests.servers import JAX, Server, wait_until
 
+pytestmark = [pytest.mark.slow, pytest.mark.server]
 KEY = "sk-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 ARGS = ["--max-model-len", "16", "--max-num-seqs", "1", *JAX, "--api-key", KEY,
