@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from tests.backends import backend_params
 from tpu_engine import LLM, SamplingParams
 
 pytestmark = pytest.mark.slow
 PROMPTS = [[1, 17, 23, 17, 99, 23, 17], [5, 5, 5, 401, 8]]
 
 
-@pytest.fixture(scope="module", params=["torch_xla", "jax"])
+@pytest.fixture(scope="module", params=backend_params())
 def llm(llama_dir, request):
     return LLM(llama_dir, backend=request.param, max_model_len=32, max_num_seqs=2, strict_compiles=True,
                enable_prompt_logprobs=True)

@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from profiling.cli import cli
+from tests.backends import backend_params
 from tests.captures import capture, profiling_env, proc_output
 from tests.reliability import failed, fill, listing, one_sentence, run_main, small_tmpfs
 
@@ -27,7 +28,7 @@ def test_export_into_a_full_disk_says_where_and_leaves_nothing(all_capture, tmp_
         assert listing(disk) == ["filler"]
 
 
-@pytest.mark.parametrize("backend", ["torch_xla", "jax"])
+@pytest.mark.parametrize("backend", backend_params())
 def test_capture_into_a_full_disk_says_where_and_leaves_nothing(llama_dir, tmp_path, backend):
     """The capture (about 270 kB) does not fit in what is left of the profile dir. (JAX's
     export writes the file itself: its OSError was a traceback.)"""
