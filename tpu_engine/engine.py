@@ -23,7 +23,7 @@ from .compile import CompileStats
 from .config import DEFAULT_MODEL
 from .events import EventBus, PhaseEvent, SlotEvent, StepRecord
 from .info import EngineInfo
-from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, SamplingParams
+from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, SamplingParams, prompt_entries
 from .sampling import SamplingRow
 from .scheduler import Decode, ExpectedRequests, Prefill, Scheduler, ShapePlan, plan_shapes
 
@@ -45,6 +45,7 @@ class EngineConfig:
     strict_compiles: bool = False           # raise RecompileError on a compile after warm-up
     expected: ExpectedRequests | None = None   # warm up only these requests' shapes (default: all)
     progress: bool = True                   # a progress bar on stderr while warm-up compiles
+    enable_prompt_logprobs: bool = False    # compile the prompt LM head per token bucket at warm-up
 
     @functools.cached_property
     def limits(self):
@@ -54,7 +55,7 @@ class EngineConfig:
         return resolve_limits(self)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # identity: finding one among thousands waiting must not compare prompts
 class _Request:
     request_id: str
     prompt: list[int]
@@ -66,6 +67,7 @@ class _Request:
     logprobs: list[dict[int, Logprob]] = dataclasses.field(default_factory=list)
     cumulative: float = 0.0
     finish_reason: str | None = None
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
 
     @property
     def kv_len(self) -> int:  # tokens in the cache once the last sampled token is written
@@ -88,7 +90,7 @@ class LLMEngine:
         self.warmup_plan = self._shape_plan(config.expected)
         t0 = time.perf_counter()
         self.warmup_stats = self.runner.warmup(self.warmup_plan, self._variants(config.expected),
-                                               config.progress)
+                                               config.progress, prompt_logprobs=config.enable_prompt_logprobs)
         self.warmup_s = time.perf_counter() - t0  # compiling (or loading) and first runs, no model load
         self._rng = random.Random(config.seed)
         self._requests: dict[str, _Request] = {}
@@ -153,6 +155,9 @@ class LLMEngine:
             raise ValueError(f"prompt of {len(ids)} tokens exceeds max_model_len {self.max_model_len}.")
         if len(ids) > self.max_prefill:
             raise ValueError(f"prompt of {len(ids)} tokens exceeds max_num_batched_tokens {self.max_prefill}.")
+        if params.prompt_logprobs is not None and not self.config.enable_prompt_logprobs:
+            raise ValueError("prompt logprobs need the prompt LM-head graphs, which this engine did not compile; "
+                             "start it with enable_prompt_logprobs=True (the server: --enable-prompt-logprobs).")
         if len(ids) + params.max_tokens > self.max_model_len:
             asked = params.max_tokens if params.max_tokens < 10**40 else f"of {params.max_tokens.bit_length()} bits"
             raise ValueError(f"prompt of {len(ids)} tokens plus max_tokens {asked} exceeds "
@@ -177,14 +182,19 @@ class LLMEngine:
         return int.from_bytes(hashlib.blake2b(str(seed).encode(), digest_size=4).digest(), "little")
 
     def abort_request(self, request_id: str | Iterable[str]) -> None:
+        waiting = set()
         for rid in [request_id] if isinstance(request_id, str) else request_id:
             req = self._requests.pop(rid, None)
             if req is None:
                 continue
             if req.slot >= 0:
                 self._free_slot(req, "abort")
-            elif req in self.scheduler.waiting:
-                self.scheduler.waiting.remove(req)
+            else:
+                waiting.add(req)
+        if waiting:  # one pass over the queue, however many leave it
+            kept = [r for r in self.scheduler.waiting if r not in waiting]
+            self.scheduler.waiting.clear()
+            self.scheduler.waiting.extend(kept)
 
     def has_request(self, request_id: str) -> bool:
         return request_id in self._requests
@@ -252,11 +262,14 @@ class LLMEngine:
         for req, slot in zip(reqs, slots):
             self._allocate_slot(req, slot)
             req.metrics.first_scheduled_time = now
+        scored = any(r.params.prompt_logprobs is not None for r in reqs)
         result, now = self._run("prefill", reqs, T, sum(lens), T, lens, T,
                                 lambda: self.runner.prefill(slots, [r.prompt for r in reqs],
-                                                            [self._row(r) for r in reqs]))
-        for req in reqs:
+                                                            [self._row(r) for r in reqs], prompt_logprobs=scored))
+        for i, req in enumerate(reqs):
             req.metrics.first_token_time = now
+            if req.params.prompt_logprobs is not None:
+                req.prompt_logprobs = prompt_entries(req.prompt, result.prompt[i], req.params.prompt_logprobs)
         return [self._append(r, result, i, now) for i, r in enumerate(reqs)]
 
     def _decode(self, reqs: list[_Request]) -> list[RequestOutput]:
@@ -274,7 +287,8 @@ class LLMEngine:
         # A k of the whole vocabulary or more keeps every token: that is "off", and a k that large
         # (2**63, say) must never reach a device tensor.
         top_k = p.top_k if 0 < p.top_k < self.model_config.vocab_size else 0
-        return SamplingRow(float(p.temperature), top_k, float(p.top_p), req.seed, p.logprobs or 0)
+        return SamplingRow(float(p.temperature), top_k, float(p.top_p), req.seed, p.logprobs or 0,
+                           float(p.presence_penalty), float(p.frequency_penalty), float(p.repetition_penalty))
 
     def _append(self, req: _Request, result, i: int, now: float) -> RequestOutput:
         token, lp = result.tokens[i], result.logprobs[i]
@@ -303,4 +317,5 @@ class LLMEngine:
         completion = CompletionOutput(0, list(req.output), req.cumulative,
                                       list(req.logprobs) if req.params.logprobs is not None else None,
                                       req.finish_reason)
-        return RequestOutput(req.request_id, req.prompt, [completion], done, req.metrics)
+        return RequestOutput(req.request_id, req.prompt, [completion], done, req.metrics,
+                             prompt_logprobs=req.prompt_logprobs)
