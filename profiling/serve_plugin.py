@@ -1,14 +1,16 @@
 """The profiling plugin of `python -m tpu_engine.serve` (entry point group
 `tpu_engine.serve_plugins`): `POST /start_profile` and `POST /stop_profile` capture XLA traces
-into VLLM_TORCH_PROFILER_DIR, and SERVICE_PROF_CONFIG_PATH turns on the service profiler."""
+into VLLM_TORCH_PROFILER_DIR, SERVICE_PROF_CONFIG_PATH turns on the service profiler, and
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT sends request spans over OTLP (`service/otlp.py`)."""
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 
 from .capture import store
-from .capture.live import DIR_ENV, LiveCapture, ProfileStateError
+from .capture.live import DIR_ENV, CaptureLimits, LiveCapture
+from .capture.profilers import profiler_for
+from .serve_routes import ProfileRoutes
 
 
 def check(args) -> None:
@@ -21,6 +23,8 @@ def check(args) -> None:
             store.check_writable_dir(root)
         except ValueError as e:
             raise ValueError(f"{DIR_ENV}: {e}") from None
+        CaptureLimits.from_env()        # every capture setting, checked now, not at /start_profile
+        profiler_for(args.backend)
     _check_otlp()
     from .service.config import read_config
     from .service.install import check_config
@@ -42,50 +46,15 @@ def _check_otlp() -> None:
 
 
 def setup(server, args):
-    from tpu_engine.serve.api import error_response
     root = os.environ.get(DIR_ENV, "").strip()
-    live = LiveCapture(root, server.engine.engine) if root else None
-    busy = asyncio.Lock()
-
-    async def in_engine(fn):
-        """Run a capture state change between engine steps; (result, None) or (None, error response)."""
-        if live is None:
-            return None, error_response(f"profiling is not configured: start the server with {DIR_ENV} "
-                                        f"set to a directory for the captures.")
-        try:
-            return await server.engine.call_between_steps(fn), None
-        except ProfileStateError as e:
-            return None, error_response(str(e), 409)
-
-    async def start_profile():
-        async with busy:
-            started, error = await in_engine(live.start if live else None)
-        return error or started
-
-    async def stop_profile():
-        async with busy:
-            stopped, error = await in_engine(live.stop if live else None)
-            if error:
-                return error
-            try:
-                done = await asyncio.to_thread(live.finish, stopped)
-            except ValueError as e:
-                return error_response(f"the capture could not be saved: {e}", 500)
-        v = done.verification
-        print(f"Capture: {done.run_dir}: {v.describe()}", file=sys.stderr, flush=True)
-        for problem in done.problems:
-            print(f"warning: {problem}", file=sys.stderr, flush=True)
-        return {"status": "saved", "run": done.run_dir, "bytes": v.bytes, "steps": v.steps,
-                "num_steps": v.num_steps, "duration_s": stopped.window.closed_at - stopped.window.opened_at,
-                "problems": done.problems}
-
-    server.app.add_api_route("/start_profile", start_profile, methods=["POST"])
-    server.app.add_api_route("/stop_profile", stop_profile, methods=["POST"])
+    live = LiveCapture(root, server.engine.engine, CaptureLimits.from_env()) if root else None
+    routes = ProfileRoutes(server, live)
     if live:
-        print(f"XLA profiling: POST /start_profile and /stop_profile write captures to {live.root}",
+        print(f"XLA profiling: POST /start_profile and /stop_profile write captures to {live.root} "
+              f"(a capture stops by itself after {live.limits.max_steps} steps or {live.limits.max_seconds} s)",
               file=sys.stderr)
 
-    return _shutdown_hook(live, _start_service_profiler(server.engine.engine), _start_otlp(server.engine.engine))
+    return _shutdown_hook(live, routes, _start_service_profiler(server.engine.engine), _start_otlp(server.engine.engine))
 
 
 def _start_otlp(engine):
@@ -114,9 +83,10 @@ def _start_service_profiler(engine):
         return None
 
 
-def _shutdown_hook(live, close_service, close_otlp=None):
+def _shutdown_hook(live, routes, close_service, close_otlp=None):
     def close():
         try:
+            routes.wait_saved()  # a capture a limit stopped is still being saved
             if live is not None and live.running:  # a capture left open at shutdown is not lost
                 try:
                     done = live.finish(live.stop())

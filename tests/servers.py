@@ -27,7 +27,8 @@ SMALL = ["--max-model-len", "64", "--max-num-seqs", "4"]
 # backends serve the same API; its warm-up is a third of torch_xla's on CPU).
 JAX = ["--backend", "jax"]
 READY_TIMEOUT_S = 240.0
-PROFILER_ENV = ("VLLM_TORCH_PROFILER_DIR", "SERVICE_PROF_CONFIG_PATH", "PROFILING_SYMBOLS_PATH")
+PROFILER_ENV = ("VLLM_TORCH_PROFILER_DIR", "SERVICE_PROF_CONFIG_PATH", "PROFILING_SYMBOLS_PATH", "PROFILING_HANDLERS",
+                "VLLM_API_KEY", "VLLM_PROFILER_MAX_ITERS", "PROFILING_MAX_CAPTURE_S")
 STOP_GRACE_S = 20.0
 
 

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from tests.backends import backend_params
 from safetensors.torch import load_file, save_file
 
 from tpu_engine import LLM, SamplingParams
@@ -182,6 +183,15 @@ def test_sharded_checkpoint_with_missing_shard(ckpt):
     with open(os.path.join(ckpt, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {"total_size": 0}, "weight_map": weight_map}, f)
     raises(lambda: LLM(ckpt, **KW), os.path.join(ckpt, shards[1]), "missing")
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_a_kv_cache_larger_than_memory_is_refused_before_it_is_allocated(llama_dir, backend):
+    """--max-num-seqs 100000 died in the allocator (a torch or numpy traceback) on CPU."""
+    raises(lambda: LLM(llama_dir, backend=backend, max_model_len=256, max_num_seqs=10**7,
+                       max_num_batched_tokens=10**7),
+           "the KV cache for max_num_seqs 10000000 x max_model_len 256 needs", "is available on this host",
+           "lower --max-num-seqs or --max-model-len")
 
 
 def test_tensor_parallel_size_exceeding_devices(llama_dir):

@@ -112,7 +112,7 @@ def test_profile_flag(served):
     assert len(prefilled) == len(set(prefilled)) == 2, rows
     # The steps are summed up as ranges in two lines, not printed one number per line.
     lines = r.stdout.splitlines()
-    at = lines.index(f"profile: {runs[0]}")
+    at = lines.index(f"profile: {os.path.relpath(runs[0], served.tmp / 'xla')}")   # as the server names it
     ranges = ", ".join(f"{phase} {number_ranges(sorted(x['step'] for x in rows if x['phase'] == phase))}"
                        for phase in ("prefill", "decode"))
     assert re.fullmatch(rf"  captured {len(rows)} steps in \d+\.\d\d s: {ranges}", lines[at + 1]), lines[at:]

@@ -14,7 +14,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -36,12 +38,12 @@ class Run:
     """A `profiling.py` subprocess whose output (stdout and stderr together) a thread collects,
     so that a test can wait for a line."""
 
-    def __init__(self, profile_dir: str, model: str, pause_at: str | None, **env):
+    def __init__(self, profile_dir: str, model: str, pause_at: str | None, flags=(), **env):
         env = profiling_env(PYTHONUNBUFFERED=1, **env, **({"PROFILING_PAUSE_AT": pause_at} if pause_at else {}))
         self.profile_dir = profile_dir
         self.proc = subprocess.Popen(
             [sys.executable, PROFILING, "--model", model, *TINY, "--profile-result-dir", profile_dir,
-             "--profiler-port", str(free_port())],
+             "--profiler-port", str(free_port()), *flags],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
         self.lines: list[str] = []
         self._changed = threading.Condition()
@@ -87,6 +89,8 @@ def started(tmp_path_factory, llama_dir):
     cases = {"warmup": None, "pass": "pass", "export": "export", "killed": "publish", "killed_early": "export"}
     runs = {name: Run(str(tmp_path_factory.mktemp(name)), llama_dir, pause) for name, pause in cases.items()}
     runs["env"] = Run(str(tmp_path_factory.mktemp("env")), llama_dir, "pass", VLLM_TPU_PROFILE_DURATION_MS=2000)
+    runs["removed"] = Run(str(tmp_path_factory.mktemp("removed") / "profiles"), llama_dir, "publish",
+                          flags=["--backend", "jax"])
     yield runs
     for run in runs.values():
         if run.proc.poll() is None:
@@ -134,13 +138,39 @@ def test_ctrl_c_in_a_pass_keeps_what_it_captured_recorded_as_interrupted(started
     assert f"Capture: {os.path.relpath(path, ROOT)}" in run.out and "interrupted: 1 verified capture(s) kept." in run.out
 
 
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
 def test_ctrl_c_in_an_env_window_pass_still_collects_its_trace(started):
+    """Also: no profiler server listens (XLA's binds every interface, so it starts only with
+    --profiler-host 0.0.0.0); the env window is traced in process."""
     run = started["env"]
+    run.wait_for(_paused("pass"))
+    port = int(run.proc.args[run.proc.args.index("--profiler-port") + 1])
+    assert not _listening(port), f"something listens on the profiler port {port}"
     _clean_exit(run, run.signal_at(_paused("pass")))
     assert "interrupted: the profiled passes stop here; saving the env window's capture" in run.out
     _, info = _one_verified_run(run)
     assert info["interrupted"] is True and info["window"]["kind"] == "env" and info["verification"]["steps"]
     assert "interrupted: 1 verified capture(s) kept." in run.out
+
+
+def test_a_profile_dir_removed_before_publish_then_ctrl_c_is_one_sentence(started):
+    """JAX backend: the profile dir deleted while the run waits to publish, then Ctrl-C: the
+    capture is discarded in one sentence (a FileNotFoundError traceback before) and nothing is
+    made again in its place."""
+    run = started["removed"]
+    run.wait_for(_paused("publish"))
+    shutil.rmtree(run.profile_dir)
+    _clean_exit(run, run.signal_at(_paused("publish")))
+    assert f"warning: the capture was discarded: it could not be written into {run.profile_dir} (the profile " \
+           f"dir or its staging was removed)." in run.out
+    assert "interrupted: no capture was saved." in run.out and not os.path.exists(run.profile_dir)
 
 
 def test_ctrl_c_after_export_keeps_the_complete_capture(started):

@@ -29,7 +29,9 @@ RUNS = {  # name -> (flags, extra environment)
     "decode": (["--backend", "jax", "--profile-phase", "decode"], {}),
     # The env window is timed, so its passes must outlast delay + duration on a fast machine too:
     # 20 passes took 0.2 s on CI and ended before a 200 ms delay. 300 passes there take ~3 s.
-    "env": (["--backend", "jax", "--num-iters", "300"],
+    # (through XLA's profiler server, which --profiler-host 0.0.0.0 starts; the torch_xla env window
+    # of conftest.py is traced in process, the default)
+    "env": (["--backend", "jax", "--num-iters", "300", "--profiler-host", "0.0.0.0"],
             {"VLLM_TPU_PROFILE_DELAY_MS": 200, "VLLM_TPU_PROFILE_DURATION_MS": 500}),
     "torch_prefill": (["--profile-phase", "prefill", "--enforce-eager"], {"XLA_HLO_DEBUG": 1}),
 }
@@ -162,14 +164,15 @@ def test_env_window_capture_is_listed_by_tensorboard(runs):
     assert held and sorted(r["step"] for r in cap.manifest()) == held
 
 
-def test_a_bad_tracer_level_is_one_sentence_and_exit_2_before_the_model_loads(monkeypatch, capsys, tmp_path):
+@pytest.mark.parametrize("level", ["9", "²"])   # '²'.isdigit() is True, and int('²') raised its own message
+def test_a_bad_tracer_level_is_one_sentence_and_exit_2_before_the_model_loads(monkeypatch, capsys, tmp_path, level):
     from profiling.cli import cli
-    monkeypatch.setenv("TPU_PROFILER_HOST_TRACER_LEVEL", "9")
+    monkeypatch.setenv("TPU_PROFILER_HOST_TRACER_LEVEL", level)
     with pytest.raises(SystemExit) as stop:
         cli(["capture", "--backend", "jax", "--load-format", "dummy", "--profile-result-dir", str(tmp_path / "p")])
     assert stop.value.code == 2
     assert capsys.readouterr().err.splitlines() == [
-        "error: TPU_PROFILER_HOST_TRACER_LEVEL='9' must be a tracer level from 0 to 3."]
+        f"error: TPU_PROFILER_HOST_TRACER_LEVEL={level!r} must be a tracer level from 0 to 3."]
 
 
 # ---- compare across backends ---------------------------------------------------------------------

@@ -261,7 +261,8 @@ def test_late_window_is_reported(tmp_path, llama_dir):
     # The passes finish long before a 4 s delay: the run must say so rather than exit quietly.
     proc = subprocess.run(
         [sys.executable, PROFILING, "--model", llama_dir, *SMALL, "--input-len", "8", "--output-len", "2",
-         "--batch-size", "1", "--profile-result-dir", str(tmp_path), "--profiler-port", str(free_port())],
+         "--batch-size", "1", "--profile-result-dir", str(tmp_path), "--profiler-port", str(free_port()),
+         "--profiler-host", "0.0.0.0"],   # torch_xla's profiler server and its detached trace
         capture_output=True, text=True, timeout=600, cwd=ROOT,
         env=profiling_env(VLLM_TPU_PROFILE_DELAY_MS=4000, VLLM_TPU_PROFILE_DURATION_MS=200))
     assert proc.returncode == 1

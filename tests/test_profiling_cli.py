@@ -80,10 +80,17 @@ def test_bad_env_window_exits_2(tmp_path, llama_dir, name, value, fragment):
 
 # ---- the machine: port and profile dir ---------------------------------------------------
 def test_profiler_port_in_use_exits_2(tmp_path, llama_dir):
+    """Only when XLA's profiler server is asked for: by default none starts."""
     with _held_port() as held:
         port = held.getsockname()[1]
-        proc, profile_dir = _run(tmp_path, llama_dir, *GOOD, port=port)
+        proc, profile_dir = _run(tmp_path, llama_dir, *GOOD, "--profiler-host", "0.0.0.0", port=port)
     _assert_clean_failure(proc, profile_dir, f"profiler port {port} is already in use", "--profiler-port")
+
+
+def test_a_profiler_host_xla_cannot_bind_exits_2(tmp_path, llama_dir):
+    proc, profile_dir = _run(tmp_path, llama_dir, *GOOD, "--profiler-host", "10.0.0.1")
+    _assert_clean_failure(proc, profile_dir, "--profiler-host '10.0.0.1' cannot be honoured: XLA's profiler "
+                                             "server listens on all interfaces or not at all", usage=True)
 
 
 def test_unwritable_profile_dir_exits_2(tmp_path, llama_dir):

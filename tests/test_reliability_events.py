@@ -7,6 +7,8 @@ import glob
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,6 +20,7 @@ from profiling.service import output
 from profiling.service.collector import Collector
 from profiling.service.engine_spans import EngineSpans
 from tests.reliability import JSON, failed, one_sentence, run_main
+from tests.servers import ROOT
 from tpu_engine.events import PhaseEvent
 
 pytestmark = pytest.mark.slow
@@ -82,3 +85,15 @@ def test_any_events_line_is_refused_or_parsed(events_src, tmp_path_factory, data
         assert not os.path.exists(os.path.join(root, "out", "chrome_tracing.json"))
         return
     assert "chrome_tracing.json" in res.written
+
+
+def test_a_fifo_named_events_jsonl_is_refused_not_read(tmp_path):
+    """`service parse` reads through the validating run-file reader: a FIFO (which open() would
+    block on forever) is one sentence, exit 2."""
+    (tmp_path / "svc" / "run").mkdir(parents=True)
+    fifo = tmp_path / "svc" / "run" / "events.jsonl"
+    os.mkfifo(fifo)
+    proc = subprocess.run([sys.executable, "-m", "profiling", "service", "parse", str(tmp_path / "svc")],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    one_sentence(proc.stderr.strip().splitlines()[-1], f"{fifo} is not a regular file")

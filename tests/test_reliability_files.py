@@ -8,6 +8,9 @@ import glob
 import json
 import os
 import shutil
+import stat
+import subprocess
+import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,6 +23,7 @@ from profiling.export import chrome_trace, files, text
 from profiling.runs.files import RunFileError
 from profiling.runs.record import read_manifest, read_run_record
 from tests.reliability import JSON, failed, one_sentence, run_main
+from tests.servers import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -239,3 +243,86 @@ def test_any_run_info_damage_is_refused_or_analysed(run_src, all_analysis, tmp_p
     with open(os.path.join(run, "run_info.json"), "w") as f:
         json.dump(doc, f)
     _read_or_refuse(run, all_analysis, "run_info.json")
+
+
+def test_a_staging_symlink_to_a_verified_run_elsewhere_is_skipped_and_said(run_src, tmp_path):
+    """`doctor` (and the next capture or server) settles stale staging: a `.staging-<pid>-<n>`
+    that links to a folder outside the profile dir is never followed, so the verified run there
+    stays where it is; a real stale staging holding a link to a run elsewhere is settled without it."""
+    from profiling.doctor import check_staging
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(run_src, str(outside / "plugins" / "profile" / "run"))
+    before = sorted(os.listdir(outside / "plugins" / "profile" / "run"))
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    pid = 2 ** 22 + 17                                 # above pid_max: no such process
+    (profiles / f".staging-{pid}-1").symlink_to(outside)
+    real = profiles / f".staging-{pid}-2"
+    (real / "plugins" / "profile").mkdir(parents=True)
+    (real / "plugins" / "profile" / "linked").symlink_to(outside / "plugins" / "profile" / "run")
+    ok, line = check_staging(str(profiles))
+    assert ok
+    assert f"skipped {os.path.relpath(profiles / f'.staging-{pid}-1')}: it is named like a staging dir but is " \
+           f"a link or not a directory inside the profile dir, so it is left alone." in line
+    assert "a link inside staging is never followed." in line and "it held no capture" in line
+    assert not (profiles / "plugins").exists()          # nothing was published from elsewhere
+    assert sorted(os.listdir(outside / "plugins" / "profile" / "run")) == before
+    assert os.path.islink(profiles / f".staging-{pid}-1") and not real.exists()
+
+
+# ---- exports to devices, damaged and absurd captures ------------------------------------------
+def test_exports_to_dev_stdout_or_a_link_to_a_device_are_written_in_place(run, tmp_path):
+    """A rename would replace the device with a regular file (as root, /dev/null itself)."""
+    proc = subprocess.run([sys.executable, "-m", "profiling", "summarize", run, "--json", "/dev/stdout"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    doc, _ = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.index("\n{") + 1:])
+    assert doc["context"]["run_dir"] == run and "wrote:\n  /dev/stdout" in proc.stdout
+    link = tmp_path / "out.json"
+    link.symlink_to("/dev/null")
+    res = run_main(cli, ["summarize", run, "--json", str(link), "--csv", str(tmp_path / "t")])
+    assert res.code == 0, res.err
+    assert os.path.islink(link) and stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert glob.glob(str(tmp_path / "t_*.csv"))
+
+
+@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_a_bit_flipped_capture_is_analysed_or_one_sentence(run_src, tmp_path_factory, data):
+    """A real capture with one bit flipped anywhere: either it still reads, or `summarize` says
+    in one sentence that the capture is damaged (a DecodeError traceback before)."""
+    run = shutil.copytree(run_src, str(tmp_path_factory.mktemp("flip") / "run"))
+    xplane = glob.glob(os.path.join(run, "*.xplane.pb"))[0]
+    raw = bytearray(open(xplane, "rb").read())
+    at, bit = data.draw(st.integers(0, len(raw) - 1)), data.draw(st.integers(0, 7))
+    raw[at] ^= 1 << bit
+    open(xplane, "wb").write(bytes(raw))
+    res = run_main(cli, ["summarize", run])
+    if res.code != 0:
+        failed(res, xplane)
+
+
+@pytest.mark.parametrize("size", [256 << 20, 1 << 30], ids=["256 MB", "1 GB"])
+def test_a_huge_zero_filled_capture_is_refused_at_once(tmp_path, size):
+    """Sparse files of zeros: refused from their first byte, not walked (50 s for 256 MB before)."""
+    path = tmp_path / "host.xplane.pb"
+    with open(path, "wb") as f:
+        f.truncate(size)
+    failed(run_main(cli, ["summarize", str(path)]), str(path), "is not a readable XSpace protobuf")
+
+
+def test_a_damaged_line_inside_a_plane_is_one_sentence(run_src, tmp_path):
+    """A line's payload made unreadable: the planes load lazily, and the reader names the
+    capture when it reaches the line (it raised protobuf's DecodeError)."""
+    from profiling.trace import xspace
+    src = glob.glob(os.path.join(run_src, "*.xplane.pb"))[0]
+    space = xspace.load(src)
+    plane = max(space.planes, key=lambda p: len(p._line_spans))
+    start, end = plane._line_spans[0]
+    raw = bytearray(open(src, "rb").read())
+    raw[start:start + 2] = b"\x0f\xff"   # a wire type protobuf refuses
+    damaged = tmp_path / "host.xplane.pb"
+    damaged.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=f"capture {damaged} is damaged: line 0 of plane"):
+        for p in xspace.load(str(damaged)).planes:
+            list(p.iter_lines())

@@ -47,7 +47,9 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("reliability")
     (tmp / "symbols.yaml").write_text(SYMBOLS)
     (tmp / "config.json").write_text(json.dumps(CONFIG))
-    env = {"SERVICE_PROF_CONFIG_PATH": tmp / "config.json", "PROFILING_SYMBOLS_PATH": tmp / "symbols.yaml"}
+    env = {"SERVICE_PROF_CONFIG_PATH": tmp / "config.json", "PROFILING_SYMBOLS_PATH": tmp / "symbols.yaml",
+           "PROFILING_HANDLERS": ",".join(f"tests.reliability_handlers:{h}" for h in
+                                          ("raise_before", "raise_after", "poison_row"))}
     with Server(ARGS, env=env) as srv, httpx.Client(base_url=srv.url, timeout=120) as http, \
             requests.Session() as session:   # kept-alive connections: the fuzz sends hundreds of cases
         srv.tmp, srv.http, srv.session = tmp, http, session

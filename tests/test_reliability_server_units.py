@@ -137,8 +137,8 @@ def test_any_config_is_read_finite_and_bounded_or_refused_with_one_sentence(tmp_
         assert_sentence(str(e))
         return
     for key in ("poll_interval_ms", "flush_interval_ms"):
-        assert math.isfinite(cfg[key]) and 10 <= cfg[key] <= 60_000
-    assert type(cfg["enable"]) is bool and isinstance(cfg["output_dir"], str)
+        assert math.isfinite(getattr(cfg, key)) and 10 <= getattr(cfg, key) <= 60_000
+    assert type(cfg.enable) is bool and isinstance(cfg.output_dir, str)
 
 
 def _stderr(capsys):
@@ -164,8 +164,8 @@ def test_the_config_watcher_survives_its_errors_and_says_so_once(tmp_path, capsy
     seen = []
 
     def apply(cfg):
-        seen.append(cfg["enable"])
-        if cfg["output_dir"].endswith("boom"):
+        seen.append(cfg.enable)
+        if cfg.output_dir.endswith("boom"):
             raise RuntimeError("apply failed")
     watcher = ConfigWatcher(str(path), apply)
     try:
@@ -178,7 +178,7 @@ def test_the_config_watcher_survives_its_errors_and_says_so_once(tmp_path, capsy
         wait_until(lambda: "poll_interval_ms=nan must be a number of milliseconds" in err(), 30, "NaN refused")
         _write(path, {"poll_interval_ms": 10, "enable": 1})
         wait_until(lambda: seen[-1] is True, 30, "the watcher to apply the next good config")
-        assert watcher.thread.is_alive() and watcher.config["poll_interval_ms"] == 10
+        assert watcher.thread.is_alive() and watcher.config.poll_interval_ms == 10
     finally:
         watcher.stop()
 
@@ -218,8 +218,9 @@ def test_the_writer_survives_unwritable_events_and_an_insane_interval(tmp_path, 
 
 # ---- custom handlers -------------------------------------------------------------------------
 def _instrument(handler: str, collector):
-    return instrument([Symbol("tests.service_targets:Worker.run", "run", "Test",
-                              handler=f"tests.reliability_handlers:{handler}")], collector)
+    spec = f"tests.reliability_handlers:{handler}"
+    return instrument([Symbol("tests.service_targets:Worker.run", "run", "Test", handler=spec)], collector,
+                      allowed={"timer", spec})
 
 
 @pytest.mark.parametrize("handler, calls", [("raise_before", 1), ("raise_after", 1)])
@@ -299,3 +300,105 @@ def test_a_port_in_use_and_a_bad_host_are_told_apart():
     for host in ("256.1.1.1", "no_such_host.invalid", "bad\x00host"):
         with pytest.raises(ValueError, match=r"^host .* cannot be resolved .*--host\.$"):
             check_port("server port", 8000, "--port", host)
+
+
+# ---- what one request may carry (tpu_engine/serve/limits.py) ---------------------------------
+ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=12)   # lone surrogates included
+
+
+@FAST
+@given(stops=st.lists(st.text(max_size=300) | ANY_TEXT, max_size=80), n=st.integers(1, 128),
+       prompts=st.integers(1, 300), text=ANY_TEXT)
+def test_stop_lists_surrogates_and_prompts_x_n_are_bounded_or_refused(stops, n, prompts, text):
+    from tpu_engine.serve.limits import MAX_CHOICES, MAX_STOP, MAX_STOP_CHARS
+    body = {"prompt": [[1, 2]] * prompts, "n": n, "stop": stops}
+    req = _parse(lambda b: parse_completion(b, SERVED, TOKENIZER), body)
+    if req is not None:
+        assert len(req.stop) <= MAX_STOP and all(0 < len(s) <= MAX_STOP_CHARS for s in req.stop)
+        assert len(req.prompts) * req.n <= MAX_CHOICES
+    for b in ({"prompt": text}, {"prompt": [text, "ok"]}):
+        req = _parse(lambda b: parse_completion(b, SERVED, TOKENIZER), b)
+        assert req is None or all(t.encode("utf-8") for t in req.texts if t)   # tokenizable text only
+    req = _parse(lambda b: parse_chat(b, SERVED, TOKENIZER, 16), {"messages": [{"role": "user", "content": text}]})
+    assert req is None or req.texts[0].encode("utf-8")
+
+
+def _nested(depth: int, leaf) -> object:
+    value = leaf
+    for i in range(depth):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+@FAST
+@given(depth=st.integers(0, 3000), where=st.sampled_from(["stop", "prompt", "messages", "stream_options"]))
+def test_any_nesting_is_parsed_or_refused_without_recursion(depth, where):
+    """The body's depth is checked before anything walks it (a RecursionError was a 500)."""
+    from tpu_engine.serve.limits import MAX_DEPTH, parse_body
+    data = json.dumps({where: _nested(depth, "x")}) if depth < 900 else \
+        '{"' + where + '": ' + "[" * depth + "]" * depth + "}"   # (json.dumps itself recurses)
+    try:
+        body = parse_body(data.encode())
+    except RequestError as e:
+        assert_sentence(str(e))
+        assert f"deeper than {MAX_DEPTH}" in str(e) and depth + 1 > MAX_DEPTH
+        return
+    assert depth + 1 <= MAX_DEPTH
+    for parse in (lambda b: parse_completion(b, SERVED, TOKENIZER), lambda b: parse_chat(b, SERVED, TOKENIZER, 16)):
+        _parse(parse, body)
+
+
+# ---- the profiling routes' Host and Origin checks (tpu_engine/serve/security.py) ---------------
+HOSTS = st.sampled_from(["127.0.0.1:8000", "localhost", "[::1]:8000", "10.1.2.3", "evil.example", "evil.example:80",
+                         "127.0.0.1.evil.example", "localhost.evil.example", "[::1", "a:b:c", "", "::1"]) | st.text(max_size=20)
+
+
+@FAST
+@given(host=HOSTS, origin=st.none() | st.sampled_from(["null", "http://evil.example", "http://127.0.0.1:8000",
+                                                       "http://[::1"]) | st.text(max_size=20))
+def test_only_requests_addressed_to_this_server_from_its_own_origin_reach_admin_routes(host, origin):
+    import ipaddress
+
+    from tpu_engine.serve.security import _host_of, admin_check
+    headers = {"host": host, **({"origin": origin} if origin is not None else {})}
+    refused = admin_check(headers, "127.0.0.1")      # never raises, whatever the headers
+    name = _host_of(host)
+    if refused is None:
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            assert name in {"localhost", "127.0.0.1", socket.gethostname().lower(), socket.getfqdn().lower()}
+        assert origin is None or _host_of(origin.split("//", 1)[-1].split("/")[0]) == name
+    else:
+        assert_sentence(refused)
+
+
+def test_vllms_api_key_is_read_from_the_flag_then_the_environment():
+    from tpu_engine.serve.security import api_keys
+    assert api_keys(None, {}) == [] and api_keys(None, {"VLLM_API_KEY": ""}) == []
+    assert api_keys(None, {"VLLM_API_KEY": "k"}) == ["k"] and api_keys(["a", "b"], {"VLLM_API_KEY": "k"}) == ["a", "b"]
+
+
+# ---- a refused /start_profile leaves no listener (profiling/capture/live.py) -------------------
+def test_a_refused_start_leaves_the_engines_listeners_as_they_were(tmp_path, monkeypatch):
+    """The profiler session is made before anything subscribes: a bad profiler setting (here
+    JAX's host tracer level, read when the session is made) refuses the start and leaves the
+    engine's phase listeners unchanged. A good start adds one and its stop removes it."""
+    from types import SimpleNamespace
+
+    from profiling.capture.live import LiveCapture
+    from tpu_engine.compile import CompileStats
+    from tpu_engine.events import EventBus
+    engine = SimpleNamespace(events=EventBus(), config=SimpleNamespace(backend="jax"),
+                             compile_stats=lambda: CompileStats(0, 0.0, 0, 0))
+    live = LiveCapture(str(tmp_path), engine)
+    monkeypatch.setenv("TPU_PROFILER_HOST_TRACER_LEVEL", "9")
+    for _ in range(3):
+        with pytest.raises(ValueError, match="TPU_PROFILER_HOST_TRACER_LEVEL='9' must be a tracer level"):
+            live.start()
+    assert len(engine.events._listeners) == 0 and not live.running
+    monkeypatch.delenv("TPU_PROFILER_HOST_TRACER_LEVEL")
+    live.start()
+    assert len(engine.events._listeners) == 1 and live.running
+    live.stop()
+    assert len(engine.events._listeners) == 0 and not live.running

@@ -6,6 +6,7 @@ under vLLM's names read with the Prometheus client's own parser."""
 from __future__ import annotations
 
 import json
+import os
 
 import httpx
 import openai
@@ -25,8 +26,10 @@ PROMPT = "Hello café 東京 🙂 the engine"
 
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory):
-    log = tmp_path_factory.mktemp("clients") / "server.log"
-    srv = Server(["--served-model-name", MODEL, ALIAS, *SMALL, *JAX], log_path=str(log)).start()
+    tmp = tmp_path_factory.mktemp("clients")
+    srv = Server(["--served-model-name", MODEL, ALIAS, *SMALL, *JAX], log_path=str(tmp / "server.log"),
+                 env={"VLLM_TORCH_PROFILER_DIR": tmp / "xla"}).start()
+    srv.tmp = tmp
     try:
         yield srv
     finally:
@@ -201,8 +204,8 @@ _BAD_CHATS = [
     ("content not text", {"messages": [{"role": "user", "content": {"a": 1}}]}, "messages[0] content must be"),
     ("image part", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
      "content parts other than text"),
-    ("penalty", {"messages": [{"role": "user", "content": "x"}], "presence_penalty": 0.5},
-     "presence_penalty=0.5 is not supported by this server (penalties are not applied on device)"),
+    ("penalty out of range", {"messages": [{"role": "user", "content": "x"}], "presence_penalty": 2.5},
+     "presence_penalty 2.5 must be a number from -2 to 2"),
     ("logprobs not a bool", {"messages": [{"role": "user", "content": "x"}], "logprobs": 3}, "logprobs must be true or false"),
     ("too long", {"messages": [{"role": "user", "content": "x " * 80}]}, "exceeds max_model_len"),
 ]
@@ -273,11 +276,17 @@ def test_metrics_parse_and_count_what_was_sent(server, client):
     assert _value(after, "vllm:num_requests_running") == 0 == _value(after, "vllm:num_requests_waiting")
 
 
-def test_unsupported_fields_are_refused_plainly(server):
-    for field, value in (("frequency_penalty", 0.3), ("repetition_penalty", 1.2), ("prompt_logprobs", 1)):
+def test_unsupported_fields_are_refused_plainly_and_penalties_served(server, client):
+    for field, value in (("best_of", 2), ("min_p", 0.1), ("logit_bias", {"5": 1})):
         r = httpx.post(f"{server.url}/v1/completions", timeout=600,
                        json={"prompt": [1, 2], "max_tokens": 2, field: value})
         assert r.status_code == 400 and json.loads(r.text)["error"]["message"].startswith(f"{field}={value!r} is not supported")
+    # this server was started without --enable-prompt-logprobs: echo with logprobs is refused, saying so
+    with pytest.raises(openai.BadRequestError, match="start it with enable_prompt_logprobs=True .*--enable-prompt-logprobs"):
+        client.completions.create(model=ALIAS, prompt=[1, 2, 3], max_tokens=1, logprobs=1, echo=True)
+    out = client.completions.create(model=ALIAS, prompt=[1, 2, 3], max_tokens=4, temperature=0, presence_penalty=1.0,
+                                    frequency_penalty=0.5, extra_body={"repetition_penalty": 1.3, "ignore_eos": True})
+    assert len(out.choices[0].model_extra["token_ids"]) == 4
 
 
 @pytest.mark.parametrize("mode", [("--prompt-kind", "text"), ("--backend", "openai-chat")], ids=["text", "chat"])
@@ -298,3 +307,13 @@ def test_benchmark_serving_sends_text_and_chat(server, tmp_path, mode):
         assert q["output_tokens"] == q["usage_completion_tokens"] == 4
         assert q["prompt_len"] >= 6  # the server's count of the text's tokens
         assert len(q["itl_s"]) == 3
+
+
+def test_sigint_with_a_capture_open_saves_it(server, client):
+    """Last (it stops the module's server): Ctrl-C takes the same shutdown path as SIGTERM
+    (tests/test_reliability_limits.py, and for torch_xla tests/test_service_server.py)."""
+    assert httpx.post(f"{server.url}/start_profile", timeout=60).status_code == 200
+    _greedy(client, [4, 5, 6], 3)
+    assert server.stop() == 0, server.tail()
+    runs = os.listdir(server.tmp / "xla" / "plugins" / "profile")
+    assert len(runs) == 1 and runs[0].endswith("_serve-prefill-decode") and "Capture (open at shutdown)" in server.log()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tpu_engine.default_tokenizer import PATH, build
 from tpu_engine.serve.chat import render_chat
@@ -107,3 +109,21 @@ def test_bad_chat_messages_are_one_sentence(messages, fragment):
 def test_model_template_renders_and_adds_no_second_bos():
     text, special = render_chat([{"role": "user", "content": "Hi"}], _Templated())
     assert (text, special) == ("[user] Hi\n[assistant]", False)
+
+
+def _held_by_definition(full: str, stops: list[str]) -> int:
+    """The longest k < len(s), over the stops, with `full` ending in s[:k]: every k tried."""
+    held = 0
+    for s in stops:
+        held = max([held] + [k for k in range(1, min(len(s) - 1, len(full)) + 1) if full.endswith(s[:k])])
+    return held
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(stops=st.lists(st.text("ab\u00e9", min_size=1, max_size=9), min_size=1, max_size=4),
+       full=st.text("ab\u00e9", max_size=12))
+def test_held_back_text_is_the_longest_prefix_of_a_stop_string_that_ends_the_text(stops, full):
+    """The jump search (rfind between the places where the text's last character occurs) holds
+    back exactly what trying every prefix length would."""
+    stream = TextStream(None, stops)
+    assert stream._held(full) == _held_by_definition(full, stops)

@@ -78,7 +78,7 @@ def served(tmp_path_factory):
         sent = send(srv.url, WORKLOAD)
         r = httpx.post(f"{srv.url}/stop_profile", timeout=300)
         assert r.status_code == 200, r.text
-        run = os.path.join(ROOT, r.json()["run"])
+        run = os.path.join(tmp, "xla", r.json()["run"])
         switch_collection(srv, cfg, 0)
         after = send(srv.url, [(5, 2), (3, 4)], offset=200)
     events = glob.glob(os.path.join(tmp, "service_profile", "*", "events.jsonl"))

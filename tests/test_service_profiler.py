@@ -44,6 +44,54 @@ def test_bad_expressions_are_refused_with_the_reason(text, reason):
         compile_expr(text)
 
 
+class Holder:
+    import os as os_module          # a module reached through a public attribute
+    secret = staticmethod(lambda: "ran")
+
+    def __init__(self):
+        self._private = 1
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("args[0] | attr __globals__", "attr __globals__ is private"),
+    ("args[0] | attr _private", "attr _private is private"),
+    ("args[0] | map attr __class__", "attr __class__ is private"),
+    ("kwargs['__builtins__']", "the key '__builtins__' is private"),
+    ("args[0] | call", "call must follow an attr step"),
+    ("args[0] | attr ids | len | call", "call must follow an attr step")])
+def test_expressions_reach_public_attributes_only(text, reason):
+    with pytest.raises(ExpressionError, match=reason):
+        compile_expr(text)
+
+
+@pytest.mark.parametrize("text", ["args[0] | attr os_module | attr getcwd | call",
+                                  "args[0] | attr secret | call"])
+def test_call_runs_methods_of_objects_only(text):
+    """A function of a module (or a plain function kept on a class) is not a method: refused
+    when the expression runs, so the attribute records an error and nothing is called."""
+    with pytest.raises(TypeError, match="call only calls a method of an object"):
+        _eval(text, args=(Holder(),))
+
+
+def test_handlers_are_the_shipped_ones_or_listed_and_others_are_never_imported(tmp_path, collector):
+    from profiling.service.handlers import HANDLERS_ENV, allowed_handlers
+    assert allowed_handlers({}) == {"timer"}
+    listed = allowed_handlers({HANDLERS_ENV: " tests.service_targets:twice , pkg.m:f "})
+    assert listed == {"timer", "tests.service_targets:twice", "pkg.m:f"}
+    spec = "tests.a_module_that_must_not_load:handler"
+    undo, problems = instrument([Symbol("tests.service_targets:Worker.run", "run", "Test", handler=spec)],
+                                collector, allowed={"timer"})
+    try:
+        assert problems == [f"symbol tests.service_targets:Worker.run: handler {spec!r} is not allowed (only the "
+                            f"shipped handlers and those listed in PROFILING_HANDLERS); using the timer."]
+        collector.start(str(tmp_path / "out"))
+        assert Worker().run(Batch([1, 2])) == [1, 2]       # the timer stood in
+        assert [s["name"] for s in _spans(collector)] == ["run"]
+    finally:
+        for u in undo:
+            u()
+
+
 def _yaml(tmp_path, text, name="symbols.yaml"):
     path = tmp_path / name
     path.write_text(text)
@@ -179,7 +227,7 @@ def test_custom_handler_and_a_handler_that_cannot_be_imported(tmp_path, collecto
                       handler="tests.service_targets:double_handler"),
                Symbol("tests.service_targets:Worker.run_async", "run_async", "Test",
                       handler="tests.service_targets:no_such_handler")]
-    undo, problems = instrument(symbols, collector)
+    undo, problems = instrument(symbols, collector, allowed={s.handler for s in symbols})
     try:
         assert len(problems) == 1 and "handler 'tests.service_targets:no_such_handler' cannot be imported" in problems[0]
         assert "using the timer" in problems[0]

@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -44,6 +45,12 @@ CUSTOM_YAML = """
 - symbol: tpu_engine.engine:LLMEngine.has_unfinished_requests
   domain: Custom
   handler: tests.no_such_module:handler
+- symbol: tpu_engine.engine:LLMEngine.num_running
+  domain: Custom
+  handler: os:system
+  attributes:
+    - name: leak
+      expr: args[0] | attr __class__
 """
 
 
@@ -67,7 +74,7 @@ def custom_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("custom")
     (tmp / "symbols.yaml").write_text(CUSTOM_YAML)
     env = {"SERVICE_PROF_CONFIG_PATH": tmp / "config.json", "PROFILING_SYMBOLS_PATH": tmp / "symbols.yaml",
-           "VLLM_TORCH_PROFILER_DIR": tmp / "xla"}
+           "VLLM_TORCH_PROFILER_DIR": tmp / "xla", "PROFILING_HANDLERS": "tests.no_such_module:handler"}
     with Server(SMALL, env=env) as srv:
         srv.tmp = tmp
         yield srv
@@ -80,6 +87,10 @@ def test_custom_symbols_record_their_attributes_and_problems_are_reported(custom
     assert "LLMEngine.no_such_method: 'LLMEngine' has no attribute 'no_such_method'; skipped." in log
     assert "attribute 'bad': expression 'return || len' is not valid" in log
     assert "handler 'tests.no_such_module:handler' cannot be imported" in log and "using the timer" in log
+    # a handler nobody listed is never imported, and an expression may not walk dunder attributes
+    assert "handler 'os:system' is not allowed (only the shipped handlers and those listed in " \
+           "PROFILING_HANDLERS); using the timer." in log
+    assert "attribute 'leak': expression 'args[0] | attr __class__' is not valid (attr __class__ is private" in log
     switch_collection(srv, tmp / "config.json", 1)
     prompts = [[1, 2, 3], list(range(1, 12))]
     for p in prompts:
@@ -122,8 +133,8 @@ def test_start_and_stop_profile_capture_prefill_and_decode_of_live_traffic(custo
     r = httpx.post(f"{srv.url}/stop_profile", timeout=300)
     assert r.status_code == 200, r.text
     result = r.json()
-    run = result["run"]
-    assert os.path.dirname(run) == str(srv.tmp / "xla" / "plugins" / "profile")
+    assert os.path.dirname(result["run"]) == "plugins/profile"    # relative: no server path in answers
+    run = str(srv.tmp / "xla" / result["run"])
     assert re.fullmatch(r"\d{4}(_\d\d){5}_serve-prefill-decode", os.path.basename(run)), run
     assert [f for f in os.listdir(run) if f.endswith(".xplane.pb")] == [f"{socket.gethostname()}.xplane.pb"]
     assert not glob.glob(str(srv.tmp / "xla" / ".staging-*"))
@@ -148,6 +159,22 @@ def test_start_and_stop_profile_capture_prefill_and_decode_of_live_traffic(custo
     assert "peaks: not measured" in summary.stdout and "0.0 GFLOP/s" not in summary.stdout
     stop = httpx.post(f"{srv.url}/stop_profile", timeout=60)
     assert stop.status_code == 409 and "no profile capture is running" in stop.json()["error"]["message"]
+
+
+def test_sigterm_with_a_capture_open_saves_it(custom_server):
+    """Last of custom_server's tests (it stops the server): SIGTERM, what containers and
+    systemd send, saves an open capture as SIGINT does (uvicorn re-raises the signal once it
+    has stopped serving, which used to kill the process before the shutdown hooks ran)."""
+    srv = custom_server
+    before = set(glob.glob(str(srv.tmp / "xla" / "plugins" / "profile" / "*")))
+    assert httpx.post(f"{srv.url}/start_profile", timeout=60).status_code == 200
+    _complete(srv.url, [4, 5, 6], 3)
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.proc.wait(120) == 0, srv.tail()
+    new = set(glob.glob(str(srv.tmp / "xla" / "plugins" / "profile" / "*"))) - before
+    assert len(new) == 1 and "Capture (open at shutdown)" in srv.log() and "Traceback" not in srv.log()
+    info = json.load(open(os.path.join(new.pop(), "run_info.json")))
+    assert info["verification"]["steps"]["prefill"] and info["verification"]["steps"]["decode"]
 
 
 def test_malformed_symbols_yaml_is_reported_and_the_server_serves(tmp_path):
@@ -177,7 +204,8 @@ def _serve(*args, env=None):
 
 
 @pytest.mark.parametrize("case", ["port in use", "bad config", "unwritable capture dir", "bad flag value",
-                                  "misspelt symbol parameter"])
+                                  "misspelt symbol parameter", "bad tracer level", "unbounded capture",
+                                  "bad queue length"])
 def test_bad_server_settings_exit_2_with_one_line_before_loading(tmp_path, case):
     env, args, sock = {}, [], None
     if case == "port in use":
@@ -201,7 +229,15 @@ def test_bad_server_settings_exit_2_with_one_line_before_loading(tmp_path, case)
         env = {"SERVICE_PROF_CONFIG_PATH": str(tmp_path / "c.json"), "PROFILING_SYMBOLS_PATH": str(tmp_path / "s.yaml")}
         expected = ("symbol tpu_engine.backends.base:Runner.prefill: attribute 'num_tokens' ('prompt | len') reads "
                     "'prompt', which is not a parameter of Runner.prefill (its parameters: self, slots, prompts, "
-                    "sampling).")
+                    "sampling, prompt_logprobs).")
+    elif case == "bad tracer level":   # accepted at start once, then every /start_profile was a 500
+        env = {"VLLM_TORCH_PROFILER_DIR": str(tmp_path / "xla"), "TPU_PROFILER_HOST_TRACER_LEVEL": "9"}
+        args, expected = ["--backend", "jax"], "TPU_PROFILER_HOST_TRACER_LEVEL='9' must be a tracer level"
+    elif case == "unbounded capture":
+        env = {"VLLM_TORCH_PROFILER_DIR": str(tmp_path / "xla"), "VLLM_PROFILER_MAX_ITERS": "0"}
+        expected = "VLLM_PROFILER_MAX_ITERS='0' must be a whole number from 1 to 999999999 (a capture is always bounded)"
+    elif case == "bad queue length":
+        args, expected = ["--max-waiting-queue-length", "0"], "--max-waiting-queue-length 0 must be a positive integer"
     else:
         args = ["--max-model-len", "0"]
         expected = "max_model_len 0 must be a positive integer"

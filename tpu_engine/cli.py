@@ -27,6 +27,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--max-num-seqs", type=int, default=None, help="decode slots (default 8; profiling.py: the batch size); more requests wait in the queue")
     g.add_argument("--max-num-batched-tokens", type=int, default=None)
+    g.add_argument("--enable-prompt-logprobs", action="store_true",
+                   help="compile the LM head over every prompt position at warm-up, so requests may ask for "
+                        "prompt logprobs (echo with logprobs, prompt_logprobs) with no compile after warm-up")
     g.add_argument("--compilation-cache-dir", default=None,
                    help="persistent XLA compilation cache (default on TPU: ~/.cache/tpu_engine/xla_cache)")
     return parser
@@ -38,7 +41,8 @@ def engine_config(args: argparse.Namespace, **defaults: Any):
     from .engine import EngineConfig
     kw = dict(model=args.model, backend=args.backend, dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size,
               enforce_eager=args.enforce_eager, load_format=args.load_format, seed=args.seed,
-              compilation_cache_dir=args.compilation_cache_dir, **defaults)
+              compilation_cache_dir=args.compilation_cache_dir,
+              enable_prompt_logprobs=args.enable_prompt_logprobs, **defaults)
     for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)

@@ -23,7 +23,7 @@ from .compile import CompileStats
 from .config import DEFAULT_MODEL
 from .events import EventBus, PhaseEvent, SlotEvent, StepRecord
 from .info import EngineInfo
-from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, SamplingParams
+from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, SamplingParams, prompt_entries
 from .sampling import SamplingRow
 from .scheduler import Decode, ExpectedRequests, Prefill, Scheduler, ShapePlan, plan_shapes
 
@@ -45,6 +45,7 @@ class EngineConfig:
     strict_compiles: bool = False           # raise RecompileError on a compile after warm-up
     expected: ExpectedRequests | None = None   # warm up only these requests' shapes (default: all)
     progress: bool = True                   # a progress bar on stderr while warm-up compiles
+    enable_prompt_logprobs: bool = False    # compile the prompt LM head per token bucket at warm-up
 
     @functools.cached_property
     def limits(self):
@@ -54,7 +55,7 @@ class EngineConfig:
         return resolve_limits(self)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # identity: finding one among thousands waiting must not compare prompts
 class _Request:
     request_id: str
     prompt: list[int]
@@ -66,6 +67,7 @@ class _Request:
     logprobs: list[dict[int, Logprob]] = dataclasses.field(default_factory=list)
     cumulative: float = 0.0
     finish_reason: str | None = None
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
 
     @property
     def kv_len(self) -> int:  # tokens in the cache once the last sampled token is written
@@ -88,7 +90,7 @@ class LLMEngine:
         self.warmup_plan = self._shape_plan(config.expected)
         t0 = time.perf_counter()
         self.warmup_stats = self.runner.warmup(self.warmup_plan, self._variants(config.expected),
-                                               config.progress)
+                                               config.progress, prompt_logprobs=config.enable_prompt_logprobs)
         self.warmup_s = time.perf_counter() - t0  # compiling (or loading) and first runs, no model load
         self._rng = random.Random(config.seed)
         self._requests: dict[str, _Request] = {}
@@ -153,6 +155,9 @@ class LLMEngine:
             raise ValueError(f"prompt of {len(ids)} tokens exceeds max_model_len {self.max_model_len}.")
         if len(ids) > self.max_prefill:
             raise ValueError(f"prompt of {len(ids)} tokens exceeds max_num_batched_tokens {self.max_prefill}.")
+        if params.prompt_logprobs is not None and not self.config.enable_prompt_logprobs:
+            raise ValueError("prompt logprobs need the prompt LM-head graphs, which this engine did not compile; "
+                             "start it with enable_prompt_logprobs=True (the server: --enable-prompt-logprobs).")
         if len(ids) + params.max_tokens > self.max_model_len:
             asked = params.max_tokens if params.max_tokens < 10**40 else f"of {params.max_tokens.bit_length()} bits"
             raise ValueError(f"prompt of {len(ids)} tokens plus max_tokens {asked} exceeds "
@@ -177,14 +182,19 @@ class LLMEngine:
         return int.from_bytes(hashlib.blake2b(str(seed).encode(), digest_size=4).digest(), "little")
 
     def abort_request(self, request_id: str | Iterable[str]) -> None:
+        waiting = set()
         for rid in [request_id] if isinstance(request_id, str) else request_id:
             req = self._requests.pop(rid, None)
             if req is None:
                 continue
             if req.slot >= 0:
                 self._free_slot(req, "abort")
-            elif req in self.scheduler.waiting:
-                self.scheduler.waiting.remove(req)
+            else:
+                waiting.add(req)
+        if waiting:  # one pass over the queue, however many leave it
+            kept = [r for r in self.scheduler.waiting if r not in waiting]
+            self.scheduler.waiting.clear()
+            self.scheduler.waiting.extend(kept)
 
     def has_request(self, request_id: str) -> bool:
         return request_id in self._requests
@@ -227,7 +237,7 @@ class LLMEngine:
         return outputs
 
     def _run(self, phase: str, reqs: Sequence[_Request], shape: tuple[int, int], tokens: Sequence[int],
-             padded: int, kv_lens: Sequence[int], kv_bucket: int, rows: Sequence[SamplingRow], call):
+             padded: int, kv_lens: Sequence[int], kv_bucket: int, sampling: str, call):
         """Run `call` as engine step `phase` (number `step_count`), in its profiler scope,
         with begin/end events. `shape`: (bucket, sequences compiled); `tokens` and `kv_lens`:
         each request's tokens in the step and context after it."""
@@ -237,7 +247,7 @@ class LLMEngine:
                             request_ids=tuple(r.request_id for r in reqs), wall_start=time.time(),
                             request_tokens=tuple(tokens), request_kv=tuple(kv_lens),
                             arrivals=tuple(r.metrics.arrival_time for r in reqs) if phase == "prefill" else (),
-                            seq_bucket=shape[1], sampling=_variant(rows))
+                            seq_bucket=shape[1], sampling=sampling)
         if self.events:
             self.events.publish(PhaseEvent("begin", record))
         with self.runner.step_scope(phase, self.step_count):
@@ -257,10 +267,14 @@ class LLMEngine:
             self._allocate_slot(req, slot)
             req.metrics.first_scheduled_time = now
         rows = [self._row(r) for r in reqs]
-        result, now = self._run("prefill", reqs, (T, N), lens, T, lens, T, rows,
-                                lambda: self.runner.prefill(slots, [r.prompt for r in reqs], rows))
-        for req in reqs:
+        scored = any(r.params.prompt_logprobs is not None for r in reqs)
+        result, now = self._run("prefill", reqs, (T, N), lens, T, lens, T, _variant(rows, scored),
+                                lambda: self.runner.prefill(slots, [r.prompt for r in reqs], rows,
+                                                            prompt_logprobs=scored))
+        for i, req in enumerate(reqs):
             req.metrics.first_token_time = now
+            if req.params.prompt_logprobs is not None:
+                req.prompt_logprobs = prompt_entries(req.prompt, result.prompt[i], req.params.prompt_logprobs)
         return [self._append(r, result, i, now) for i, r in enumerate(reqs)]
 
     def _decode(self, reqs: list[_Request]) -> list[RequestOutput]:
@@ -269,7 +283,7 @@ class LLMEngine:
         B, span = self.runner.buckets.decode_shape(slots, positions)
         rows = [self._row(r) for r in reqs]
         result, now = self._run(
-            "decode", reqs, (B, B), [1] * len(reqs), B, [p + 1 for p in positions], span, rows,
+            "decode", reqs, (B, B), [1] * len(reqs), B, [p + 1 for p in positions], span, _variant(rows),
             lambda: self.runner.decode(slots, [r.output[-1] for r in reqs], positions, rows))
         return [self._append(r, result, i, now) for i, r in enumerate(reqs)]
 
@@ -278,7 +292,8 @@ class LLMEngine:
         # A k of the whole vocabulary or more keeps every token: that is "off", and a k that large
         # (2**63, say) must never reach a device tensor.
         top_k = p.top_k if 0 < p.top_k < self.model_config.vocab_size else 0
-        return SamplingRow(float(p.temperature), top_k, float(p.top_p), req.seed, p.logprobs or 0)
+        return SamplingRow(float(p.temperature), top_k, float(p.top_p), req.seed, p.logprobs or 0,
+                           float(p.presence_penalty), float(p.frequency_penalty), float(p.repetition_penalty))
 
     def _append(self, req: _Request, result, i: int, now: float) -> RequestOutput:
         token, lp = result.tokens[i], result.logprobs[i]
@@ -307,11 +322,14 @@ class LLMEngine:
         completion = CompletionOutput(0, list(req.output), req.cumulative,
                                       list(req.logprobs) if req.params.logprobs is not None else None,
                                       req.finish_reason)
-        return RequestOutput(req.request_id, req.prompt, [completion], done, req.metrics)
+        return RequestOutput(req.request_id, req.prompt, [completion], done, req.metrics,
+                             prompt_logprobs=req.prompt_logprobs)
 
 
-def _variant(rows: Sequence[SamplingRow]) -> str:
+def _variant(rows: Sequence[SamplingRow], prompt_logprobs: bool = False) -> str:
     """The sampler program a step's rows select (one is compiled per row count and variant):
-    random when any row samples, +logprobs when any asks for alternatives."""
+    random when any row samples, +logprobs when any asks for alternatives; +prompt_logprobs when
+    the prefill also scores its prompts (another LM-head program per token bucket)."""
     kind = "random" if any(r.temperature > 0 for r in rows) else "greedy"
-    return kind + ("+logprobs" if any(r.num_logprobs for r in rows) else "")
+    return kind + ("+logprobs" if any(r.num_logprobs for r in rows) else "") + \
+        ("+prompt_logprobs" if prompt_logprobs else "")

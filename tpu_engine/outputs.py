@@ -17,6 +17,10 @@ class SamplingParams:
     logprobs: int | None = None  # None: no logprobs; N: the chosen token plus the N most likely
     seed: int | None = None
     stop_token_ids: list[int] | None = None  # tokens that end the request as EOS does (kept in the output)
+    presence_penalty: float = 0.0    # vLLM's penalties, applied on device from each slot's token counts
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    prompt_logprobs: int | None = None  # None: none; N: each prompt token's logprob plus the N most likely
 
     def __post_init__(self):
         # (holds, what is expected): a message is only written for a check that fails
@@ -33,6 +37,16 @@ class SamplingParams:
             ("stop_token_ids", self.stop_token_ids is None or (
                 isinstance(self.stop_token_ids, (list, tuple))
                 and all(_integer(t) and t >= 0 for t in self.stop_token_ids)), "a list of token ids"),
+            ("presence_penalty", _real(self.presence_penalty) and -2 <= self.presence_penalty <= 2,
+             "a number from -2 to 2"),
+            ("frequency_penalty", _real(self.frequency_penalty) and -2 <= self.frequency_penalty <= 2,
+             "a number from -2 to 2"),
+            # > 0 as in vLLM, bounded so that a logit divided by it stays finite in float32
+            ("repetition_penalty", _real(self.repetition_penalty) and 0.01 <= self.repetition_penalty <= 100,
+             "a number from 0.01 to 100"),
+            ("prompt_logprobs", self.prompt_logprobs is None or (
+                _integer(self.prompt_logprobs) and 0 <= self.prompt_logprobs <= MAX_LOGPROBS),
+             f"None or an integer in [0, {MAX_LOGPROBS}]"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -91,3 +105,18 @@ class RequestOutput:
     finished: bool
     metrics: RequestMetrics
     prompt: str | None = None
+    # with SamplingParams.prompt_logprobs: None for the first prompt token, then per token its
+    # logprob (and rank) and the most likely alternatives, as vLLM returns them
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
+
+
+def prompt_entries(prompt: list[int], positions, k: int) -> list[dict[int, Logprob] | None]:
+    """vLLM's prompt_logprobs from a runner's scored positions: None for the first token, then
+    for each later token its own Logprob (with rank) and the k most likely alternatives."""
+    out: list[dict[int, Logprob] | None] = [None]
+    for token, pos in zip(prompt[1:], positions):
+        entry = {token: Logprob(pos.logprob, pos.rank)}
+        for r, (tid, lp) in enumerate(pos.top[:k], start=1):
+            entry.setdefault(tid, Logprob(lp, r))
+        out.append(entry)
+    return out

@@ -15,6 +15,9 @@ class SamplingRow:
     top_p: float
     seed: int           # 32-bit
     num_logprobs: int   # top alternatives wanted (0: only the chosen token's)
+    presence_penalty: float = 0.0     # vLLM's penalties: 0, 0 and 1 are off
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
 
 
 GREEDY = SamplingRow(0.0, 0, 1.0, 0, 0)  # what padded rows sample

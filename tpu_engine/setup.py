@@ -6,6 +6,7 @@ import dataclasses
 from .backends import registry
 from .compile import default_cache_dir
 from .config import ModelConfig
+from .memory import check_fits
 from .weights import ModelSource, resolve_model
 
 DEFAULT_MAX_MODEL_LEN = 2048
@@ -72,6 +73,10 @@ def build_runner(config):
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype {config.dtype!r} is not supported; expected auto, float32 or bfloat16.")
     check_tp(cfg, config.tensor_parallel_size, backend.device_count())
+    # before the cache is allocated: one sentence, not an allocator's traceback
+    check_fits(cfg, max_num_seqs=config.max_num_seqs, max_model_len=max_len, dtype=dtype,
+               tensor_parallel_size=config.tensor_parallel_size, platform=device,
+               device_bytes=backend.device_memory_bytes)
 
     cache_dir = config.compilation_cache_dir
     if cache_dir is None and device == "TPU":

@@ -25,7 +25,7 @@ def _split(total: int, parts: int) -> list[list[int]]:
     return [[0] * n for n in sizes]
 
 
-def jobs(runner, plan: ShapePlan, variants: Sequence[SamplingRow]) -> list[Job]:
+def jobs(runner, plan: ShapePlan, variants: Sequence[SamplingRow], prompt_logprobs: bool = False) -> list[Job]:
     first, others = variants[0], list(variants[1:])
     out: list[Job] = []
     sampler_shapes: dict[int, Callable[[SamplingRow], object]] = {}
@@ -40,6 +40,10 @@ def jobs(runner, plan: ShapePlan, variants: Sequence[SamplingRow]) -> list[Job]:
             return runner.prefill(range(n), _split(T, n), [row] * n)
         out.append((f"prefill {T} tokens x {N} prompts", lambda p=prefill: p(first)))
         sampler_shapes.setdefault(N, prefill)
+    if prompt_logprobs:  # the prompt LM head per token bucket (enable_prompt_logprobs)
+        for T in sorted({T for T, _ in plan.prefill}):
+            out.append((f"prompt logprobs {T} tokens",
+                        lambda T=T: runner.prefill([0], [[0] * T], [first], prompt_logprobs=True)))
     for B, step in sorted(sampler_shapes.items()):
         for row in others:
             name = ("random" if row.temperature > 0 else "greedy") + (" + logprobs" if row.num_logprobs else "")
@@ -47,8 +51,9 @@ def jobs(runner, plan: ShapePlan, variants: Sequence[SamplingRow]) -> list[Job]:
     return out
 
 
-def run_warmup(runner, plan: ShapePlan, variants: Sequence[SamplingRow], progress: bool = True) -> None:
-    todo = jobs(runner, plan, variants)
+def run_warmup(runner, plan: ShapePlan, variants: Sequence[SamplingRow], progress: bool = True,
+               prompt_logprobs: bool = False) -> None:
+    todo = jobs(runner, plan, variants, prompt_logprobs)
     show = _Progress(len(todo), runner.compile_stats) if progress else None
     for name, run in todo:
         if show:

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 import math
+import os
 import time
 
 import httpx
@@ -27,6 +28,13 @@ class Request:
     output_len: int      # max_tokens asked for; with ignore_eos the server returns exactly this
     arrival_s: float     # send time, seconds after the start of the run
     text: str | None = None  # the prompt as text (--prompt-kind text, and always for chat)
+
+
+def auth_headers() -> dict[str, str]:
+    """`Authorization: Bearer $OPENAI_API_KEY` when it is set, as `vllm bench serve` sends it (for
+    a server started with --api-key)."""
+    key = os.environ.get("OPENAI_API_KEY", "").strip()
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def lengths(rng: np.random.Generator, mean: int, ratio: float, n: int) -> list[int]:
@@ -154,7 +162,8 @@ async def run_workload(args, workload: list[Request], desc: str = "requests") ->
     limit = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
     bar = tqdm(total=len(workload), desc=desc, disable=args.disable_tqdm)
     timeout = httpx.Timeout(None, connect=30.0)
-    async with httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=None)) as client:
+    async with httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=None),
+                                 headers=auth_headers()) as client:
         t0 = time.perf_counter()
 
         async def one(req: Request, rec: Record):

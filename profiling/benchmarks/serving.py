@@ -35,7 +35,8 @@ import httpx
 from tpu_engine.cli import run_cli
 
 from ..table import number_ranges
-from .load import Record, Request, error_text, make_workload, print_table, run_workload, summarize
+from .load import (Record, Request, auth_headers, error_text, make_workload, print_table, run_workload,
+                   summarize)
 
 PERCENTILES = (50, 90, 99)           # always shown
 FLIP_WAIT_S = 1.5                    # the server re-reads the profiler config every 0.5 s by default
@@ -123,7 +124,7 @@ def check_server(args, workload: list[Request]) -> dict:
     cannot fit its max_model_len."""
     try:
         health = httpx.get(args.base_url + "/health", timeout=10)
-        models = httpx.get(args.base_url + "/v1/models", timeout=10)
+        models = httpx.get(args.base_url + "/v1/models", timeout=10, headers=auth_headers())
     except httpx.HTTPError as e:
         raise ValueError(f"cannot reach the server at {args.base_url} ({type(e).__name__}: {e}).") from None
     if health.status_code != 200 or models.status_code != 200:
@@ -148,7 +149,7 @@ def check_server(args, workload: list[Request]) -> dict:
 
 def post_control(args, path: str) -> dict:
     try:
-        resp = httpx.post(args.base_url + path, timeout=600)
+        resp = httpx.post(args.base_url + path, timeout=600, headers=auth_headers())
     except httpx.HTTPError as e:
         raise RunError(f"POST {path} failed ({type(e).__name__}: {e}).") from None
     if not 200 <= resp.status_code < 300:

@@ -23,6 +23,9 @@ from .windows import plan_window
 MAX_PASSES = 1_000_000
 
 
+LOOPBACK, ALL_INTERFACES = ("127.0.0.1", "localhost", "::1"), ("0.0.0.0", "::")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """vLLM's TPU profiling flags, the capture windows, the engine's flags and the schedules."""
     p.description = __doc__.splitlines()[0]
@@ -36,6 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--profile-result-dir", default="profiles",
                    help="TensorBoard log dir; captures go to <dir>/plugins/profile/<run>/")
     p.add_argument("--profiler-port", type=int, default=PROFILER_PORT)
+    p.add_argument("--profiler-host", default="127.0.0.1",
+                   help="where XLA's profiler server may be reached: the default, loopback, starts no server "
+                        "(XLA's server cannot bind one address, only all of them) and the env window is traced "
+                        "in process; 0.0.0.0 starts it on --profiler-port on all interfaces, for TensorBoard's "
+                        "capture button")
     g = p.add_argument_group("exact capture windows (ignored when the VLLM_TPU_PROFILE_* env window is set)")
     g.add_argument("--profile-phase", choices=["prefill", "decode", "all"], default=None,
                    help="capture exactly these steps of each profiled pass")
@@ -79,6 +87,9 @@ def check_args(args: argparse.Namespace, error) -> argparse.Namespace:
         error("--profile-result-dir is empty; expected a directory (\".\" for the current one).")
     if not 1 <= args.profiler_port <= 65535:
         error(f"--profiler-port {args.profiler_port} is not a TCP port (1-65535).")
+    if args.profiler_host not in LOOPBACK + ALL_INTERFACES:
+        error(f"--profiler-host {args.profiler_host!r} cannot be honoured: XLA's profiler server listens on "
+              f"all interfaces or not at all; use 127.0.0.1 (no server) or 0.0.0.0.")
     plan_window(args, quiet=True)  # the env window's values: a ValueError now, not after the model loads
     return args
 

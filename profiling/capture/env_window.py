@@ -1,7 +1,9 @@
-"""The seed's env window: a detached trace asked of the profiler server, starting `delay_ms`
-after the request and lasting `duration_ms`, over all the profiled passes at once. Its timing
-is the server's, not the engine's: the capture may open late, or miss steps, and `export`
-says so."""
+"""The seed's env window: a detached trace starting `delay_ms` after the request and lasting
+`duration_ms`, over all the profiled passes at once. It is asked of XLA's profiler server when
+one runs (`--profiler-host 0.0.0.0`); without one (`port` None, the default: XLA's server
+listens on every interface) a thread traces in process over the same window, the session the
+server would run in this process. Its timing is not the engine's: the capture may open late,
+or miss steps, and `export` says so."""
 from __future__ import annotations
 
 import threading
@@ -16,25 +18,40 @@ from .windows import DELAY_ENV, Captured, CaptureWindow
 
 
 class EnvWindow(CaptureWindow):
-    def __init__(self, spec: Window, profiler: ModuleType, port: int, label: str = "the env window's capture"):
+    def __init__(self, spec: Window, profiler: ModuleType, port: int | None, label: str = "the env window's capture"):
         self.spec, self.profiler, self.port, self.label = spec, profiler, port, label
         self.logdir = ""
         self.error: BaseException | None = None
         self.requested_at = self.passes_start = self.passes_end = None
         self.interrupted = False
         self._thread = threading.Thread(target=self._run, name="detached-trace", daemon=True)
+        self._opened = threading.Event()   # the in-process trace runs (or failed)
 
     def _run(self) -> None:
         try:
-            self.profiler.request_trace(self.port, self.logdir, self.spec.delay_ms, self.spec.duration_ms)
+            if self.port is None:
+                self._trace_in_process()
+            else:
+                self.profiler.request_trace(self.port, self.logdir, self.spec.delay_ms, self.spec.duration_ms)
         except BaseException as e:  # reported by export()
             self.error = e
+        finally:
+            self._opened.set()
+
+    def _trace_in_process(self) -> None:
+        time.sleep(max(0.0, self.opens_at - time.time()))
+        session = self.profiler.Session()
+        self._opened.set()
+        time.sleep(max(0.0, self.opens_at + self.spec.duration_ms / 1000 - time.time()))
+        session.export(session.stop(), self.logdir)
 
     def begin(self, logdir: str) -> None:
         self.logdir, self.requested_at = logdir, time.time()
         self._thread.start()
-        if self.spec.delay_ms == 0:
+        if self.spec.delay_ms == 0 and self.port is not None:
             time.sleep(1.0)  # the server needs a moment to begin tracing
+        elif self.spec.delay_ms == 0:
+            self._opened.wait(30)
         self.passes_start = time.time()
 
     def end(self, interrupted: bool = False) -> None:
@@ -80,6 +97,7 @@ class EnvWindow(CaptureWindow):
         runs = runs_in(self.logdir)
         if not arrived or not runs:
             why = f" ({self.error})" if self.error else ""
-            missing = f"no capture arrived from the profiler server on port {self.port}{why}."
+            source = f"the profiler server on port {self.port}" if self.port else "the in-process trace"
+            missing = f"no capture arrived from {source}{why}."
             return Captured(None, timing, problem=f"{late} {missing}" if late else missing)
         return Captured(runs[-1], timing, problem=late, interrupted=self.interrupted)

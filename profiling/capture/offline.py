@@ -24,6 +24,7 @@ from .interrupts import PAUSE_ENV, Interrupts, from_interrupt, pause_point
 from .profilers import profiler_for
 from .publish import publish, settle_stale_staging
 from .record import StepLog, record_of
+from .cli import ALL_INTERFACES
 from .windows import Captured, CaptureWindow, make_window, plan_window
 
 
@@ -73,7 +74,10 @@ class Profiler:
         self.queue_note = queue_note(args.batch_size, args.input_len, config.max_num_seqs, limits.max_prefill)
         self.root = store.check_writable_dir(args.profile_result_dir)
         self.profiler = profiler_for(config.backend)  # torch_xla's or JAX's, as the engine
-        check_profiler_port(args.profiler_port)
+        # XLA's profiler server listens on every interface, so it starts only when asked.
+        self.port = args.profiler_port if args.profiler_host in ALL_INTERFACES else None
+        if self.port is not None:
+            check_profiler_port(self.port)
         self.problems: list[str] = []
         self.published: list[str] = []
         self.peaks: Peaks | None = None
@@ -138,7 +142,10 @@ class Profiler:
         args = self.args
         self.llm = LLM.from_config(self.config)
         self.engine = self.llm.llm_engine
-        self.server = self.profiler.start_server(args.profiler_port)  # kept alive while we run
+        if self.port is not None:
+            self.server = self.profiler.start_server(self.port)  # kept alive while we run
+            print(f"note: XLA's profiler server listens on port {self.port} of every interface "
+                  f"(--profiler-host {args.profiler_host}).")
         self.prompts = workload.random_prompts(args.batch_size, args.input_len,
                                                self.engine.model_config.vocab_size, args.seed)
         self.params = [SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=n)
@@ -176,7 +183,7 @@ class Profiler:
             self.spanning.end()
 
     def _open(self, pass_index: int) -> CaptureWindow:
-        window = make_window(self.window, self.profiler, self.args.profiler_port, pass_index)
+        window = make_window(self.window, self.profiler, self.port, pass_index)
         self._off = self.engine.events.subscribe(window.on_event)
         window.begin(self.staging.path)
         return window
@@ -256,7 +263,7 @@ class Profiler:
         try:
             done = publish(self.staging, captured, self.steps, record, checkpoint=self.interrupts.checkpoint)
         except ValueError as e:
-            self.problems.append(f"the capture could not be verified and was discarded: {e}")
+            self.problems.append(f"the capture was discarded: {str(e).rstrip('.')}.")
             return
         self.problems += done.problems
         for note in done.notes:

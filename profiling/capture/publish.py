@@ -16,9 +16,13 @@ from ..runs.parts import Verification, Window
 from ..runs.record import CaptureTiming, RunRecord, read_run_record, write_manifest, write_run_record
 from ..table import number_ranges
 from .record import StepLog
-from .store import Staging, free_run_name, name_capture, stale_stagings
+from .store import Staging, free_run_name, name_capture, real_dir_inside, staging_entries
 from .verify import PhaseCoverage, check_capture, coverage
 from .windows import DELAY_ENV, DURATION_ENV, Captured
+
+
+class CaptureWriteError(ValueError):
+    """The capture could not be written (a full disk, a read-only or removed profile dir)."""
 
 
 @dataclasses.dataclass
@@ -37,7 +41,16 @@ def publish(staging: Staging, captured: Captured, steps: StepLog, record: RunRec
     With `captured.expected_steps`, the trace must hold exactly those, unless Ctrl-C cut the
     window short: then it holds what ran up to the interrupt, and the record says so.
     `checkpoint(stage)` runs before verifying and before the final rename (the interrupt
-    policy's safe points). ValueError (nothing published) if it cannot be verified."""
+    policy's safe points). ValueError (nothing published) if it cannot be verified, CaptureWriteError
+    if it cannot be written (a full disk, a profile dir removed meanwhile)."""
+    try:
+        return _publish(staging, captured, steps, record, checkpoint)
+    except OSError as e:
+        raise CaptureWriteError(f"it could not be written into {staging.root} "
+                                f"({e.strerror or type(e).__name__})") from None
+
+
+def _publish(staging: Staging, captured: Captured, steps: StepLog, record: RunRecord, checkpoint) -> Published:
     exported, expected_steps, interrupted = captured.run_dir, captured.expected_steps, captured.interrupted
     name_capture(exported)
     checkpoint("verify")
@@ -75,12 +88,18 @@ def publish(staging: Staging, captured: Captured, steps: StepLog, record: RunRec
 def settle_stale_staging(root: str) -> list[str]:
     """Staging dirs left under `root` by killed runs: a capture in them that was verified and
     recorded (only the final rename was missing) is published, anything else is removed. One
-    line per staging dir says which."""
-    lines = []
-    for path, pid in stale_stagings(root):
+    line per staging dir says which. Only real directories inside `root` are settled: an entry
+    that is a symlink (or a run inside staging that is one) is skipped, and one line says so."""
+    stale, skipped = staging_entries(root)
+    lines = [f"skipped {os.path.relpath(p)}: it is named like a staging dir but is a link or not a directory "
+             f"inside the profile dir, so it is left alone." for p in skipped]
+    for path, pid in stale:
         kept, dropped = [], 0
         try:
             for run in runs_in(path):
+                if not real_dir_inside(run, path):
+                    lines.append(f"skipped {os.path.relpath(run)}: a link inside staging is never followed.")
+                    continue
                 dest = _recover(root, run)
                 if dest:
                     kept.append(os.path.relpath(dest))

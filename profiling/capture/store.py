@@ -13,6 +13,7 @@ import glob
 import os
 import shutil
 import socket
+import stat
 import time
 
 from tpu_engine.paths import writable_dir
@@ -101,18 +102,34 @@ def _process_alive_since(pid: int, made_s: float) -> bool:
     return boot + ticks / os.sysconf("SC_CLK_TCK") <= made_s + 1
 
 
-def stale_stagings(root: str) -> list[tuple[str, int]]:
-    """(path, pid) of each staging dir under `root` whose process is gone (killed before it
-    could publish or clean up); a live run's staging is left alone."""
-    out = []
+def real_dir_inside(path: str, root: str) -> bool:
+    """`path` is a directory itself (not a link to one) and lies inside `root`: settling
+    staging moves what it holds, so a link to a folder elsewhere must never be followed."""
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            return False
+    except OSError:
+        return False
+    real_root = os.path.realpath(root)
+    return os.path.commonpath([os.path.realpath(path), real_root]) == real_root
+
+
+def staging_entries(root: str) -> tuple[list[tuple[str, int]], list[str]]:
+    """(stale, skipped) under `root`: (path, pid) of each staging dir whose process is gone
+    (killed before it could publish or clean up; a live run's staging is left alone), and the
+    paths named like staging that are not real directories inside `root` (a symlink), which
+    are never touched."""
+    stale, skipped = [], []
     for path in sorted(glob.glob(os.path.join(root, STAGING_PREFIX + "*"))):
         try:
             pid, ns = (int(x) for x in os.path.basename(path)[len(STAGING_PREFIX):].split("-"))
         except ValueError:
             continue  # not one of ours
-        if os.path.isdir(path) and not _process_alive_since(pid, ns / 1e9):
-            out.append((path, pid))
-    return out
+        if not real_dir_inside(path, root):
+            skipped.append(path)
+        elif not _process_alive_since(pid, ns / 1e9):
+            stale.append((path, pid))
+    return stale, skipped
 
 
 class Staging:
@@ -128,7 +145,10 @@ class Staging:
         return runs_in(self.path)
 
     def publish(self, run_dir: str, kind: str) -> str:
-        """Move `run_dir` to `plugins/profile/<time>_<kind>` (`free_run_name`)."""
+        """Move `run_dir` to `plugins/profile/<time>_<kind>` (`free_run_name`). A profile dir
+        removed meanwhile is not made again (OSError)."""
+        if not os.path.isdir(self.root) or not os.path.isdir(run_dir):
+            raise FileNotFoundError(2, "the profile dir or its staging was removed", self.root)
         dest_root = os.path.join(self.root, "plugins", "profile")
         os.makedirs(dest_root, exist_ok=True)
         dest = os.path.join(dest_root, free_run_name(dest_root, kind))

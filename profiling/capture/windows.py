@@ -102,9 +102,9 @@ class CaptureWindow(abc.ABC):
         return False
 
 
-def make_window(spec: Window, profiler: ModuleType, port: int, pass_index: int = 0) -> CaptureWindow:
+def make_window(spec: Window, profiler: ModuleType, port: int | None, pass_index: int = 0) -> CaptureWindow:
     """The window an offline run's spec asks for: a phase window (one per pass) or the env
-    window (one over all the passes)."""
+    window (one over all the passes; traced in process when `port` is None, no profiler server)."""
     from .env_window import EnvWindow
     from .phase_window import PhaseWindow
     return PhaseWindow(spec, profiler, pass_index) if spec.per_pass else EnvWindow(spec, profiler, port)

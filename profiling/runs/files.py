@@ -10,6 +10,7 @@ file; `Outputs` removes every file of a command when a later one fails.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -36,16 +37,36 @@ def where(path: str, line: int | None = None) -> str:
 # ---- reading -----------------------------------------------------------------------------------
 def read_bytes(path: str) -> bytes:
     """The file's bytes; RunFileError if it is not a readable regular file."""
+    fd = _open_regular(path)
     try:
-        mode = os.stat(path).st_mode
-        if stat.S_ISDIR(mode):
-            raise RunFileError(f"{path} is a directory, not a file.")
-        if not stat.S_ISREG(mode):  # a FIFO or device would block or never end
-            raise RunFileError(f"{path} is not a regular file.")
-        with open(path, "rb") as f:
+        with open(fd, "rb") as f:
             return f.read()
     except OSError as e:
         raise RunFileError(f"cannot read {path} ({e.strerror or type(e).__name__}).") from None
+
+
+def _open_regular(path: str) -> int:
+    """A descriptor of `path`, opened without blocking and checked on the open file: a FIFO (or
+    one swapped in after a check by name) would block a read forever, a device never ends."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except IsADirectoryError:
+        raise RunFileError(f"{path} is a directory, not a file.") from None
+    except OSError as e:
+        raise RunFileError(f"cannot read {path} ({e.strerror or type(e).__name__}).") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise RunFileError(f"{path} is a directory, not a file." if stat.S_ISDIR(mode) else
+                           f"{path} is not a regular file.")
+    return fd
+
+
+def read_head(path: str, size: int) -> bytes:
+    """The first `size` bytes (a header check before a large file is read whole)."""
+    fd = _open_regular(path)
+    with open(fd, "rb") as f:
+        return f.read(size)
 
 
 def read_text(path: str) -> str:
@@ -120,11 +141,13 @@ def build(at: str, data: Any, cls: type[T], make: Callable[[Any], T], required: 
 
 
 # ---- checking values against a record's field types -------------------------------------------
+@functools.lru_cache(maxsize=None)  # per record class: resolving hints costs ~0.4 ms a call
 def _fields(cls) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+@functools.lru_cache(maxsize=None)
 def _split_optional(hint) -> tuple[Any, bool]:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -135,24 +158,50 @@ def _split_optional(hint) -> tuple[Any, bool]:
 def _check_raw(data: dict, cls, prefix: str, at: str) -> None:
     """The JSON as read, before `from_json`: nested records are objects, lists are lists, and
     present values have their field's type (missing and null ones are left to `from_json`)."""
-    for name, hint in _fields(cls).items():
-        if data.get(name) is not None:
-            _check_value(data[name], hint, prefix + name, at, raw=True)
+    for name, hint, scalar in _field_shapes(cls):
+        value = data.get(name)
+        if value is not None and not (scalar is not None and scalar(value)):
+            _check_value(value, hint, prefix + name, at, raw=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _shape(hint) -> tuple:
+    """(hint without None, optional, origin, args, is a record, scalar check or None): worked out
+    once per hint, since a manifest checks the same hints on every line."""
+    hint, optional = _split_optional(hint)
+    origin, args = typing.get_origin(hint) or hint, typing.get_args(hint)
+    scalar = None if dataclasses.is_dataclass(hint) or origin in (list, tuple, dict) or hint is Any else \
+        _FAST.get(hint, functools.partial(_scalar_ok, hint=hint))
+    return hint, optional, origin, args, dataclasses.is_dataclass(hint), scalar
+
+
+# Sufficient checks for the common scalars (a value they miss goes through _scalar_ok's full check).
+_FAST = {int: lambda v: type(v) is int and -MAX_INT <= v <= MAX_INT,
+         float: lambda v: (type(v) is float or type(v) is int) and -1e300 <= v <= 1e300,
+         str: lambda v: type(v) is str, bool: lambda v: type(v) is bool}
+
+
+@functools.lru_cache(maxsize=None)
+def _field_shapes(cls) -> tuple:
+    return tuple((name, hint, _shape(hint)[5]) for name, hint in _fields(cls).items())
 
 
 def _check_value(value: Any, hint, name: str, at: str, raw: bool = False) -> None:
-    hint, optional = _split_optional(hint)
+    hint, optional, origin, args, record, scalar = _shape(hint)
+    if scalar is not None and value is not None and scalar(value):
+        return  # the common case, first
     if hint is Any or (value is None and (optional or raw)):
         return
     if value is None:
         raise RunFileError(f"{at}: field {_field(name)} is missing or null; expected {_describe(hint)}.")
-    origin, args = typing.get_origin(hint) or hint, typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
+    if record:
         if raw and isinstance(value, dict):
             return _check_raw(value, hint, name + ".", at)
         if not raw and isinstance(value, hint):
-            for field, field_hint in _fields(hint).items():
-                _check_value(getattr(value, field), field_hint, f"{name}.{field}" if name else field, at)
+            for field, field_hint, scalar in _field_shapes(hint):
+                v = getattr(value, field)
+                if v is None or scalar is None or not scalar(v):
+                    _check_value(v, field_hint, f"{name}.{field}" if name else field, at)
             return
     elif origin in (list, tuple) and isinstance(value, (list, tuple)):
         item_hints = args if origin is tuple and args and args[-1] is not Ellipsis else (args[:1] or (Any,)) * len(value)
@@ -230,7 +279,15 @@ def space_note(path: str) -> str:
 # ---- writing -----------------------------------------------------------------------------------
 def write_file(path: str, write: Callable[[str], None]) -> str:
     """`write(tmp)` writes the whole file at a temporary path beside `path`, which is then
-    renamed to `path`; RunFileError naming `path` (nothing left behind) if that fails."""
+    renamed to `path`; RunFileError naming `path` (nothing left behind) if that fails. A target
+    that exists and is not a regular file (`/dev/stdout`, a link to it, a device, a FIFO) is
+    written in place: a rename would replace the device with a regular file."""
+    if _special(path):
+        try:
+            write(path)
+        except (OSError, sqlite3.Error) as e:
+            raise RunFileError(f"cannot write {path} ({_reason(e)}).") from None
+        return path
     folder, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
     try:
@@ -239,12 +296,23 @@ def write_file(path: str, write: Callable[[str], None]) -> str:
             raise IsADirectoryError(21, "Is a directory")
         os.replace(tmp, path)
     except (OSError, sqlite3.Error) as e:  # SQLite says "database or disk is full" its own way
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
-        raise RunFileError(f"cannot write {path} ({reason}).") from None
+        raise RunFileError(f"cannot write {path} ({_reason(e)}).") from None
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _special(path: str) -> bool:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _reason(e: BaseException) -> str:
+    return e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
 
 
 def write_text(path: str, text: str) -> str:
@@ -269,7 +337,7 @@ class Outputs:
         return path
 
     def discard(self) -> None:
-        for p in self.written:
-            if os.path.lexists(p):
+        for p in self.written:  # only the regular files this command made (never a device)
+            if os.path.lexists(p) and stat.S_ISREG(os.lstat(p).st_mode):
                 os.unlink(p)
         self.written = []

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from ..runs.files import RunFileError, parse_json
+from ..runs.files import RunFileError, parse_json, read_bytes
 from .collector import EVENTS_FILE
 
 
@@ -57,11 +57,10 @@ def _valid(e) -> bool:
 def _lines(path: str) -> list[dict]:
     """The file's events; a corrupt last line (a writer killed mid-line) is skipped with a
     warning, any other is an error naming the line."""
-    try:  # bad bytes make a bad line (reported below), not a failed file
-        with open(path, encoding="utf-8", errors="replace") as f:
-            lines = [(n, line) for n, line in enumerate(f, start=1) if line.strip()]
-    except OSError as e:
-        raise ValueError(f"cannot read {path} ({e.strerror or type(e).__name__}).") from None
+    # The validating reader: a FIFO, a device or a directory is refused, never read (a FIFO
+    # would block forever). Bad bytes make a bad line (reported below), not a failed file.
+    text = read_bytes(path).decode("utf-8", errors="replace")
+    lines = [(n, line) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
     events = []
     for i, (n, line) in enumerate(lines):
         try:

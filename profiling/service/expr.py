@@ -11,6 +11,11 @@ Operations: attr NAME, call (a method with no arguments), len, str, int, float, 
 sum, min, max, map OP. Expressions are parsed when the YAML is loaded (a bad one is reported
 then), the parameter names they read are checked against the patched function's signature
 when it is instrumented, and they are evaluated after the call returns.
+
+What an expression may reach is restricted, since the symbols file names code to run in the
+server: `attr` takes public names only (no `_` prefix, so no `__globals__` or `__class__`),
+`['key']` no dunder keys, and `call` only right after an `attr` and only on a bound method (not
+a function of a module, not a class).
 """
 from __future__ import annotations
 
@@ -69,7 +74,7 @@ def compile_expr(text: str) -> Expression:
         raise ExpressionError("an expression must be a non-empty string")
     parts = [p.strip() for p in text.split("|")]
     source, name = _source(parts[0])
-    ops = [_operation(p) for p in parts[1:]]
+    ops = [_operation(p, parts[i - 1] if i > 1 else "") for i, p in enumerate(parts[1:], start=1)]
 
     def evaluate(ctx: Context):
         value = source(ctx)
@@ -96,6 +101,8 @@ def _source(text: str) -> tuple[Callable[[Context], Any], str | None]:
         if not k:
             raise ExpressionError(f"cannot read {rest!r} after {head!r}; expected [index] or ['key']")
         raw = k.group(1)
+        if raw[1:].startswith("__"):
+            raise ExpressionError(f"the key {raw} is private; expressions read public data only")
         keys.append(int(raw) if raw.lstrip("-").isdigit() else raw[1:-1])
         rest = rest[k.end():]
     name = None
@@ -118,7 +125,7 @@ def _source(text: str) -> tuple[Callable[[Context], Any], str | None]:
     return indexed, name
 
 
-def _operation(text: str) -> Callable[[Any], Any]:
+def _operation(text: str, previous: str = "") -> Callable[[Any], Any]:
     words = text.split()
     if not words:
         raise ExpressionError("an empty step between two '|'")
@@ -127,11 +134,25 @@ def _operation(text: str) -> Callable[[Any], Any]:
         return _FUNCS[op]
     if op == "attr" and len(rest) == 1 and _NAME.fullmatch(rest[0]):
         name = rest[0]
+        if name.startswith("_"):
+            raise ExpressionError(f"attr {name} is private; expressions read public attributes only")
         return lambda v: getattr(v, name)
     if op == "call" and not rest:
-        return lambda v: v()
+        if previous.split()[:1] != ["attr"]:
+            raise ExpressionError("call must follow an attr step (it calls a public method)")
+        return _call
     if op == "map" and rest:
-        inner = _operation(" ".join(rest))
+        inner_prev = " ".join(previous.split()[1:]) if previous.split()[:1] == ["map"] else ""
+        inner = _operation(" ".join(rest), inner_prev)
         return lambda v: [inner(x) for x in v]
     raise ExpressionError(f"unknown operation {text!r}; expected attr NAME, call, map OP, or one of "
                           f"{', '.join(_FUNCS)}")
+
+
+def _call(method):
+    """Call a bound method with no arguments; anything else (a module's function, a class) is
+    refused when the expression runs."""
+    owner = getattr(method, "__self__", None)
+    if not callable(method) or owner is None or inspect.ismodule(owner) or inspect.isclass(method):
+        raise TypeError(f"call only calls a method of an object, not {type(method).__name__}")
+    return method()

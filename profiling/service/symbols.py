@@ -15,6 +15,9 @@ attribute whose expression fails records `<name>.error` instead and never affect
 A custom handler is called as `handler(original_func, this, *args, **kwargs)` (`this` is the
 instance for methods, else None) and records what it likes with `collector.record`; if the
 handler raises, the error is recorded and the call proceeds unprofiled (see make_custom).
+Handlers are code the server runs, so only the shipped ones (`timer`) and those named in
+PROFILING_HANDLERS (comma-separated `pkg.module:function`, set by whoever starts the server)
+are used; any other is not even imported, and the timer stands in.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from typing import Any, Callable
 
 from .collector import COLLECTOR, Collector, describe
 from .expr import Context, ExpressionError, compile_expr, unbound_names
+from .handlers import HANDLERS_ENV, allowed_handlers, load_handler
 
 SYMBOLS_ENV = "PROFILING_SYMBOLS_PATH"
 DEFAULT_SYMBOLS = os.path.join(os.path.dirname(__file__), "default_symbols.yaml")
@@ -263,14 +267,6 @@ def _handler_failed(sym: Symbol, e: Exception, reported: list, collector: Collec
     collector.record(sym.domain, sym.name, start, time.perf_counter_ns(), {"handler.error": describe(e)})
 
 
-def _load_handler(spec: str) -> Callable:
-    module_name, _, attr = spec.replace(":", ".").rpartition(".")
-    fn = getattr(importlib.import_module(module_name), attr)
-    if not callable(fn):
-        raise TypeError(f"{spec} is not callable")
-    return fn
-
-
 def check_names(symbols: list[Symbol]) -> None:
     """ValueError (one sentence naming the symbol, the attribute and the name) when an attribute
     expression reads a parameter its function does not have: a misspelt name would otherwise
@@ -289,11 +285,13 @@ def check_names(symbols: list[Symbol]) -> None:
                                  f"not a parameter of {fn.__qualname__} (its parameters: {params}).")
 
 
-def instrument(symbols: list[Symbol], collector: Collector = COLLECTOR) -> tuple[list[Callable], list[str]]:
+def instrument(symbols: list[Symbol], collector: Collector = COLLECTOR,
+               allowed: set[str] | None = None) -> tuple[list[Callable], list[str]]:
     """Patch every symbol; returns (functions that undo the patches, problem messages).
     ValueError, with nothing patched, for an expression naming a parameter that is not there."""
     check_names(symbols)
     undo, problems = [], []
+    allowed = allowed_handlers() if allowed is None else allowed
     for sym in symbols:
         where = f"symbol {sym.symbol}"
         try:
@@ -313,9 +311,12 @@ def instrument(symbols: list[Symbol], collector: Collector = COLLECTOR) -> tuple
             continue
         is_method = isinstance(owner, type) and wrap_kind is not staticmethod
         wrapped = None
-        if sym.handler != "timer":
+        if sym.handler not in allowed:
+            problems.append(f"{where}: handler {sym.handler!r} is not allowed (only the shipped handlers and "
+                            f"those listed in {HANDLERS_ENV}); using the timer.")
+        elif sym.handler != "timer":
             try:
-                wrapped = make_custom(fn, _load_handler(sym.handler), sym, collector, is_method)
+                wrapped = make_custom(fn, load_handler(sym.handler), sym, collector, is_method)
             except Exception as e:
                 problems.append(f"{where}: handler {sym.handler!r} cannot be imported ({e}); using the timer.")
         if wrapped is None:

@@ -16,6 +16,7 @@ import dataclasses
 from typing import Iterator
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
 
 from tpu_engine.events import PHASES
 
@@ -83,6 +84,8 @@ def _build_classes():
 
 
 _CLASSES = _build_classes()
+# An XSpace begins with one of its fields (1-4), length-delimited: tag bytes 0x0a, 0x12, 0x1a, 0x22.
+_FIRST_BYTES = tuple(bytes([(n << 3) | 2]) for n in (1, 2, 3, 4))
 XSpace = _CLASSES["XSpace"]
 XPlane = _CLASSES["XPlane"]
 XLine = _CLASSES["XLine"]
@@ -101,14 +104,19 @@ def _varint(buf, i: int) -> tuple[int, int]:
 
 def _fields(buf, start: int, end: int):
     """(field number, start of the field with its tag, start of payload, end) for each
-    top-level field of the message in buf[start:end]."""
+    top-level field of the message in buf[start:end]. Damage is a ValueError at once: field
+    number 0 (a zero-filled file would otherwise be walked byte by byte), a length past the end."""
     i = start
     while i < end:
         field_start = i
         tag, i = _varint(buf, i)
         wire = tag & 7
+        if tag >> 3 == 0:
+            raise ValueError(f"field number 0 at byte {field_start}")
         if wire == 2:
             n, i = _varint(buf, i)
+            if i + n > end:
+                raise ValueError(f"a field of {n} bytes at byte {field_start} runs past the end")
             yield tag >> 3, field_start, i, i + n
             i += n
         elif wire == 0:
@@ -124,10 +132,11 @@ def _fields(buf, start: int, end: int):
 
 
 class Plane:
-    """One XPlane: name, metadata maps and plane stats parsed; lines parsed when asked for."""
+    """One XPlane: name, metadata maps and plane stats parsed; lines parsed when asked for (a
+    damaged line is then a ValueError naming the capture, never a protobuf DecodeError)."""
 
-    def __init__(self, data: memoryview, start: int, end: int):
-        self._data = data
+    def __init__(self, data: memoryview, start: int, end: int, source: str = "capture"):
+        self._data, self.source = data, source
         rest, self._line_spans = [], []
         for field, fstart, pstart, fend in _fields(data, start, end):
             if field == 3:  # lines
@@ -153,7 +162,17 @@ class Plane:
         """(line index, XLine) with at most `chunk` events per XLine (a long line comes in
         several pieces with the same index), keeping only events in `keep` when given: this
         bounds the memory a huge line needs while it is read. Lines whose name `skip` accepts
-        are passed over without reading their events (a line's name precedes its events)."""
+        are passed over without reading their events (a line's name precedes its events). A
+        damaged line is a ValueError naming the capture, never protobuf's DecodeError."""
+        index = 0
+        try:
+            for index, line in self._line_chunks(keep, chunk, skip):
+                yield index, line
+        except (DecodeError, ValueError, IndexError):
+            raise ValueError(f"capture {self.source} is damaged: line {index} of plane {self.name!r} cannot "
+                             f"be read.") from None
+
+    def _line_chunks(self, keep, chunk, skip):
         for index, (start, end) in enumerate(self._line_spans):
             if skip is not None and skip(self._line_name(start, end)):
                 continue
@@ -180,7 +199,6 @@ class Plane:
                 line.ParseFromString(b"".join(head + [self._data[a:b] for a, b in events[i:i + step]]))
                 yield index, line
 
-
     def _line_name(self, start: int, end: int) -> str:
         for field, _, pstart, fend in _fields(self._data, start, end):
             if field == 2:
@@ -193,12 +211,12 @@ class Plane:
 class Space:
     """An XSpace read lazily: `planes` (Plane objects) and `hostnames`."""
 
-    def __init__(self, data: bytes):
+    def __init__(self, data: bytes, source: str = "capture"):
         self._data = memoryview(data)
         self.planes, self.hostnames = [], []
         for field, _, pstart, fend in _fields(self._data, 0, len(data)):
             if field == 1:
-                self.planes.append(Plane(self._data, pstart, fend))
+                self.planes.append(Plane(self._data, pstart, fend, source))
             elif field == 4:
                 self.hostnames.append(bytes(self._data[pstart:fend]).decode())
 
@@ -209,12 +227,14 @@ class Space:
 
 def load(path: str) -> Space:
     """Read an `.xplane.pb`; ValueError if it is empty or not an XSpace."""
-    from ..runs.files import read_bytes, space_note
+    from ..runs.files import read_bytes, read_head, space_note
+    if read_head(path, 1) not in (b"", *_FIRST_BYTES):  # refused before a huge file is read whole
+        raise ValueError(f"capture {path} is not a readable XSpace protobuf (it does not begin like one).")
     data = read_bytes(path)
     if not data:
         raise ValueError(f"capture {path} is empty (0 bytes{space_note(path)}).")
     try:
-        space = Space(data)
+        space = Space(data, path)
     except Exception:
         raise ValueError(f"capture {path} is not a readable XSpace protobuf.") from None
     if not space.planes:

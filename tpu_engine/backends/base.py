@@ -25,7 +25,7 @@ from ..info import DeviceInfo
 from ..sampling import GREEDY, MAX_LOGPROBS, SamplingRow
 from ..scheduler import ShapePlan
 from ..warmup import run_warmup
-from .inputs import SamplingInputs, decode_rows, pack_prompts, prefill_rows
+from .inputs import SamplingInputs, decode_rows, next_prompt_tokens, pack_prompts, prefill_rows
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +36,35 @@ class StepResult:
     logprobs: list[float]
     top: list[tuple[int, list[tuple[int, float]]]] | None  # per row: chosen token's rank, (token, logprob) best first
     compiles: CompileStats
+    prompt: list[list[PromptPosition]] | None = None  # per prompt: its positions 1.. (prefill, if asked)
 
     def select(self, rows: Sequence[int]) -> "StepResult":
         """These rows only (the real sequences of a padded batch)."""
         return StepResult([self.tokens[r] for r in rows], [self.logprobs[r] for r in rows],
-                          [self.top[r] for r in rows] if self.top else None, self.compiles)
+                          [self.top[r] for r in rows] if self.top else None, self.compiles,
+                          [self.prompt[r] for r in rows] if self.prompt else None)
 
     def first(self, n: int) -> "StepResult":
         return self.select(range(n))
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptPosition:
+    """A prompt token's logprob given the tokens before it, its rank, and the top alternatives."""
+    logprob: float
+    rank: int
+    top: list[tuple[int, float]]
+
+
+def read_prompt_logprobs(lp, rank, ids, lps, lens: Sequence[int]) -> list[list[PromptPosition]]:
+    """A prompt head's outputs on the host, split per packed prompt: position i of a prompt
+    predicts its token i + 1 (so a prompt of n tokens gets n - 1 entries)."""
+    out, start = [], 0
+    for n in lens:
+        out.append([PromptPosition(float(lp[i]), int(rank[i]), list(zip(ids[i].tolist(), lps[i].tolist())))
+                    for i in range(start, start + n - 1)])
+        start += n
+    return out
 
 
 def read_back(tokens, logprobs, top, rows: Sequence[SamplingRow], compiles: CompileStats) -> StepResult:
@@ -109,22 +130,35 @@ class Runner(abc.ABC):
 
     @abc.abstractmethod
     def _head(self, hidden, floats, ints, counters, random: bool, num_logprobs: int) -> tuple:
-        """Final norm, LM head and sampler; (tokens, logprobs, top or None) on the host."""
+        """Final norm, LM head, the penalties from each row's slot counts (`counters` is (2, n):
+        the sampler counter and the slot of each row; the sampled tokens are counted in), and
+        the sampler; (tokens, logprobs, top or None) on the host."""
+
+    @abc.abstractmethod
+    def _prompt_head(self, hidden, next_tokens, num_logprobs: int) -> tuple:
+        """The LM head over every position of a prefill (enable_prompt_logprobs): each position's
+        logprob of `next_tokens`, its rank, the top ids and logprobs, on the host."""
 
     # ---- the steps --------------------------------------------------------------------------
     def prefill(self, slots: Sequence[int], prompts: Sequence[Sequence[int]],
-                sampling: Sequence[SamplingRow]) -> StepResult:
-        """Run the prompts, packed, into their slots and sample each one's first token."""
+                sampling: Sequence[SamplingRow], prompt_logprobs: bool = False) -> StepResult:
+        """Run the prompts, packed, into their slots and sample each one's first token; with
+        `prompt_logprobs`, also score every prompt token (the prompt head of this T)."""
         lens = [len(p) for p in prompts]
         T, N = self.buckets.prefill_batch_shape(lens)
         before = self.compile_stats()
         ints = self._ints(pack_prompts(slots, [list(p) for p in prompts], T, self.max_model_len,
                                        self.scratch_row))  # one host->device copy
         hidden = self._prefill_forward(ints, T)
+        scored = self._prompt_head(hidden, self._ints(next_prompt_tokens(prompts, T)), MAX_LOGPROBS) \
+            if prompt_logprobs else None
         last, counters = prefill_rows(lens, N)
         hidden = self._gather(hidden, self._ints(last))  # each prompt's last token
-        out = self._sample(hidden, list(sampling) + [GREEDY] * (N - len(lens)), counters, before,
+        out = self._sample(hidden, list(sampling) + [GREEDY] * (N - len(lens)), counters,
+                           list(slots) + [self.max_num_seqs] * (N - len(lens)), before,
                            f"prefill of {len(lens)} prompt(s), {sum(lens)} tokens")
+        if scored is not None:
+            out.prompt = read_prompt_logprobs(*scored, lens)
         return out.first(len(lens))
 
     def decode(self, slots: Sequence[int], last_tokens: Sequence[int], positions: Sequence[int],
@@ -134,23 +168,25 @@ class Runner(abc.ABC):
         before = self.compile_stats()
         tok, pos, rows, counters = decode_rows(B, slots, last_tokens, positions, sampling)
         hidden = self._decode_forward(self._ints([tok, pos]), B, span)
-        out = self._sample(hidden, rows, counters, before, f"decode of batch {len(slots)}")
+        out = self._sample(hidden, rows, counters, list(range(B)), before, f"decode of batch {len(slots)}")
         return out.select(slots)
 
-    def _sample(self, hidden, rows: Sequence[SamplingRow], counters: list[int], before: CompileStats,
-                what: str) -> StepResult:
-        """Head and sampler over `hidden` (n, hidden_size): one program per (n, variant), the
-        same for prefill and decode; its outputs are the step's one read-back."""
+    def _sample(self, hidden, rows: Sequence[SamplingRow], counters: list[int], row_slots: list[int],
+                before: CompileStats, what: str) -> StepResult:
+        """Head and sampler over `hidden` (n, hidden_size), row i the sequence of slot
+        `row_slots[i]` (the scratch slot for padding): one program per (n, variant), the same
+        for prefill and decode; its outputs are the step's one read-back."""
         floats, ints = self.sampling(rows, len(counters))
         want = max(r.num_logprobs for r in rows)
-        tokens, lps, top = self._head(hidden, floats, ints, self._counters(counters),
+        tokens, lps, top = self._head(hidden, floats, ints, self._counters([counters, row_slots]),
                                       any(r.temperature > 0 for r in rows), MAX_LOGPROBS if want else 0)
         return read_back(tokens, lps, top, rows, self.guard.check(before, what))
 
-    def warmup(self, plan: ShapePlan, variants: Sequence[SamplingRow], progress=None) -> CompileStats:
+    def warmup(self, plan: ShapePlan, variants: Sequence[SamplingRow], progress=None,
+               prompt_logprobs: bool = False) -> CompileStats:
         """Compile the plan's shapes, with inputs built as real ones are; then arm the guard."""
         t0 = time.perf_counter()
-        run_warmup(self, plan, variants, progress)
+        run_warmup(self, plan, variants, progress, prompt_logprobs)
         self.guard.arm()
         log.info("warm-up compiled %d programs in %.1fs", self.guard.warmup.compiles, time.perf_counter() - t0)
         return self.guard.warmup

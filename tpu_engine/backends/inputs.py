@@ -21,9 +21,19 @@ def pack_prompts(slots, prompts, T: int, cache_len: int, scratch_row: int) -> li
     return [tokens + [0] * pad, pos + [0] * pad, seq + [-1] * pad, rows + [scratch_row] * pad]
 
 
+def next_prompt_tokens(prompts, T: int) -> list[int]:
+    """For the packed buffer: the prompt token after each position (0 after a prompt's last
+    token, and on padding), what a prompt-logprobs head scores."""
+    out = []
+    for p in prompts:
+        out += list(p[1:]) + [0]
+    return out + [0] * (T - len(out))
+
+
 class SamplingInputs:
-    """Per-row sampling parameters as two device arrays, (n, 2) float [temperature, top_p] and
-    (n, 2) int [top_k (vocab = off), seed], padded to n rows with greedy ones. Cached per batch
+    """Per-row sampling parameters as two device arrays, (n, 5) float [temperature, top_p,
+    presence, frequency and repetition penalties] and (n, 2) int [top_k (vocab = off), seed],
+    padded to n rows with greedy ones. Cached per batch
     composition, which changes rarely; `place(floats, ints)` builds the backend's arrays."""
 
     def __init__(self, vocab_size: int, place: Callable[[list, list], tuple]):
@@ -35,7 +45,8 @@ class SamplingInputs:
         hit = self._cache.get(key)
         if hit is None:
             full = list(rows) + [GREEDY] * (n - len(rows))
-            hit = self.place([[r.temperature, r.top_p] for r in full],
+            hit = self.place([[r.temperature, r.top_p, r.presence_penalty, r.frequency_penalty,
+                               r.repetition_penalty] for r in full],
                              [[r.top_k if r.top_k > 0 else self.vocab, r.seed] for r in full])
             if len(self._cache) > 64:
                 self._cache.clear()

@@ -47,6 +47,10 @@ class Backend:
     def device_count(self) -> int:
         return self.module("platform").device_count()
 
+    def device_memory_bytes(self) -> int | None:
+        """One device's memory limit as the runtime reports it (None when it does not)."""
+        return self.module("platform").device_memory_bytes()
+
     def profiler(self) -> ModuleType:
         """Its profiler calls (start_server, Session, request_trace, marker, check_settings)."""
         return self.module("profiler")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 import uuid
 from typing import AsyncIterator
@@ -23,23 +22,36 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..outputs import RequestOutput
 from . import schema
 from .async_engine import AsyncEngine, EngineDeadError, RequestFailedError
-from .errors import RequestError
+from .errors import BusyError, RequestError
+from .guard import Guard
+from .limits import Limits, parse_body, read_body
 from .metrics import ServerMetrics
 from .protocol import CompletionRequest, parse_chat, parse_completion
 from .responses import ChatFormat, Choice, CompletionFormat, Delta, usage
+from .security import ApiKey, admin_check
 from .textstream import TextStream
 from .threads import states as thread_states
+from .tokenize_routes import add_token_routes
 
 
-def error_response(message: str, status: int = 400) -> JSONResponse:
-    kind = {400: "invalid_request_error", 404: "not_found_error", 409: "conflict_error"}.get(status, "server_error")
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+def error_response(message: str, status: int = 400, headers: dict | None = None) -> JSONResponse:
+    kind = {400: "invalid_request_error", 403: "permission_error", 404: "not_found_error",
+            409: "conflict_error"}.get(status, "server_error")
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status,
+                        headers=headers)
+
+
+def refusal(e: RequestError) -> JSONResponse:
+    headers = {"Retry-After": str(e.retry_after_s)} if isinstance(e, BusyError) else None
+    return error_response(str(e), e.status, headers)
 
 
 class OpenAIServer:
     """Holds the engine and builds the app. Plugins (see `plugins.py`) may add routes to `app`."""
 
-    def __init__(self, engine: AsyncEngine, model_name: str | list[str], tokenizer=None):
+    def __init__(self, engine: AsyncEngine, model_name: str | list[str], tokenizer=None,
+                 limits: Limits = Limits(), api_keys: list[str] = (), host: str = "127.0.0.1"):
+        self.limits, self.host = limits, host
         self.model_names = [model_name] if isinstance(model_name, str) else list(model_name)
         self.engine, self.model_name, self.tokenizer = engine, self.model_names[0], tokenizer
         self.created = int(time.time())
@@ -53,7 +65,20 @@ class OpenAIServer:
                                openapi_extra=schema.body(schema.COMPLETION))
         self.app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"],
                                openapi_extra=schema.body(schema.CHAT))
-        self.app.add_exception_handler(Exception, self._server_error)
+        add_token_routes(self)
+        if api_keys:
+            self.app.add_middleware(ApiKey, keys=list(api_keys))
+        self.app.add_middleware(Guard)  # outermost: failures are one answer and one log line
+
+    def add_admin_route(self, path: str, endpoint, methods=("POST",)) -> None:
+        """A route that acts on the server itself (profiling): same-origin requests only."""
+        async def checked(request: Request):
+            refused = admin_check(request.headers, self.host)
+            if refused:
+                return error_response(refused, 403)
+            return await endpoint()
+        checked.__name__ = getattr(endpoint, "__name__", "admin")
+        self.app.add_api_route(path, checked, methods=list(methods))
 
     @staticmethod
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -61,13 +86,6 @@ class OpenAIServer:
         message = {404: f"there is no route {request.url.path}.",
                    405: f"{request.method} is not allowed on {request.url.path}."}.get(exc.status_code, str(exc.detail))
         return error_response(message, exc.status_code)
-
-    @staticmethod
-    async def _server_error(request: Request, exc: Exception):
-        """A bug on one request is that request's 500, in the same shape; the server goes on."""
-        print(f"error: {request.method} {request.url.path} failed ({type(exc).__name__}: {exc})",
-              file=sys.stderr, flush=True)
-        return error_response(f"the server failed on this request ({type(exc).__name__}).", 500)
 
     async def health(self):
         """200 while the engine serves; the body says how every background thread is and how
@@ -101,22 +119,23 @@ class OpenAIServer:
         return await self._serve(request, lambda body: parse_chat(body, self.model_names, self.tokenizer, limit),
                                  ChatFormat)
 
+    def _parse(self, data: bytes, parse) -> CompletionRequest:
+        """Body bytes to a checked request (JSON, fields, tokenizing, engine limits): CPU work,
+        run in a worker thread so that the event loop stays free."""
+        req = parse(parse_body(data))
+        for prompt in req.prompts:
+            self.engine.engine.validate(prompt, req.params)
+        return req
+
     async def _serve(self, request: Request, parse, format_cls):
-        """Parse and check the request, then answer it streamed or whole."""
+        """Read, parse and check the request within the limits (off the event loop), then answer
+        it streamed or whole."""
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            return error_response(f"the request body is not valid JSON ({e}).")
-        except RecursionError:
-            return error_response("the request body is nested too deeply.")
-        except ValueError:  # Python refuses to read integers of more than 4300 digits
-            return error_response("the request body holds a number too long to read (over 4300 digits).")
-        try:
-            req = parse(body)
-            for prompt in req.prompts:
-                self.engine.engine.validate(prompt, req.params)
+            data = await read_body(request, self.limits.max_body_bytes)
+            req = await asyncio.to_thread(self._parse, data, parse)
+            self.engine.admit(len(req.prompts) * req.n, self.limits.max_waiting)
         except RequestError as e:
-            return error_response(str(e), e.status)
+            return refusal(e)
         except ValueError as e:
             return error_response(str(e))
         fmt = format_cls(req, self.tokenizer, self._text)
@@ -190,9 +209,10 @@ class OpenAIServer:
                 if delta.token_ids or delta.finish_reason:
                     yield delta
         finally:
-            for k, t in enumerate(tasks):
+            for t in tasks:
                 t.cancel()
-                self.engine.abandon(f"{request_id}-{k}")  # a reader cancelled before it started
+            # every sequence still running or waiting (a client that left), in one abort
+            self.engine.abandon(*(f"{request_id}-{k}" for k in range(len(jobs))))
 
     @staticmethod
     def _delta(k: int, i: int, out: RequestOutput, text: TextStream, sent: int) -> Delta:
@@ -203,7 +223,8 @@ class OpenAIServer:
         if text.stopped is not None:
             finish, stop = "stop", text.stopped.reason
         logprobs = completion.logprobs[sent:end] if completion.logprobs is not None else []
-        return Delta(k, i, completion.token_ids[sent:end], logprobs, piece, finish, stop)
+        return Delta(k, i, completion.token_ids[sent:end], logprobs, piece, finish, stop,
+                     out.prompt_logprobs if sent == 0 else None)
 
     async def _stream(self, request_id: str, req: CompletionRequest, fmt: CompletionFormat):
         created, started, tokens = int(time.time()), set(), 0

@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator, Callable
 
 from ..engine import LLMEngine
 from ..outputs import RequestOutput, SamplingParams
+from .errors import BusyError, RequestError
 from .metrics import Finished, ServerMetrics
 
 
@@ -38,6 +39,7 @@ class _Stream:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue
     ended_by: str = "abort"   # the finish reason if the server ends it early ("stop": a stop string)
+    waiting: bool = True      # counted in AsyncEngine.waiting until its first output (or its end)
 
 
 class AsyncEngine:
@@ -54,6 +56,7 @@ class AsyncEngine:
         self._count_failed = False
         self.failed_steps = 0                 # steps that raised (their requests failed, the engine went on)
         self.last_failure: str | None = None
+        self.waiting = 0                      # event loop: submitted requests without a first output yet
         engine.events.subscribe(self._on_phase)
 
     def start(self) -> None:
@@ -69,6 +72,16 @@ class AsyncEngine:
         return self._thread.is_alive() and self.error is None
 
     # ---- called from the event loop -----------------------------------------------------------
+    def admit(self, count: int, limit: int) -> None:
+        """Refuse `count` more engine requests when they would make more than `limit` wait for a
+        slot: 400 if they never could fit, else 503 (retry later)."""
+        if count > limit:
+            raise RequestError(f"this request makes {count} sequences, more than the waiting queue holds "
+                               f"(--max-waiting-queue-length {limit}).")
+        if self.waiting + count > limit:
+            raise BusyError(f"the server is busy: {self.waiting} sequences wait for a slot and the queue "
+                            f"holds {limit} (--max-waiting-queue-length); retry later.")
+
     def submit(self, jobs: list[tuple[str, list[int], SamplingParams]]) -> None:
         """Queue requests (id, prompt, params) as one message: the engine adds them all before
         its next step, so the samples of one HTTP request are prefilled together. Read each one
@@ -78,7 +91,13 @@ class AsyncEngine:
         loop = asyncio.get_running_loop()
         for request_id, _, _ in jobs:
             self._streams[request_id] = _Stream(loop, asyncio.Queue())
+        self.waiting += len(jobs)
         self._inbox.put(("add", jobs))
+
+    def _started(self, stream: _Stream) -> None:
+        if stream.waiting:
+            stream.waiting = False
+            self.waiting -= 1
 
     async def outputs(self, request_id: str) -> AsyncIterator[RequestOutput]:
         """A submitted request's output after every step that extends it, the last one
@@ -88,6 +107,7 @@ class AsyncEngine:
         try:
             while not finished:
                 out = await stream.queue.get()
+                self._started(stream)
                 if isinstance(out, ValueError):  # the engine refused the request
                     finished = True
                     raise out
@@ -103,11 +123,17 @@ class AsyncEngine:
                 self.abandon(request_id)
             self._streams.pop(request_id, None)
 
-    def abandon(self, request_id: str) -> None:
-        """Abort a submitted request that will not be read to its end (no-op once it is gone)."""
-        stream = self._streams.pop(request_id, None)
-        if stream is not None:
-            self._inbox.put(("abort", request_id, stream.ended_by))
+    def abandon(self, *request_ids: str) -> None:
+        """Abort submitted requests that will not be read to their end (no-op for those gone), in
+        one message: a client that leaves with many sequences costs the engine one batch abort."""
+        aborts = []
+        for request_id in request_ids:
+            stream = self._streams.pop(request_id, None)
+            if stream is not None:
+                self._started(stream)
+                aborts.append((request_id, stream.ended_by))
+        if aborts:
+            self._inbox.put(("abort", aborts))
 
     async def generate(self, request_id: str, prompt: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]:
         """Add one request and yield its outputs (see `outputs`)."""
@@ -164,6 +190,8 @@ class AsyncEngine:
     def _on_phase(self, e) -> None:
         if e.kind == "begin":
             self._in_step = e.record.request_ids
+        elif self.metrics is not None:
+            self.metrics.iteration_tokens.observe(e.record.num_tokens)
 
     def _fail_step(self, error: Exception) -> None:
         # The step's requests, from its begin event; a step that failed before announcing
@@ -218,10 +246,10 @@ class AsyncEngine:
                     stream.loop.call_soon_threadsafe(stream.queue.put_nowait, _Failed(
                         f"the engine could not add this request ({type(e).__name__}: {e})."))
         elif kind == "abort":
-            _, request_id, reason = item
-            if self.engine.has_request(request_id):
-                self.engine.abort_request(request_id)
-                self._ended(request_id, self._last.pop(request_id, None), reason)
+            live = [(rid, reason) for rid, reason in item[1] if self.engine.has_request(rid)]
+            self.engine.abort_request([rid for rid, _ in live])
+            for rid, reason in live:
+                self._ended(rid, self._last.pop(rid, None), reason)
         elif kind == "call":
             _, fn, future = item
             try:
@@ -261,7 +289,7 @@ class AsyncEngine:
         if len(out.outputs[0].token_ids) == 1:
             m.first_token(out.metrics, len(out.prompt_token_ids))
         elif out.request_id in self._last:
-            m.itl.observe(now - self._last[out.request_id][0])
+            m.inter_token(now - self._last[out.request_id][0])
         if out.finished:
             self._last.pop(out.request_id, None)
             self._ended(out.request_id, (now, out), out.outputs[0].finish_reason)

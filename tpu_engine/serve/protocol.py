@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 from typing import Any
 
 from ..sampling import MAX_LOGPROBS
 from ..outputs import SamplingParams
 from .chat import render_chat
 from .errors import RequestError
+from .limits import check_choices, check_stops, check_text
 
 MAX_N = 128   # samples per prompt: a guard against one request filling every queue
 INT32_MAX = 2**31 - 1
@@ -28,6 +30,7 @@ class CompletionRequest:
     n: int = 1                      # samples per prompt
     stop: list[str] = dataclasses.field(default_factory=list)
     include_stop: bool = False      # include_stop_str_in_output
+    show_prompt_logprobs: bool = False  # vLLM's `prompt_logprobs` field in each choice
 
     def sample_params(self, j: int) -> SamplingParams:
         """Sample j's params: with a seed, sample j uses seed + j (as vLLM does), so sample 0
@@ -40,15 +43,18 @@ class CompletionRequest:
 # Fields this engine cannot honour: a request that sets them to anything but their neutral
 # value is refused rather than silently served differently.
 _NEUTRAL = {"best_of": 1, "suffix": None, "logit_bias": None, "min_tokens": 0, "min_p": 0,
-            "prompt_logprobs": None, "presence_penalty": 0, "frequency_penalty": 0,
-            "repetition_penalty": 1}
-_WHY = {"prompt_logprobs": "prompt logprobs would need compiled graphs this engine does not have",
-        "presence_penalty": "penalties are not applied on device",
-        "frequency_penalty": "penalties are not applied on device",
-        "repetition_penalty": "penalties are not applied on device"}
+            "response_format": {"type": "text"}, "tools": None, "tool_choice": "none",
+            "functions": None, "function_call": None, "guided_json": None, "guided_regex": None,
+            "guided_choice": None, "guided_grammar": None, "structured_outputs": None}
+_STRUCTURED = "structured output is not implemented, so the text would not follow it"
+_TOOLS = "tool calling is not implemented, so no tool call would be made"
+_WHY = {**{k: _STRUCTURED for k in ("response_format", "guided_json", "guided_regex", "guided_choice",
+                                    "guided_grammar", "structured_outputs")},
+        **{k: _TOOLS for k in ("tools", "tool_choice", "functions", "function_call")}}
 
-_NUMBERS = {"temperature": 1.0, "top_p": 1.0}
-_INTEGERS = {"max_tokens": 16, "top_k": -1, "logprobs": None, "seed": None, "n": 1}
+_NUMBERS = {"temperature": 1.0, "top_p": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+            "repetition_penalty": 1.0}   # (the penalties' ranges are SamplingParams')
+_INTEGERS = {"max_tokens": 16, "top_k": -1, "logprobs": None, "seed": None, "n": 1, "prompt_logprobs": None}
 # The integers' ranges, checked where they are parsed: (lowest, highest, what is expected). A
 # seed of any size is hashed to 32 bits and a top_k of the vocabulary or more means "off"
 # (engine.py), so neither reaches a tensor as sent and neither has an upper bound here.
@@ -56,6 +62,7 @@ _RANGES = {"max_tokens": (1, INT32_MAX, "an integer from 1 to 2147483647"),
            "top_k": (-1, math.inf, "-1 or 0 (off) or a positive integer"),
            "logprobs": (0, MAX_LOGPROBS, f"an integer from 0 to {MAX_LOGPROBS}"),
            "top_logprobs": (0, MAX_LOGPROBS, f"an integer from 0 to {MAX_LOGPROBS}"),
+           "prompt_logprobs": (0, MAX_LOGPROBS, f"an integer from 0 to {MAX_LOGPROBS}"),
            "n": (1, MAX_N, f"an integer from 1 to {MAX_N}")}
 _BOOLS = {"stream": False, "ignore_eos": False, "echo": False, "include_stop_str_in_output": False}
 
@@ -73,11 +80,16 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxlong = 3, 6, 6, 60, 60
+
+
 def show(v, limit: int = 60) -> str:
-    """A value for an error sentence: its repr, cut short (a prompt can be megabytes)."""
+    """A value for an error sentence: its repr, cut short (a prompt can be megabytes, and a
+    list nested hundreds deep must not be walked recursively)."""
     if _is_int(v) and abs(v) > 10**limit:  # (str() refuses ints of over 4300 digits)
         return f"an integer of {len(str(abs(v)))} digits" if v.bit_length() < 14_000 else "a huge integer"
-    text = repr(v)
+    text = _SHORT.repr(v) if isinstance(v, (list, dict, tuple)) else repr(v)
     return text if len(text) <= limit else text[:limit] + "…"
 
 
@@ -97,6 +109,8 @@ def check_model(body: Any, served: list[str]) -> str:
 def _fields(body: dict, integers: dict) -> dict[str, Any]:
     for name, neutral in _NEUTRAL.items():
         value = body.get(name)
+        if name == "tool_choice" and value == "auto" and not body.get("tools"):
+            continue  # "auto" with no tools: nothing to call
         if value is not None and value != neutral and value != [] and value != {}:
             why = f" ({_WHY[name]})" if name in _WHY else ""
             raise RequestError(f"{name}={show(value)} is not supported by this server{why}.")
@@ -138,19 +152,23 @@ def _stop(stop: Any) -> list[str]:
     items = [stop] if isinstance(stop, str) else stop
     if not isinstance(items, list) or not all(isinstance(s, str) and s for s in items):
         raise RequestError(f"stop must be a non-empty string or a list of them, not {show(stop)}.")
-    return items
+    return check_stops(items)
 
 
-def _params(values: dict, logprobs: int | None) -> SamplingParams:
+def _params(values: dict, logprobs: int | None, prompt_logprobs: int | None = None) -> SamplingParams:
     try:
         return SamplingParams(temperature=values["temperature"], top_p=values["top_p"], top_k=values["top_k"],
                               max_tokens=values["max_tokens"], ignore_eos=values["ignore_eos"],
-                              logprobs=logprobs, seed=values["seed"], stop_token_ids=values["stop_token_ids"])
+                              logprobs=logprobs, seed=values["seed"], stop_token_ids=values["stop_token_ids"],
+                              presence_penalty=values["presence_penalty"],
+                              frequency_penalty=values["frequency_penalty"],
+                              repetition_penalty=values["repetition_penalty"], prompt_logprobs=prompt_logprobs)
     except ValueError as e:
         raise RequestError(str(e)) from None
 
 
 def _request(prompts, texts, values, params, model, echo) -> CompletionRequest:
+    check_choices(len(prompts), values["n"])
     if values["stop"] and not values.get("has_tokenizer", True):
         raise RequestError("stop strings need a tokenizer, which this model does not have; use stop_token_ids.")
     return CompletionRequest(prompts, texts, params, values["stream"], values["include_usage"], echo, model,
@@ -162,12 +180,15 @@ def parse_completion(body: Any, served: list[str], tokenizer) -> CompletionReque
     values = _fields(body, _INTEGERS)
     if "prompt" not in body:
         raise RequestError("the request has no 'prompt'.")
-    if values["echo"] and values["logprobs"] is not None:
-        raise RequestError("echo with logprobs is not supported (prompt logprobs would need compiled "
-                           "graphs this engine does not have); drop one of them.")
-    prompts, texts = _prompts(body["prompt"], tokenizer)
+    # echo with logprobs scores the prompt too (lm-eval's loglikelihood), as vLLM does
+    scored = values["prompt_logprobs"]
+    if values["echo"] and values["logprobs"] is not None and scored is None:
+        scored = values["logprobs"]
+    prompts, texts = _prompts(body["prompt"], tokenizer, values["n"])
     values["has_tokenizer"] = tokenizer is not None
-    return _request(prompts, texts, values, _params(values, values["logprobs"]), model, values["echo"])
+    req = _request(prompts, texts, values, _params(values, values["logprobs"], scored), model, values["echo"])
+    req.show_prompt_logprobs = values["prompt_logprobs"] is not None
+    return req
 
 
 def parse_chat(body: Any, served: list[str], tokenizer, max_model_len: int) -> CompletionRequest:
@@ -183,13 +204,15 @@ def parse_chat(body: Any, served: list[str], tokenizer, max_model_len: int) -> C
         if body.get("max_completion_tokens") is not None and str(e).startswith("max_tokens "):
             raise RequestError("max_completion_tokens" + str(e)[len("max_tokens"):]) from None
         raise
+    if body.get("prompt_logprobs") is not None:
+        raise RequestError("prompt_logprobs is not supported for chat completions; use /v1/completions.")
     logprobs = body.get("logprobs")
     if logprobs is not None and not isinstance(logprobs, bool):
         raise RequestError(f"logprobs must be true or false for chat completions, not {show(logprobs)}.")
     if tokenizer is None:
         raise RequestError("chat needs a tokenizer, which this model does not have; use /v1/completions with token ids.")
     text, special = render_chat(body.get("messages"), tokenizer, body.get("add_generation_prompt", True))
-    prompt = tokenizer.encode(text, add_special_tokens=special)
+    prompt = tokenizer.encode(check_text(text, "the messages"), add_special_tokens=special)
     if not prompt:
         raise RequestError("the chat template rendered the messages as an empty prompt.")
     if limit is None:
@@ -199,20 +222,23 @@ def parse_chat(body: Any, served: list[str], tokenizer, max_model_len: int) -> C
     return _request([prompt], [text], values, params, model, False)
 
 
-def _prompts(prompt: Any, tokenizer) -> tuple[list[list[int]], list[str | None]]:
-    """A string, a list of token ids, or a list of either."""
+def _prompts(prompt: Any, tokenizer, n: int) -> tuple[list[list[int]], list[str | None]]:
+    """A string, a list of token ids, or a list of either (counted before any is tokenized)."""
     if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(_is_int(t) for t in prompt)):
         items = [prompt]
     elif isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
         items = prompt
     else:
         raise RequestError("prompt must be a string, a list of token ids, or a non-empty list of those.")
+    check_choices(len(items), n)
     ids, texts = [], []
     for p in items:
         if isinstance(p, str):
             if tokenizer is None:
                 raise RequestError("this model has no tokenizer (no tokenizer.json); send the prompt as a list of token ids.")
-            ids.append(tokenizer.encode(p))
+            if not p:
+                raise RequestError("the prompt is an empty string; it needs at least one character.")
+            ids.append(tokenizer.encode(check_text(p, "the prompt")))
             texts.append(p)
         elif p and all(_is_int(t) for t in p):
             ids.append(list(p))

@@ -19,6 +19,7 @@ class Delta:
     text: str                            # the new text
     finish_reason: str | None = None
     stop_reason: str | int | None = None
+    prompt_logprobs: list | None = None  # on a choice's first delta, when the prompt was scored
 
 
 @dataclasses.dataclass
@@ -31,8 +32,10 @@ class Choice:
     text: str = ""
     finish_reason: str | None = None
     stop_reason: str | int | None = None
+    prompt_logprobs: list | None = None
 
     def add(self, d: Delta) -> None:
+        self.prompt_logprobs = self.prompt_logprobs or d.prompt_logprobs
         self.token_ids += d.token_ids
         self.logprobs += d.logprobs
         self.text += d.text
@@ -56,27 +59,34 @@ class CompletionFormat:
         text = self.req.texts[prompt_index]
         return text if text is not None else self.decode(self.req.prompts[prompt_index])
 
-    def _shape(self, index, prompt_index, text, ids, logprobs, finish, stop, first) -> dict:
-        out: dict[str, Any] = {"index": index, "text": text, "token_ids": list(ids), "logprobs": None,
-                               "finish_reason": finish, "stop_reason": stop}
+    def _shape(self, c: Choice | Delta, first: bool) -> dict:
+        ids, logprobs = c.token_ids, c.logprobs
+        out: dict[str, Any] = {"index": c.index, "text": c.text, "token_ids": list(ids), "logprobs": None,
+                               "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}
+        prompt = self.req.prompts[c.prompt_index]
         if self.req.echo and first:  # the prompt leads the first chunk (or the whole choice)
-            out["text"] = self._echo(prompt_index) + text
-            out["prompt_token_ids"] = list(self.req.prompts[prompt_index])
+            out["text"] = self._echo(c.prompt_index) + c.text
+            out["prompt_token_ids"] = list(prompt)
+            if c.prompt_logprobs:  # echo with logprobs: the prompt's tokens lead the lists
+                ids, logprobs = list(prompt) + list(ids), list(c.prompt_logprobs) + list(logprobs)
+        name = self.tokenizer.token_text if self.tokenizer else str
         if self.req.params.logprobs is not None:
-            name = self.tokenizer.token_text if self.tokenizer else str
             out["logprobs"] = {"tokens": [name(t) for t in ids],
-                               "token_logprobs": [e[t].logprob for t, e in zip(ids, logprobs)],
-                               "top_logprobs": [{name(k): v.logprob for k, v in e.items()} for e in logprobs],
+                               "token_logprobs": [e[t].logprob if e else None for t, e in zip(ids, logprobs)],
+                               "top_logprobs": [{name(k): v.logprob for k, v in e.items()} if e else None
+                                                for e in logprobs],
                                "text_offset": None}
+        if self.req.show_prompt_logprobs and first:  # vLLM's field: token id -> logprob, rank, text
+            out["prompt_logprobs"] = [None if e is None else {
+                str(k): {"logprob": v.logprob, "rank": v.rank, "decoded_token": name(k)} for k, v in e.items()}
+                for e in c.prompt_logprobs or []]
         return out
 
     def choice(self, c: Choice) -> dict:
-        return self._shape(c.index, c.prompt_index, c.text, c.token_ids, c.logprobs, c.finish_reason,
-                           c.stop_reason, True)
+        return self._shape(c, True)
 
     def chunk_choices(self, d: Delta, first: bool) -> list[dict]:
-        return [self._shape(d.index, d.prompt_index, d.text, d.token_ids, d.logprobs, d.finish_reason,
-                            d.stop_reason, first)]
+        return [self._shape(d, first)]
 
 
 class ChatFormat(CompletionFormat):

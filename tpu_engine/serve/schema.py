@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..sampling import MAX_LOGPROBS
 from .chat import ROLES
+from .limits import MAX_STOP, MAX_STOP_CHARS
 from .protocol import INT32_MAX, MAX_N
 
 _TOKENS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
@@ -18,8 +19,9 @@ _COMMON = {
     "seed": {"type": "integer"},                   # any size: hashed to 32 bits
     "stream": {"type": "boolean"},
     "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
-    "stop": {"anyOf": [{"type": "string", "minLength": 1},
-                       {"type": "array", "items": {"type": "string", "minLength": 1}}]},
+    "stop": {"anyOf": [{"type": "string", "minLength": 1, "maxLength": MAX_STOP_CHARS},
+                       {"type": "array", "maxItems": MAX_STOP,
+                        "items": {"type": "string", "minLength": 1, "maxLength": MAX_STOP_CHARS}}]},
     "stop_token_ids": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": INT32_MAX}},
     "ignore_eos": {"type": "boolean"},
     "include_stop_str_in_output": {"type": "boolean"},

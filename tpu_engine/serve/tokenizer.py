@@ -23,7 +23,9 @@ class Tokenizer:
         self.bos_token, self.eos_token = _token(config.get("bos_token")), _token(config.get("eos_token"))
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        # encode_batch releases the GIL (encode does not): a long prompt tokenized in a worker
+        # thread then leaves the server's event loop free.
+        return self._tok.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)

@@ -21,3 +21,13 @@ def platform() -> str:
 def device_count() -> int:
     import jax
     return jax.device_count()
+
+
+def device_memory_bytes() -> int | None:
+    """The first device's memory limit, from its runtime (None on CPU and when unknown)."""
+    import jax
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+    except Exception:  # noqa: BLE001 -- a backend without memory stats
+        return None
+    return int(stats.get("bytes_limit") or 0) or None

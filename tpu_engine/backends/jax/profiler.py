@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ class Options:
                                  (PYTHON_LEVEL_ENV, "python_tracer_level", 1)):
             raw = environ.get(name, "").strip()
             if raw:
-                if not raw.isdigit() or int(raw) > top:
+                if not re.fullmatch(r"[0-9]{1,3}", raw) or int(raw) > top:  # ASCII only: isdigit() takes superscripts
                     raise ValueError(f"{name}={raw!r} must be a tracer level from 0 to {top}.")
                 values[field] = int(raw)
         return cls(**values)

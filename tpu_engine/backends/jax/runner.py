@@ -60,9 +60,14 @@ class JaxRunner(Runner):
         shape = (self.scratch_row + 1, self.cfg.num_key_value_heads, self.cfg.head_dim)
         self.kv_caches = [(self.place.kv_cache(shape, self.jdtype), self.place.kv_cache(shape, self.jdtype))
                           for _ in range(self.cfg.num_hidden_layers)]
+        # Each slot's output token counts and prompt tokens (row S: the scratch slot), for the
+        # penalties; updated by the prefill and sampler executables (donated, in place).
+        vocab_rows = (max_num_seqs + 1, self.cfg.vocab_size)
+        self.penalty_state = (self.place.input(np.zeros(vocab_rows, dtype=np.int32)),
+                              self.place.input(np.zeros(vocab_rows, dtype=bool)))
         store = ProgramStore(self.cache_dir, context(self.cfg, dtype), self.place.devices) \
             if self.cache_dir else None
-        self._prefill_fn, self._gather_fn, self._decode_fn, self._head_fn = (
+        self._prefill_fn, self._gather_fn, self._decode_fn, self._head_fn, self._prompt_fn = (
             StepProgram(fn.__name__, fn, store) for fn in compile_steps(self.cfg, self.place.constrain))
         self.guard = CompileGuard(jcompile.compile_stats, strict=strict_compiles,
                                   hint="run with JAX_LOG_COMPILES=1 to see which function and shapes")
@@ -107,8 +112,8 @@ class JaxRunner(Runner):
         return self.place.input(np.asarray(values, dtype=np.uint32))
 
     def _prefill_forward(self, ints, T: int):
-        hidden, self.kv_caches = self._prefill_fn(self.params, ints, self.kv_caches, self.inv_freq,
-                                                  cache_len=self.max_model_len)
+        hidden, self.kv_caches, self.penalty_state = self._prefill_fn(
+            self.params, ints, self.kv_caches, self.penalty_state, self.inv_freq, cache_len=self.max_model_len)
         return hidden
 
     def _gather(self, hidden, last):
@@ -120,5 +125,9 @@ class JaxRunner(Runner):
         return hidden
 
     def _head(self, hidden, floats, ints, counters, random: bool, num_logprobs: int) -> tuple:
-        out = self._head_fn(self.params, hidden, floats, ints, counters, random=random, num_logprobs=num_logprobs)
+        out, self.penalty_state = self._head_fn(self.params, hidden, floats, ints, counters, self.penalty_state,
+                                                random=random, num_logprobs=num_logprobs)
         return self._jax.device_get(out)  # the step's one read-back
+
+    def _prompt_head(self, hidden, next_tokens, num_logprobs: int) -> tuple:
+        return self._jax.device_get(self._prompt_fn(self.params, hidden, next_tokens, num_logprobs=num_logprobs))

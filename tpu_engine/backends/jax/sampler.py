@@ -29,12 +29,22 @@ def uniform_noise(seeds, counters, n: int):
     return ((h >> 8).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))
 
 
-def sample(logits, temperature, top_k, top_p, seeds, counters, random: bool, num_logprobs: int):
+def apply_penalties(logits, counts, in_prompt, presence, frequency, repetition):
+    """vLLM's penalties, as the torch sampler's apply_penalties: repetition on every token seen
+    in the prompt or output, then frequency x output count and presence per output token seen."""
+    out_seen = counts > 0
+    rep = repetition[:, None]
+    logits = jnp.where(in_prompt | out_seen, jnp.where(logits > 0, logits / rep, logits * rep), logits)
+    return logits - frequency[:, None] * counts.astype(logits.dtype) - presence[:, None] * out_seen.astype(logits.dtype)
+
+
+def sample(logits, temperature, top_k, top_p, seeds, counters, random: bool, num_logprobs: int, raw_logits=None):
     """logits (B, V) float32; temperature, top_p (B,) float32; top_k (B,) int32 (V = off);
     seeds, counters (B,) uint32. Rows with temperature 0 are greedy. Returns (tokens (B,),
     their logprobs (B,), and with num_logprobs n > 0: (top ids (B, n), top logprobs (B, n),
-    the chosen tokens' ranks (B,))); logprobs of the unmodified model distribution."""
-    logprobs = jax.nn.log_softmax(logits, axis=-1)
+    the chosen tokens' ranks (B,))); logprobs of the unmodified model distribution (`raw_logits`,
+    before penalties, when given)."""
+    logprobs = jax.nn.log_softmax(logits if raw_logits is None else raw_logits, axis=-1)
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     if random:
         temp = jnp.where(temperature > 0, temperature, 1.0)

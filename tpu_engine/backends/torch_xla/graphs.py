@@ -7,6 +7,9 @@
   decode_forward   per (slot bucket B, KV span): one token for each slot [0, B).
   head_and_sample  per (request bucket, sampler variant): final norm, LM head and sampling of
                    the gathered rows, shared by prefill and decode.
+  prompt_head      per token bucket T, only with enable_prompt_logprobs: the LM head over every
+                   packed position, each position's logprob of the next prompt token, its rank
+                   and the top alternatives (prompt logprobs).
 Padding tokens of a packed prefill form their own sequence (index -1) so that no real token
 attends to them, and write their K/V into the cache's last row, which no slot owns.
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from .model import CausalLM
-from .sampler import sample
+from .sampler import apply_penalties, count_tokens, reset_penalty_rows, sample
 
 
 def donate_kv_cache(kv_caches) -> None:
@@ -27,11 +30,17 @@ def donate_kv_cache(kv_caches) -> None:
         torch.ops.xla.dynamo_set_buffer_donor_(v, True)
 
 
-def prefill_forward(model: CausalLM, ints, kv_caches, inv_freq, T: int, cache_len: int):
+def prefill_forward(model: CausalLM, ints, kv_caches, inv_freq, T: int, cache_len: int, penalty_state=None):
     """ints: (4, T) = token, position, sequence index (-1: padding), KV-cache row, per packed
-    token. Writes each prompt's K/V into its slot; returns the hidden states (T, hidden)."""
+    token. Writes each prompt's K/V into its slot, and each slot's penalty state (its output
+    counts zeroed, its prompt's tokens marked; padding goes to the scratch slot); returns the
+    hidden states (T, hidden)."""
     donate_kv_cache(kv_caches)
     tokens, pos, seq, rows = ints[0], ints[1], ints[2], ints[3]
+    if penalty_state is not None:
+        donate_kv_cache([penalty_state])
+        with model.scope("sampler"):
+            reset_penalty_rows(*penalty_state, torch.div(rows, cache_len, rounding_mode="floor"), tokens)
     same_seq = seq.unsqueeze(0) == seq.unsqueeze(1)          # (Tq, Tk)
     causal = pos.unsqueeze(0) <= pos.unsqueeze(1)            # key position <= query position
     hidden = model.hidden(tokens.unsqueeze(0), pos.unsqueeze(0), kv_caches, rows,
@@ -56,10 +65,30 @@ def decode_forward(model: CausalLM, ints, kv_caches, inv_freq, B: int, span: int
     return hidden[:, 0]
 
 
-def head_and_sample(model: CausalLM, hidden, floats, ints, counters, random: bool, num_logprobs: int):
-    """hidden (N, hidden); floats (N, 2) [temperature, top_p]; ints (N, 2) [top_k, seed];
-    counters (N,). `random` and `num_logprobs` pick the variant (one graph each)."""
-    logits = model.logits(hidden)
+def head_and_sample(model: CausalLM, hidden, floats, ints, counters, penalty_state, random: bool,
+                    num_logprobs: int):
+    """hidden (N, hidden); floats (N, 5) [temperature, top_p, presence, frequency and repetition
+    penalties]; ints (N, 2) [top_k, seed]; counters (2, N) [sampler counter, slot];
+    penalty_state (counts (S+1, V), in_prompt (S+1, V)), each row's slot counted with the token it
+    samples. `random` and `num_logprobs` pick the variant (one graph each)."""
+    donate_kv_cache([penalty_state])
+    counts, in_prompt = penalty_state
+    slots = counters[1]
+    raw = model.logits(hidden)
     with model.scope("sampler"):
-        return sample(logits, floats[:, 0], ints[:, 0], floats[:, 1], ints[:, 1], counters,
-                      random=random, num_logprobs=num_logprobs)
+        logits = apply_penalties(raw, counts, in_prompt, slots, floats[:, 2], floats[:, 3], floats[:, 4])
+        out = sample(logits, floats[:, 0], ints[:, 0], floats[:, 1], ints[:, 1], counters[0],
+                     random=random, num_logprobs=num_logprobs, raw_logits=raw)
+        count_tokens(counts, slots, out[0])
+    return out
+
+
+def prompt_head(model: CausalLM, hidden, next_tokens, num_logprobs: int):
+    """hidden (T, hidden), next_tokens (T,): for each position, the logprob of the token after
+    it (T,), that token's rank (T,), and the top `num_logprobs` ids and logprobs (T, k)."""
+    logprobs = torch.log_softmax(model.logits(hidden), dim=-1)
+    with model.scope("prompt_logprobs"):
+        lp = torch.gather(logprobs, 1, next_tokens.unsqueeze(1)).squeeze(1)
+        rank = (logprobs > lp.unsqueeze(1)).sum(-1) + 1
+        top_lp, top_ids = torch.topk(logprobs, num_logprobs, dim=-1)
+    return lp, rank, top_ids, top_lp

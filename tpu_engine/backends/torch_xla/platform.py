@@ -35,3 +35,14 @@ def device_count() -> int:
     platform()
     import torch_xla.runtime as xr
     return xr.global_runtime_device_count()
+
+
+def device_memory_bytes() -> int | None:
+    """The first device's memory limit, from its runtime (None when unknown)."""
+    try:
+        import torch_xla
+        import torch_xla.core.xla_model as xm
+        info = xm.get_memory_info(torch_xla.device()) or {}
+    except Exception:  # noqa: BLE001 -- a runtime without memory info
+        return None
+    return int(info.get("bytes_limit") or info.get("kb_total", 0) * 1024) or None

@@ -30,7 +30,7 @@ from ..base import Runner
 from ..inputs import SamplingInputs
 from .compile import compile_stats, init_persistent_cache
 from .dynamo_scopes import compile_with_scopes
-from .graphs import decode_forward, gather_rows, head_and_sample, prefill_forward
+from .graphs import decode_forward, gather_rows, head_and_sample, prefill_forward, prompt_head
 from .model import CausalLM
 from .platform import platform
 from .weights import load_weights
@@ -69,19 +69,25 @@ class XlaRunner(Runner):
         self.model = self._load_model(source, seed)
         if enforce_eager:  # lazy tracing every step, each module inside its profiler scope
             self.model.scope = self._scope
-            self._prefill_fn, self._gather_fn, self._decode_fn, self._head_fn = (
-                prefill_forward, gather_rows, decode_forward, head_and_sample)
+            self._prefill_fn, self._gather_fn, self._decode_fn, self._head_fn, self._prompt_fn = (
+                prefill_forward, gather_rows, decode_forward, head_and_sample, prompt_head)
         else:
             # Captured once per shape with dynamo; the backend keeps module names in the HLO
             # metadata (dynamo_scopes.py), so compiled captures have layer tables too.
             # The gather is one op: traced lazily it costs nothing per step, and it saves a
             # dynamo compile per (token bucket, request bucket) at warm-up.
-            self._prefill_fn, self._gather_fn, self._decode_fn, self._head_fn = (
+            self._prefill_fn, self._gather_fn, self._decode_fn, self._head_fn, self._prompt_fn = (
                 compile_with_scopes(prefill_forward), gather_rows,
-                compile_with_scopes(decode_forward), compile_with_scopes(head_and_sample))
+                compile_with_scopes(decode_forward), compile_with_scopes(head_and_sample),
+                compile_with_scopes(prompt_head))
         self.inv_freq = torch.from_numpy(rope_inv_freq(self.cfg.head_dim, self.cfg.rope_theta,
                                                          self.cfg.rope_scaling)).to(self.device)
         self.kv_caches = self._allocate_kv_cache()
+        # Each slot's output token counts and prompt tokens (row S: padding's scratch slot), for
+        # the penalties; kept on the device and updated by the prefill and sampler graphs.
+        vocab_rows = (max_num_seqs + 1, self.cfg.vocab_size)
+        self.penalty_state = (torch.zeros(vocab_rows, dtype=torch.int32).to(self.device),
+                              torch.zeros(vocab_rows, dtype=torch.bool).to(self.device))
         release_freed_memory()
         self.sampling = SamplingInputs(self.cfg.vocab_size, lambda floats, ints: (
             torch.tensor(floats, dtype=torch.float32).to(self.device), self._ints(ints)))
@@ -153,7 +159,8 @@ class XlaRunner(Runner):
     _counters = _ints
 
     def _prefill_forward(self, ints, T: int):
-        hidden = self._prefill_fn(self.model, ints, self.kv_caches, self.inv_freq, T, self.max_model_len)
+        hidden = self._prefill_fn(self.model, ints, self.kv_caches, self.inv_freq, T, self.max_model_len,
+                                  self.penalty_state)
         self._xla.sync()
         return hidden
 
@@ -168,6 +175,12 @@ class XlaRunner(Runner):
         return hidden
 
     def _head(self, hidden, floats, ints, counters, random: bool, num_logprobs: int) -> tuple:
-        tokens, lps, top = self._head_fn(self.model, hidden, floats, ints, counters, random, num_logprobs)
+        tokens, lps, top = self._head_fn(self.model, hidden, floats, ints, counters, self.penalty_state, random,
+                                         num_logprobs)
         self._xla.sync()  # execute the pending graph once, then copy its outputs to the host
         return tokens.cpu(), lps.cpu(), None if top is None else tuple(t.cpu() for t in top)
+
+    def _prompt_head(self, hidden, next_tokens, num_logprobs: int) -> tuple:
+        out = self._prompt_fn(self.model, hidden, next_tokens, num_logprobs)
+        self._xla.sync()
+        return tuple(t.cpu().numpy() for t in out)

@@ -29,16 +29,44 @@ def uniform_noise(seeds: torch.Tensor, counters: torch.Tensor, n: int) -> torch.
     return ((h >> 8).float() + 0.5) * (1.0 / (1 << 24))
 
 
+def apply_penalties(logits: torch.Tensor, counts: torch.Tensor, in_prompt: torch.Tensor, slots: torch.Tensor,
+                    presence: torch.Tensor, frequency: torch.Tensor, repetition: torch.Tensor) -> torch.Tensor:
+    """vLLM's penalties from each row's token counts: repetition on every token seen in the
+    prompt or the output (a positive logit divided by it, a negative one multiplied), then
+    frequency times the output count and presence once per output token seen. logits (B, V);
+    counts (S+1, V) int and in_prompt (S+1, V) bool, read at each row's slot (B,); the penalties
+    (B,). Neutral values change nothing."""
+    counts, in_prompt = counts.index_select(0, slots), in_prompt.index_select(0, slots)
+    out_seen = counts > 0
+    rep = repetition.unsqueeze(1)
+    logits = torch.where(in_prompt | out_seen, torch.where(logits > 0, logits / rep, logits * rep), logits)
+    return logits - frequency.unsqueeze(1) * counts.to(logits.dtype) - presence.unsqueeze(1) * out_seen.to(logits.dtype)
+
+
+def reset_penalty_rows(counts: torch.Tensor, in_prompt: torch.Tensor, slots: torch.Tensor,
+                       tokens: torch.Tensor) -> None:
+    """A prefill's slots start afresh: no output counts, their prompt's tokens marked (in place;
+    here, in the sampler's file, so compiled captures scope it as the sampler)."""
+    counts.index_fill_(0, slots, 0)
+    in_prompt.index_fill_(0, slots, False)
+    in_prompt.index_put_((slots, tokens), torch.ones_like(tokens, dtype=torch.bool))
+
+
+def count_tokens(counts: torch.Tensor, slots: torch.Tensor, tokens: torch.Tensor) -> None:
+    """Each row's sampled token counted in its slot (in place)."""
+    counts.index_put_((slots, tokens), torch.ones_like(slots, dtype=counts.dtype), accumulate=True)
+
+
 def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
            top_p: torch.Tensor, seeds: torch.Tensor, counters: torch.Tensor,
-           random: bool, num_logprobs: int):
+           random: bool, num_logprobs: int, raw_logits: torch.Tensor | None = None):
     """logits: (B, V) float32. temperature/top_p: (B,) float; top_k: (B,) int (V = off);
     seeds/counters: (B,) int64. Rows with temperature 0 are greedy.
 
     Returns (token ids (B,), their logprobs (B,), and with num_logprobs = n > 0: top ids (B, n),
     top logprobs (B, n), the chosen tokens' ranks (B,)); logprobs are of the unmodified model
-    distribution, as vLLM reports."""
-    logprobs = torch.log_softmax(logits, dim=-1)
+    distribution (`raw_logits`, before penalties, when given), as vLLM reports."""
+    logprobs = torch.log_softmax(logits if raw_logits is None else raw_logits, dim=-1)
     greedy = torch.argmax(logits, dim=-1)
     if random:
         # Sort once; top-k and top-p are both cut-offs on the sorted order.
