@@ -75,7 +75,7 @@ def test_summarize_prints_requests_and_findings_and_gates_on_them(req, requests_
                          "--fail-on", f"padding>{pad - 1:.1f}%", "--fail-on", "recompile>0")
     assert proc.returncode == 1, proc_output(proc)
     assert "== requests ==" in proc.stdout and "== findings: what to fix first ==" in proc.stdout
-    assert f"fail-on padding>{pad - 1:.1f}: padding (" in proc.stderr and "recompile" not in proc.stderr
+    assert f"fail-on padding>{float(f'{pad - 1:.1f}'):g}: padding (" in proc.stderr and "recompile" not in proc.stderr
     doc = json.load(open(tmp_path / "s.json"))
     assert len(doc["requests"]["rows"]) == 6 and doc["request_coverage"]["requests"] == 6
     assert {f["rule"] for f in doc["findings"]["rows"]} >= {"padding", "queueing"}

@@ -70,7 +70,7 @@ def served(tmp_path_factory):
             assert r.status_code == 200, r.text
             switch_collection(srv, cfg, 0)
             wait_until(lambda: len(collector.spans) >= N, 60, "the request spans to reach the collector")
-        yield dict(tmp=tmp, run=r.json()["run"], sent=sent, service=str(tmp / "service_profile"), spans=collector.spans)
+        yield dict(tmp=tmp, run=str(tmp / "xla" / r.json()["run"]), sent=sent, service=str(tmp / "service_profile"), spans=collector.spans)
     finally:
         collector.shutdown()
 
