@@ -4,6 +4,7 @@
   compare <A> <B>                  per phase, layer and op deltas, largest first
   doctor                           is this machine ready to capture and view profiles
   service parse <dir>              a service profile (events.jsonl) -> Chrome trace, SQLite, CSVs
+  mcp                              an MCP server over stdio: summarize, compare, findings, requests
 """
 from __future__ import annotations
 
@@ -58,6 +59,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     s.add_argument("--plots", metavar="BASE", help="write stacked-bar PNGs <BASE>_<phase>_layers.png ...")
     s.add_argument("--top", type=count(1), default=15, help="rows of the top-ops table (default 15)")
     s.add_argument("--detail", action="store_true", help="show every module scope, not only layers")
+    s.add_argument("--service", metavar="DIR", help="a service profile of the same server (events.jsonl): "
+                                                    "join its requests to the capture's steps by step number")
+    s.add_argument("--perfetto", metavar="FILE", help="one timeline as a Perfetto trace (.pftrace): requests, "
+                                                      "steps and ops, with flows from each request to its steps")
+    s.add_argument("--fail-on", metavar="RULE>LIMIT", action="append", default=[],
+                   help="exit 1 when a finding's value exceeds LIMIT (e.g. padding>30%%, recompile>0); repeatable")
     m = sub.add_parser("compare", help="deltas between two captures, B against A")
     m.add_argument("a", help="what summarize takes: a run dir, a run's name, a profile dir or a capture file")
     m.add_argument("b", help="the same, compared against A")
@@ -71,6 +78,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     sp = svsub.add_parser("parse", help="events.jsonl files -> chrome_tracing.json, profiler.db, CSV tables")
     sp.add_argument("path", help="a collection dir holding events.jsonl, or any dir above several")
     sp.add_argument("--output-path", metavar="DIR", type=dir_path, help="where the outputs go (default <path>/output)")
+    sp.add_argument("--capture", metavar="RUN", help="an XLA capture of the same server: add the `requests` table "
+                                                     "(device time per request, joined by step number)")
+    sub.add_parser("mcp", help="serve summarize, compare, findings and request lookups to an MCP client (stdio)")
     return p, {"capture": c}
 
 
@@ -82,24 +92,37 @@ def _check_output(out: str) -> None:
 
 
 def summarize(path: str, csv: str | None = None, json_path: str | None = None, chrome: str | None = None,
-              plots: str | None = None, top: int = 15, detail: bool = False) -> None:
-    """Print the tables of one capture and write the exports asked for."""
+              plots: str | None = None, top: int = 15, detail: bool = False, service: str | None = None,
+              perfetto: str | None = None, fail_on: list[str] | None = None) -> int:
+    """Print the tables of one capture and its findings, write the exports asked for; 1 when a
+    `fail_on` gate is passed, else 0."""
     from .analysis.analysis import Analysis
+    from .analysis.findings import findings, gates
     from .export import files, text
     from .runs.files import Outputs
-    for out in (csv, json_path, chrome, plots):
+    checks = gates(fail_on)  # a bad gate is refused before anything is read
+    for out in (csv, json_path, chrome, plots, perfetto):
         if out is not None:
             _check_output(out)
     a = Analysis.load(path)
-    print(text.render(a, top, detail))
+    served, join_note = None, ""
+    if service is not None:
+        from .service import join
+        served = join.served(join.load(service), a)
+        join_note = join.coverage_note(served, a)
+    found = findings(a, served)
+    print(text.render(a, top, detail, served, join_note, found))
     out = Outputs()  # every export, or none of them: a failed write removes the others
     if csv:
-        files.write_csv(a, csv, out)
+        files.write_csv(a, csv, out, served, found)
     if json_path:
-        files.write_json(a, json_path, out)
+        files.write_json(a, json_path, out, served, found)
     if chrome:
         from .export import chrome_trace
-        chrome_trace.write(a, chrome, out)
+        chrome_trace.write(a, chrome, out, served)
+    if perfetto:
+        from .export import perfetto as perfetto_mod
+        perfetto_mod.write(a, perfetto, out, served)
     if plots:
         from .export.plots import write_plots
         write_plots(a, plots, out)
@@ -108,6 +131,10 @@ def summarize(path: str, csv: str | None = None, json_path: str | None = None, c
         print("\nwrote:")
         for path in written:
             print(f"  {path}")
+    failed = [(g, f) for g in checks for f in g.failed(found)]
+    for g, f in failed:
+        print(f"fail-on {g.rule}>{g.limit:g}: {f.rule} ({f.subject}) is {f.value:.1f}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _backend(a) -> str:
@@ -137,9 +164,13 @@ def main(argv=None) -> int:
         return doctor.run(args.profiler_port, args.profile_result_dir, args.backend)
     if args.command == "service":
         from .service import output
-        return output.run(args.path, args.output_path)
+        return output.run(args.path, args.output_path, args.capture)
+    if args.command == "mcp":
+        from . import mcp_server
+        return mcp_server.run()
     if args.command == "summarize":
-        summarize(args.path, args.csv, args.json, args.chrome_trace, args.plots, args.top, args.detail)
+        return summarize(args.path, args.csv, args.json, args.chrome_trace, args.plots, args.top, args.detail,
+                         args.service, args.perfetto, args.fail_on)
     else:
         compare(args.a, args.b, args.top)
     return 0

@@ -1,6 +1,7 @@
 """The profiling plugin of `python -m tpu_engine.serve` (entry point group
 `tpu_engine.serve_plugins`): `POST /start_profile` and `POST /stop_profile` capture XLA traces
-into VLLM_TORCH_PROFILER_DIR, and SERVICE_PROF_CONFIG_PATH turns on the service profiler."""
+into VLLM_TORCH_PROFILER_DIR, SERVICE_PROF_CONFIG_PATH turns on the service profiler, and
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT sends request spans over OTLP (`service/otlp.py`)."""
 from __future__ import annotations
 
 import os
@@ -24,6 +25,7 @@ def check(args) -> None:
             raise ValueError(f"{DIR_ENV}: {e}") from None
         CaptureLimits.from_env()        # every capture setting, checked now, not at /start_profile
         profiler_for(args.backend)
+    _check_otlp()
     from .service.config import read_config
     from .service.install import check_config
     from .service.symbols import DEFAULT_SYMBOLS, SYMBOLS_ENV, check_names, load_symbols
@@ -38,6 +40,11 @@ def check(args) -> None:
     check_names(load_symbols(symbols if symbols and os.path.exists(symbols) else DEFAULT_SYMBOLS)[0])
 
 
+def _check_otlp() -> None:
+    from .service.otlp import endpoint
+    endpoint()
+
+
 def setup(server, args):
     root = os.environ.get(DIR_ENV, "").strip()
     live = LiveCapture(root, server.engine.engine, CaptureLimits.from_env()) if root else None
@@ -47,7 +54,18 @@ def setup(server, args):
               f"(a capture stops by itself after {live.limits.max_steps} steps or {live.limits.max_seconds} s)",
               file=sys.stderr)
 
-    return _shutdown_hook(live, routes, _start_service_profiler(server.engine.engine))
+    return _shutdown_hook(live, routes, _start_service_profiler(server.engine.engine), _start_otlp(server.engine.engine))
+
+
+def _start_otlp(engine):
+    """The OTLP request spans' close function, or None when no endpoint is set."""
+    from .service import otlp
+    url = otlp.endpoint()
+    if url is None:
+        return None
+    close = otlp.install(engine, url)
+    print(f"OpenTelemetry: request spans go to {url} (OTLP/HTTP)", file=sys.stderr)
+    return close
 
 
 def _start_service_profiler(engine):
@@ -65,7 +83,7 @@ def _start_service_profiler(engine):
         return None
 
 
-def _shutdown_hook(live, routes, close_service):
+def _shutdown_hook(live, routes, close_service, close_otlp=None):
     def close():
         try:
             routes.wait_saved()  # a capture a limit stopped is still being saved
@@ -77,6 +95,7 @@ def _shutdown_hook(live, routes, close_service):
                 except Exception as e:  # noqa: BLE001 -- say it; the service profiler still closes
                     print(f"warning: the capture open at shutdown could not be saved: {e}", file=sys.stderr)
         finally:
-            if close_service:
-                close_service()
+            for closer in (close_service, close_otlp):
+                if closer:
+                    closer()
     return close

@@ -17,7 +17,7 @@ MARKERS = {
     "e2e": "drives TensorBoard in a real browser",
 }
 # Tests that use one of these session captures build an engine and profile it: slow.
-CAPTURES = {"prefill_capture", "decode_capture", "env_capture", "all_capture", "all_analysis"}
+CAPTURES = {"prefill_capture", "decode_capture", "env_capture", "all_capture", "all_analysis", "requests_capture"}
 
 
 def pytest_configure(config):
@@ -85,6 +85,17 @@ def all_capture(tmp_path_factory, llama_dir):
                    "--input-len", "12", "--output-len", "6", "--batch-size", "3",
                    "--enforce-eager", "--profile-phase", "all",
                    env=profiling_env(XLA_HLO_DEBUG=1))
+
+
+@pytest.fixture(scope="session")
+def requests_capture(tmp_path_factory, llama_dir):
+    """Every step of one pass of 6 requests in 4 slots (JAX, about 20 s): prefills of 3 packed
+    prompts and of 1, then requests finishing one per decode step (run_to_completion) while the
+    other 2 wait in the queue and join freed slots. (prefill_capture holds only its first two
+    prefill steps: no decode, no queued request.)"""
+    from tests.captures import capture
+    return capture(str(tmp_path_factory.mktemp("requests")), llama_dir, "--backend", "jax",
+                   "--input-len", "20", "--batch-size", "6", "--profile-phase", "all", "run_to_completion", "-n", "1")
 
 
 @pytest.fixture(scope="session")

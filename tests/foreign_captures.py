@@ -10,6 +10,9 @@ once (compiling), then traces two calls into <out dir>.
             linen scopes every module)
   scanned   a Flax linen decoder whose layers run under `nn.scan` (MaxText's scan_layers)
   no_xla    a trace of Python work that runs no XLA program
+  tagged    steps annotated as tpu-inference's runner annotates them (`execute_model: N reqs, T
+            toks`, with `request_id1`... arguments: its format, reproduced, since tpu-inference
+            runs only on TPU), around a small jitted model step
 """
 from __future__ import annotations
 
@@ -92,7 +95,24 @@ def no_xla(out: str) -> None:
     assert total > 0
 
 
+# (request ids, tokens) of each tagged step: a prefill of two, decodes of two, then of one
+TAGGED_STEPS = [(("a", "b"), 24), (("a", "b"), 2), (("a", "b"), 2), (("b",), 1)]
+
+
+def tagged(out: str) -> None:
+    w = jnp.asarray(np.random.RandomState(0).randn(64, 64), jnp.float32)
+    step = jax.jit(lambda x: jnp.tanh(x @ w) @ w)
+    x = jnp.ones((32, 64), jnp.float32)
+    jax.block_until_ready(step(x))
+    jax.profiler.start_trace(out)
+    for ids, toks in TAGGED_STEPS:
+        tags = {f"request_id{i + 1}": r for i, r in enumerate(ids)}
+        with jax.profiler.TraceAnnotation(f"execute_model: {len(ids)} reqs, {toks} toks", **tags):
+            jax.block_until_ready(step(x))
+    jax.profiler.stop_trace()
+
+
 if __name__ == "__main__":
-    kinds = {"tunix": tunix, "hf_flax": hf_flax, "scanned": scanned, "no_xla": no_xla}
+    kinds = {"tunix": tunix, "hf_flax": hf_flax, "scanned": scanned, "no_xla": no_xla, "tagged": tagged}
     for kind in sys.argv[1].split(","):
         kinds[kind](os.path.join(sys.argv[2], kind), *sys.argv[3:4] if kind == "hf_flax" else ())

@@ -254,6 +254,10 @@ def test_phase_events(llm):
     assert (p.batch_size, p.num_tokens, p.bucket) == (3, total, _bucket(total))
     assert p.padded_tokens == p.kv_bucket == p.bucket
     assert (p.kv_len_min, p.kv_len_max) == (5, 40)
+    # per request, in the order of request_ids: its tokens, its context, its arrival
+    assert p.request_tokens == p.request_kv == (5, 20, 40) and p.sampling == "greedy"
+    assert [round(t, 6) for t in p.arrivals] == [round(o.metrics.arrival_time, 6) for o in outs]
+    assert p.seq_bucket >= 3
     generated, running = {}, []
     prompt_of = dict(zip(ids, prompts))
     budget_of = dict(zip(ids, budgets))
@@ -269,6 +273,8 @@ def test_phase_events(llm):
             assert b.bucket >= len(running) and b.padded_tokens == b.bucket
             ctx = [len(prompt_of[r]) + generated[r] for r in running]
             assert (b.kv_len_min, b.kv_len_max) == (min(ctx), max(ctx))
+            kv = dict(zip(b.request_ids, b.request_kv))
+            assert b.request_tokens == (1,) * len(running) and [kv[r] for r in running] == ctx and not b.arrivals
             for r in running:
                 generated[r] += 1
         running = [r for r in running if generated[r] < budget_of[r]]

@@ -24,7 +24,7 @@ ENV = {**os.environ, "PJRT_DEVICE": "CPU"}
 # (prompt length, max_tokens): mixed, with a one-token request (no decode, no TPOT).
 WORKLOAD = [(5, 1), (9, 2), (3, 7), (12, 4), (6, 9), (4, 3), (10, 6), (7, 5), (8, 8), (11, 2)]
 OUTPUTS = ["chrome_tracing.json", "profiler.db", "request.csv", "batch.csv", "forward.csv", "kvcache.csv",
-           "request_summary.csv", "batch_summary.csv", "service_summary.csv"]
+           "compiles.csv", "request_summary.csv", "batch_summary.csv", "service_summary.csv"]
 
 
 def complete(url: str, i: int, prompt_len: int, max_tokens: int) -> dict:

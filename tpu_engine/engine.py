@@ -236,14 +236,18 @@ class LLMEngine:
         self.step_count += 1
         return outputs
 
-    def _run(self, phase: str, reqs: Sequence[_Request], bucket: int, num_tokens: int, padded: int,
-             kv_lens: Sequence[int], kv_bucket: int, call):
+    def _run(self, phase: str, reqs: Sequence[_Request], shape: tuple[int, int], tokens: Sequence[int],
+             padded: int, kv_lens: Sequence[int], kv_bucket: int, sampling: str, call):
         """Run `call` as engine step `phase` (number `step_count`), in its profiler scope,
-        with begin/end events."""
-        record = StepRecord(step=self.step_count, phase=phase, bucket=bucket, batch_size=len(reqs),
-                            num_tokens=num_tokens, padded_tokens=padded, kv_len_min=min(kv_lens),
+        with begin/end events. `shape`: (bucket, sequences compiled); `tokens` and `kv_lens`:
+        each request's tokens in the step and context after it."""
+        record = StepRecord(step=self.step_count, phase=phase, bucket=shape[0], batch_size=len(reqs),
+                            num_tokens=sum(tokens), padded_tokens=padded, kv_len_min=min(kv_lens),
                             kv_len_max=max(kv_lens), kv_bucket=kv_bucket,
-                            request_ids=tuple(r.request_id for r in reqs), wall_start=time.time())
+                            request_ids=tuple(r.request_id for r in reqs), wall_start=time.time(),
+                            request_tokens=tuple(tokens), request_kv=tuple(kv_lens),
+                            arrivals=tuple(r.metrics.arrival_time for r in reqs) if phase == "prefill" else (),
+                            seq_bucket=shape[1], sampling=sampling)
         if self.events:
             self.events.publish(PhaseEvent("begin", record))
         with self.runner.step_scope(phase, self.step_count):
@@ -257,15 +261,16 @@ class LLMEngine:
 
     def _prefill(self, reqs: list[_Request], slots: list[int]) -> list[RequestOutput]:
         lens = [len(r.prompt) for r in reqs]
-        T, _ = self.runner.buckets.prefill_batch_shape(lens)
+        T, N = self.runner.buckets.prefill_batch_shape(lens)
         now = time.time()
         for req, slot in zip(reqs, slots):
             self._allocate_slot(req, slot)
             req.metrics.first_scheduled_time = now
+        rows = [self._row(r) for r in reqs]
         scored = any(r.params.prompt_logprobs is not None for r in reqs)
-        result, now = self._run("prefill", reqs, T, sum(lens), T, lens, T,
-                                lambda: self.runner.prefill(slots, [r.prompt for r in reqs],
-                                                            [self._row(r) for r in reqs], prompt_logprobs=scored))
+        result, now = self._run("prefill", reqs, (T, N), lens, T, lens, T, _variant(rows, scored),
+                                lambda: self.runner.prefill(slots, [r.prompt for r in reqs], rows,
+                                                            prompt_logprobs=scored))
         for i, req in enumerate(reqs):
             req.metrics.first_token_time = now
             if req.params.prompt_logprobs is not None:
@@ -276,10 +281,10 @@ class LLMEngine:
         slots = [r.slot for r in reqs]
         positions = [r.kv_len for r in reqs]
         B, span = self.runner.buckets.decode_shape(slots, positions)
+        rows = [self._row(r) for r in reqs]
         result, now = self._run(
-            "decode", reqs, B, len(reqs), B, [p + 1 for p in positions], span,
-            lambda: self.runner.decode(slots, [r.output[-1] for r in reqs], positions,
-                                       [self._row(r) for r in reqs]))
+            "decode", reqs, (B, B), [1] * len(reqs), B, [p + 1 for p in positions], span, _variant(rows),
+            lambda: self.runner.decode(slots, [r.output[-1] for r in reqs], positions, rows))
         return [self._append(r, result, i, now) for i, r in enumerate(reqs)]
 
     def _row(self, req: _Request) -> SamplingRow:
@@ -319,3 +324,12 @@ class LLMEngine:
                                       req.finish_reason)
         return RequestOutput(req.request_id, req.prompt, [completion], done, req.metrics,
                              prompt_logprobs=req.prompt_logprobs)
+
+
+def _variant(rows: Sequence[SamplingRow], prompt_logprobs: bool = False) -> str:
+    """The sampler program a step's rows select (one is compiled per row count and variant):
+    random when any row samples, +logprobs when any asks for alternatives; +prompt_logprobs when
+    the prefill also scores its prompts (another LM-head program per token bucket)."""
+    kind = "random" if any(r.temperature > 0 for r in rows) else "greedy"
+    return kind + ("+logprobs" if any(r.num_logprobs for r in rows) else "") + \
+        ("+prompt_logprobs" if prompt_logprobs else "")

@@ -32,10 +32,19 @@ class StepRecord:
     compiles: int | None = None            # XLA compilations during the step, once it ended
     compile_time_s: float | None = None
     pass_index: int = 0       # which pass of a profiling run (a profiler sets it; 0 otherwise)
+    # Per request, in the order of `request_ids` (empty in manifests written before them): the
+    # tokens it puts through this step (prefill: its prompt; decode: 1), the context it attends
+    # after it, and (prefill only: where each request is first scheduled) when it arrived.
+    request_tokens: tuple[int, ...] = ()
+    request_kv: tuple[int, ...] = ()
+    arrivals: tuple[float, ...] = ()
+    seq_bucket: int | None = None   # sequences the compiled shape holds (prefill: prompt rows)
+    sampling: str = ""              # the sampler program: greedy or random, +logprobs
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["request_ids"] = list(self.request_ids)
+        for name in _TUPLES:
+            out[name] = list(getattr(self, name))
         out["pass"] = out.pop("pass_index")
         return out
 
@@ -54,10 +63,13 @@ class StepRecord:
             if isinstance(value, bool) or not isinstance(value, kinds):
                 raise ValueError(f"step record field {name!r} is {value!r}; expected "
                                  f"{' or '.join(k.__name__ for k in kinds)}.")
-        ids = values["request_ids"]
-        if not all(isinstance(r, str) for r in ids):
-            raise ValueError(f"step record field 'request_ids' is {ids!r}; expected a list of strings.")
-        return cls(**{**values, "request_ids": tuple(ids)})
+        for name, kinds in _TUPLES.items():
+            items = values.get(name, ())
+            if not all(isinstance(v, kinds) and not isinstance(v, bool) for v in items):
+                raise ValueError(f"step record field {name!r} is {items!r}; expected a list of "
+                                 f"{' or '.join(k.__name__ for k in kinds)}.")
+            values[name] = tuple(items)
+        return cls(**values)
 
 
 _INT, _NUM = (int,), (int, float)
@@ -66,7 +78,10 @@ _TYPES = {"step": (_INT, True), "phase": ((str,), True), "bucket": (_INT, True),
           "batch_size": (_INT, True), "num_tokens": (_INT, True), "padded_tokens": (_INT, True),
           "kv_len_min": (_INT, True), "kv_len_max": (_INT, True), "kv_bucket": (_INT, True),
           "request_ids": ((list, tuple), True), "wall_start": (_NUM, True), "wall_end": (_NUM, False),
-          "compiles": (_INT, False), "compile_time_s": (_NUM, False), "pass_index": (_INT, True)}
+          "compiles": (_INT, False), "compile_time_s": (_NUM, False), "pass_index": (_INT, True),
+          "request_tokens": ((list, tuple), False), "request_kv": ((list, tuple), False),
+          "arrivals": ((list, tuple), False), "seq_bucket": (_INT, False), "sampling": ((str,), False)}
+_TUPLES = {"request_ids": (str,), "request_tokens": _INT, "request_kv": _INT, "arrivals": _NUM}
 
 
 @dataclasses.dataclass(frozen=True)

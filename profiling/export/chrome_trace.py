@@ -5,7 +5,9 @@ named `prefill 12` / `decode 13` with their step record as arguments; thread 2 h
 step's layers (module scopes) as slices spanning their first to last op; thread 3 the XLA
 program executions (where the capture has them); one thread per op timeline (host XLA thread
 or device) holds the ops. A counter track gives each step's batch size and longest KV length.
-Times are microseconds from the capture's first step.
+A second process, Requests, has one thread per request (its queued, prefill and decoding
+slices, `timeline.py`) and a flow from the request to each step it rode in, so clicking a
+request leads to its steps and their ops. Times are microseconds from the capture's first step.
 """
 from __future__ import annotations
 
@@ -13,10 +15,12 @@ import gzip
 import json
 
 from ..analysis.analysis import Analysis, Step
+from ..analysis.requests import Served
 from ..runs import files as runfiles
 from ..trace.ops import Op
+from .timeline import request_slices
 
-PID = 1
+PID, REQUESTS_PID = 1, 2
 STEPS_TID, LAYERS_TID, PROGRAMS_TID, FIRST_OP_TID = 1, 2, 3, 10
 STEP_ARGS = ("bucket", "batch_size", "num_tokens", "padded_tokens", "kv_len_min", "kv_len_max")
 
@@ -55,27 +59,57 @@ def _disjoint(intervals: list[tuple[float, float, str]], step: Step, tid: int, c
     return out
 
 
-def _op_events(lane: list[Op], tid: int, us) -> tuple[list[dict], int]:
-    """Slices on one thread must nest; the tracer's clock can make neighbours overlap by a few
-    ns, so a slice that starts inside another but ends after it starts at its end. Returns the
-    events and how many were clipped."""
-    events, stack, clipped = [], [], 0
+def nested(lane: list[Op]):
+    """(op, start, end) for one timeline's ops, cut so that they nest: the tracer's clock can
+    make neighbours overlap by a few ns, so a slice that starts inside another but ends after it
+    starts at its end. Both trace exports lay ops out this way."""
+    stack = []
     for op in sorted(lane, key=lambda o: (o.start_ns, -o.duration_ns)):
         start, end = op.start_ns, op.end_ns
         while stack and stack[-1] <= start:
             stack.pop()
         if stack and end > stack[-1]:
-            start, clipped = stack[-1], clipped + 1
+            start = stack[-1]
             while stack and stack[-1] <= start:
                 stack.pop()
         stack.append(end)
+        yield op, start, end
+
+
+def _op_events(lane: list[Op], tid: int, us) -> tuple[list[dict], int]:
+    """The lane's ops as slices; returns the events and how many were clipped to nest."""
+    events, clipped = [], 0
+    for op, start, end in nested(lane):
+        clipped += start != op.start_ns
         events.append({"ph": "X", "pid": PID, "tid": tid, "name": op.name, "cat": op.category,
                        "ts": us(start), "dur": round((end - start) / 1e3, 3),
                        "args": {"scope": op.scope, "framework_op": op.framework_op, "module": op.module}})
     return events, clipped
 
 
-def build(a: Analysis) -> dict:
+def _request_events(a: Analysis, served: Served | None, us) -> list[dict]:
+    """A thread per request with its slices; flows ("s" in the request's slice, "f" bound to
+    the step's slice on the engine-steps thread)."""
+    events, tids = [{"ph": "M", "pid": REQUESTS_PID, "name": "process_name", "args": {"name": "Requests"}}], {}
+    for sl in request_slices(a, served):
+        new = sl.request_id not in tids
+        tid = tids.setdefault(sl.request_id, len(tids) + 1)
+        if new:
+            events.append({"ph": "M", "pid": REQUESTS_PID, "tid": tid, "name": "thread_name",
+                           "args": {"name": f"request {sl.request_id}"}})
+        events.append({"ph": "X", "pid": REQUESTS_PID, "tid": tid, "name": sl.name, "cat": "request",
+                       "ts": us(sl.start_ns), "dur": round((sl.end_ns - sl.start_ns) / 1e3, 3),
+                       "args": {"request_id": sl.request_id, "steps": [f.step.step for f in sl.flows]}})
+        for f in sl.flows:
+            inside = min(1e3, f.step.end_ns - f.step.start_ns) / 2  # strictly inside both slices
+            events.append({"ph": "s", "id": f.id, "pid": REQUESTS_PID, "tid": tid, "name": "rode in", "cat": "flow",
+                           "ts": us(f.at_ns + inside)})
+            events.append({"ph": "f", "bp": "e", "id": f.id, "pid": PID, "tid": STEPS_TID, "name": "rode in",
+                           "cat": "flow", "ts": us(f.step.start_ns + inside)})
+    return events if tids else []
+
+
+def build(a: Analysis, served: Served | None = None) -> dict:
     t0 = min((s.start_ns for s in a.steps), default=0.0)
     us = lambda ns: round((ns - t0) / 1e3, 3)  # noqa: E731
     events = [{"ph": "M", "pid": PID, "name": "process_name", "args": {"name": f"capture {a.run_dir}"}}]
@@ -92,12 +126,13 @@ def build(a: Analysis) -> dict:
         events += more + [{"ph": "M", "pid": PID, "tid": FIRST_OP_TID + i, "name": "thread_name",
                            "args": {"name": lane}}]
         clipped += n
+    events += _request_events(a, served, us)
     return {"traceEvents": events, "displayTimeUnit": "ms",
             "otherData": {"xplane": a.xplane, "time_origin_ns": t0, "op_slices_clipped_to_nest": clipped}}
 
 
-def write(a: Analysis, path: str, out: runfiles.Outputs | None = None) -> str:
-    data = json.dumps(build(a)).encode()
+def write(a: Analysis, path: str, out: runfiles.Outputs | None = None, served: Served | None = None) -> str:
+    data = json.dumps(build(a, served)).encode()
     opener = gzip.open if path.endswith(".gz") else open  # by the final name, not the temp file's
 
     def dump(tmp: str) -> None:

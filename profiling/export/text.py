@@ -13,6 +13,7 @@ from ..analysis.fidelity import coverage, layer_outliers
 from ..analysis.notes import notes
 from ..analysis.roofline import Roofline, roofline
 from ..table import Table
+from . import report
 
 ABSENT = "absent"
 TOP_OPS_COLUMNS = ["op", "category", "count", "total_ms", "cpu_ms", "max_ms", "pct", "scope"]  # avg: CSV, JSON
@@ -27,7 +28,9 @@ def _note(text: str) -> str:
     return textwrap.fill(f"note: {text}", WIDTH, break_on_hyphens=False)
 
 
-def render(a: Analysis, top: int = 15, detail: bool = False) -> str:
+def render(a: Analysis, top: int = 15, detail: bool = False, served=None, join_note: str = "",
+           found=None) -> str:
+    """Every table; `served` joins a service profile's requests, `found` the findings to end with."""
     out = [f"capture: {a.xplane}"]
     engine = a.record.engine if a.record else None
     if engine:
@@ -44,16 +47,22 @@ def render(a: Analysis, top: int = 15, detail: bool = False) -> str:
     latency = tables.request_latency(a).items()
     if latency:
         out.append("  ".join(f"{k} {v:.2f}" for k, v in latency))
+    requests = report.requests_text(a, served, join_note)
+    if requests:
+        out += [_heading("requests")] + requests
     for phase in a.phases:
         out += _phase_text(a, phase, top, detail)
     out.append(_heading("compilations"))
     out.append(compile_text(compile_report(a)))
+    out += report.compiles_text(a)
     roof = roofline(a)
     if roof:
         out.append(_heading("roofline"))
         out.append(roofline_text(roof))
     if a.outside:
         out.append(f"\n{len(a.outside)} op executions fell outside every engine step (not in the tables).")
+    if found is not None:
+        out += [_heading("findings: what to fix first")] + report.findings_text(found)
     return "\n".join(out)
 
 

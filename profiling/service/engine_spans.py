@@ -43,11 +43,9 @@ class EngineSpans:
             return
         if not self.collector.wants(SCHEDULE):
             return
-        r = e.record
+        # the whole step record (its to_json form): step number, shape, requests, compiles
         self.collector.record(SCHEDULE, "batch", self._began or time.perf_counter_ns(), time.perf_counter_ns(),
-                              {"step": r.step, "phase": r.phase, "batch_size": r.batch_size,
-                               "num_tokens": r.num_tokens, "padded_tokens": r.padded_tokens,
-                               "kv_len_max": r.kv_len_max, "request_ids": list(r.request_ids)})
+                              e.record.to_json())
 
     def _slot(self, e: SlotEvent) -> None:
         if not self.collector.wants(KVCACHE):

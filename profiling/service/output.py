@@ -10,8 +10,8 @@ import sqlite3
 
 from ..runs.files import Outputs
 from ..table import Table
-from .events import find_event_files, read_events
-from .tables import ROW_TYPES, build, summaries, tables_of
+from .events import find_event_files
+from .tables import ROW_TYPES, summaries, tables_of
 from .trace import chrome_trace
 
 
@@ -48,18 +48,25 @@ class Parsed:
     events: int
 
 
-def parse(path: str, output_path: str | None = None) -> Parsed:
+def parse(path: str, output_path: str | None = None, capture: str | None = None) -> Parsed:
     """Read every events file under `path`, write the outputs into `output_path` (default
-    <path>/output). ValueError (nothing written) for unusable input."""
+    <path>/output). With `capture` (an XLA capture of the same server), also the `requests`
+    table: each request's device time, joined by step number. ValueError (nothing written) for
+    unusable input."""
+    from ..analysis.recompiles import compile_rows
+    from .join import load, step_records
     files = find_event_files(path)
-    spans, markers, pids = [], [], {}
-    for src, f in enumerate(files):
-        header, s, m = read_events(f, src)
-        pids[src] = header.get("pid", src) if header else src
-        spans += s
-        markers += m
-    data = build(spans, markers, pids)
+    data = load(path)
     tables = tables_of(data)
+    tables["compiles"] = compile_rows(step_records(data))  # over the server's life, while collecting
+    db_tables = list(ROW_TYPES)
+    if capture is not None:
+        from ..analysis.analysis import Analysis
+        from ..analysis.requests import request_table
+        from .join import served
+        a = Analysis.load(capture)
+        tables["requests"] = request_table(a, served(data, a))
+        db_tables.append("requests")
     tables.update(summaries(data))
     out = output_path or os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "output")
     try:
@@ -68,14 +75,14 @@ def parse(path: str, output_path: str | None = None) -> Parsed:
         raise ValueError(f"output path {out!r} cannot be created ({e.strerror}).") from None
     trace, outputs = chrome_trace(data), Outputs()
     written = [_atomic(outputs, out, "chrome_tracing.json", lambda p: _write_json(p, trace))]
-    written.append(_atomic(outputs, out, "profiler.db", lambda p: _write_db(p, {k: tables[k] for k in ROW_TYPES})))
+    written.append(_atomic(outputs, out, "profiler.db", lambda p: _write_db(p, {k: tables[k] for k in db_tables})))
     for name, tab in tables.items():
         written.append(_atomic(outputs, out, f"{name}.csv", tab.write_csv))
-    return Parsed(files, out, written, tables, len(spans) + len(markers))
+    return Parsed(files, out, written, tables, len(data.spans) + len(data.markers))
 
 
-def run(path: str, output_path: str | None = None) -> int:
-    res = parse(path, output_path)
+def run(path: str, output_path: str | None = None, capture: str | None = None) -> int:
+    res = parse(path, output_path, capture)
     svc = {r.metric: r.value for r in res.tables["service_summary"].rows}
     batches = res.tables["batch"].rows
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
@@ -87,5 +94,11 @@ def run(path: str, output_path: str | None = None) -> int:
     print(f"  throughput: {fmt(svc['request_throughput'], '.2f')} req/s, "
           f"{fmt(svc['output_token_throughput'], '.1f')} output tok/s; "
           f"engine busy {fmt(svc['engine_busy_fraction'], '.1%')}")
+    for c in res.tables["compiles"].rows:
+        print(f"  step {c.step} compiled {c.compiles} program(s) in {c.compile_s or 0:.2f} s ({c.phase} "
+              f"{c.tokens_bucket} x {c.sequences}, KV span {c.kv_span}, `{c.sampling}`), brought by request "
+              f"{c.request}; {c.avoid}")
+    if "requests" in res.tables:
+        print(f"  requests joined to the capture by step number: {len(res.tables['requests'].rows)}")
     print(f"Wrote {res.out}: {', '.join(res.written)}")
     return 0

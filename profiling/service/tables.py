@@ -45,6 +45,7 @@ class BatchRow:
     padded_tokens: int | None
     kv_len_max: int | None
     request_ids: str        # space-separated engine request ids
+    compiles: int | None = None   # XLA compilations during the step (events files before them: None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +167,8 @@ def _batches(by) -> list[BatchRow]:
         rows.append(BatchRow(step=_int(a.get("step")), phase=a.get("phase"), start_time=_s(b.start),
                          end_time=_s(b.end), duration_ms=_ms(b.start, b.end), batch_size=_int(a.get("batch_size")),
                          num_tokens=_int(a.get("num_tokens")), padded_tokens=_int(a.get("padded_tokens")),
-                             kv_len_max=_int(a.get("kv_len_max")), request_ids=" ".join(batch_ids(b))))
+                             kv_len_max=_int(a.get("kv_len_max")), request_ids=" ".join(batch_ids(b)),
+                             compiles=_int(a.get("compiles"))))
     return rows
 
 

@@ -23,8 +23,9 @@ _INTERNAL_STATS = ("_r", "_c", "_p", "_ct", "_pt", "step_num", "group_id")
 _WORKER_LINES = ("tf_XLA", "tf_PjRt", "tf_pjrt", "XLAEigen", "py_xla_execute", "pjrt-", "tfrt-",
                  "EventFDAsyncWorker", "futex-", "switchto-")
 _RUNTIME = ("ThreadpoolListener::", "ThunkExecutor::", "end: ")
+# (an engine's own TraceMe may add a description: tpu-inference's `execute_model: 4 reqs, 96 toks`)
 ENGINE_FUNCTIONS = re.compile(r"(?:^|\s)(_process_engine_step|execute_model|prefill|generate|insert|"
-                              r"forward_extend|forward_decode|forward_batch_generation)$")
+                              r"forward_extend|forward_decode|forward_batch_generation)(?:: .*)?$")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -39,8 +40,12 @@ class Mark:
 
     @property
     def function(self) -> str:
-        """The Python function a tracer event names (`_process_engine_step`), else the name."""
-        return self.name.rsplit(" ", 1)[-1] if self.name.startswith("$") else self.name
+        """The Python function a tracer event names (`_process_engine_step`), or an annotation
+        named after one (`execute_model: 4 reqs, 96 toks`), else the name."""
+        if self.name.startswith("$"):
+            return self.name.rsplit(" ", 1)[-1]
+        head = self.name.split(": ", 1)[0]
+        return head if head != self.name and head.isidentifier() else self.name
 
     @property
     def file(self) -> str:
