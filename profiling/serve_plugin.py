@@ -28,7 +28,8 @@ def check(args) -> None:
     _check_otlp()
     from .service.config import read_config
     from .service.install import check_config
-    from .service.symbols import DEFAULT_SYMBOLS, SYMBOLS_ENV, check_names, load_symbols
+    from .service.patching import check_names
+    from .service.symbols import DEFAULT_SYMBOLS, SYMBOLS_ENV, load_symbols
     config_path = check_config()
     if config_path is None:
         return

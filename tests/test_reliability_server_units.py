@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from profiling.service.collector import Collector
 from profiling.service.config import ConfigWatcher, read_config
-from profiling.service.symbols import Symbol, instrument
+from profiling.service.patching import instrument
+from profiling.service.symbols import Symbol
 from tests.servers import wait_until
 from tests.service_targets import Batch, Worker
 from tpu_engine.cli import check_port

@@ -14,7 +14,8 @@ from profiling.cprofile import cprofile, cprofile_context
 from profiling.service.collector import Collector
 from profiling.service.config import ConfigWatcher, DEFAULTS, ensure_config, read_config
 from profiling.service.expr import Context, ExpressionError, compile_expr
-from profiling.service.symbols import DEFAULT_SYMBOLS, Symbol, instrument, load_symbols, version_allows
+from profiling.service.patching import instrument
+from profiling.service.symbols import DEFAULT_SYMBOLS, Symbol, load_symbols, version_allows
 from tests.service_targets import Batch, Worker
 
 

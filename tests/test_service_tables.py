@@ -8,7 +8,8 @@ import pytest
 from profiling.service.collector import Collector
 from profiling.service.engine_spans import EngineSpans
 from profiling.service.events import Marker, Span, read_events
-from profiling.service.tables import build, collected_seconds, summaries
+from profiling.service.summaries import collected_seconds, summaries
+from profiling.service.tables import build
 from tpu_engine.events import PhaseEvent, SlotEvent, StepRecord
 
 MS = 1_000_000  # ns

@@ -20,7 +20,8 @@ import time
 
 from profiling.service.collector import Collector
 from profiling.service.expr import compile_expr
-from profiling.service.symbols import Symbol, instrument
+from profiling.service.patching import instrument
+from profiling.service.symbols import Symbol
 from tpu_engine.cli import run_cli
 
 

@@ -15,7 +15,8 @@ from tpu_engine.serve import threads
 from .collector import COLLECTOR
 from .config import CONFIG_ENV, ConfigWatcher, ServiceConfig, ensure_config, read_config
 from .engine_spans import EngineSpans
-from .symbols import DEFAULT_SYMBOLS, SYMBOLS_ENV, instrument, load_symbols
+from .patching import instrument
+from .symbols import DEFAULT_SYMBOLS, SYMBOLS_ENV, load_symbols
 
 
 def symbols_path(environ=os.environ) -> str:

@@ -11,7 +11,8 @@ import sqlite3
 from ..runs.files import Outputs
 from ..table import Table
 from .events import find_event_files
-from .tables import ROW_TYPES, summaries, tables_of
+from .summaries import summaries
+from .tables import ROW_TYPES, tables_of
 from .trace import chrome_trace
 
 
